@@ -1,0 +1,58 @@
+# lesionseg: every target works from a fresh clone and is idempotent.
+# The virtual environment is rebuilt only when requirements.lock or pyproject.toml change.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PORT   ?= 3000
+EXAMPLE := data/examples/lits117-z110.png
+LOCK_HASH := $(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
+STAMP  := $(VENV)/.installed-$(LOCK_HASH)
+PYTEST_ARGS ?=
+
+export YOLO_OFFLINE := 1
+export YOLO_AUTOINSTALL := false
+
+.DEFAULT_GOAL := help
+.PHONY: help setup data serve test test-fast lint format train-detector clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip==26.3 setuptools==84.2.1 wheel==0.48.0
+	# torch==2.14.1 / torchvision==0.29.1 come from the machine's local wheel store
+	$(PY) -m pip install -q --no-deps -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+setup: $(STAMP) ## create .venv from requirements.lock (cached)
+
+$(EXAMPLE): $(STAMP)
+	$(PY) -m lesionseg.cli fetch-data
+	$(PY) -m lesionseg.cli example --slice 110 --out $(EXAMPLE)
+
+data: $(EXAMPLE) ## fetch the LiTS case (checksummed) and write the example image
+
+serve: setup data ## run the CLI demo on the example image (the HTTP service lands with issue 3)
+	$(PY) -m lesionseg.cli predict $(EXAMPLE) --out out/demo
+
+test: setup ## run the whole test suite (unit, slow real-model checks)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup ## unit tests only (no slow real-model checks)
+	$(PY) -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
+
+lint: setup ## ruff lint and format check
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: setup ## ruff format and autofix
+	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+train-detector: setup ## retrain the default detector (about 25 min on 2 CPU cores)
+	$(PY) -m finetune.train_detector --epochs 200 --out models/detector/lesion-yolov8n
+
+clean: ## remove caches and outputs (keeps .venv and fetched data)
+	rm -rf out runs .pytest_cache .ruff_cache

@@ -1,0 +1,122 @@
+"""Decode uploaded image bytes into a :class:`~lesionseg.types.MedicalImage`.
+
+Formats: PNG, JPEG, TIFF (via tifffile, so 16-bit and float TIFFs keep their values), BMP,
+GIF (first frame), WebP.
+
+Intensity mapping to the models' (H, W, 3) uint8 RGB:
+
+* 8-bit grayscale: the value is kept and copied to the three channels;
+* 8-bit RGB: kept; palette images are expanded to RGB; an alpha channel is dropped;
+* 16-bit, 32-bit integer and float images (grayscale or RGB): linear min-max stretch of the
+  image's own range to 0-255 (a constant image maps to 0). Windowing is left to the caller,
+  who knows the modality: send an 8-bit image already windowed to keep full control;
+* JPEG EXIF orientation is applied.
+
+Every failure raises :class:`~lesionseg.errors.InvalidImageError` (or
+:class:`~lesionseg.errors.ImageTooLargeError`) with a message that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageTooLargeError, InvalidImageError
+from .types import MedicalImage
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def to_uint8_rgb(array: np.ndarray) -> np.ndarray:
+    """Map a (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array of any numeric type to uint8 RGB."""
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim == 3 and array.shape[2] == 4:
+        array = array[:, :, :3]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
+        raise InvalidImageError(
+            f"expected a grayscale or RGB image, got pixel array of shape {list(array.shape)}"
+        )
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    elif array.dtype != np.uint8:
+        x = array.astype(np.float64)
+        if not np.isfinite(x).all():
+            raise InvalidImageError("image contains NaN or infinite pixel values")
+        lo, hi = float(x.min()), float(x.max())
+        array = np.zeros(x.shape, np.uint8) if hi <= lo else ((x - lo) / (hi - lo) * 255 + 0.5)
+        array = array.astype(np.uint8)
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(array)
+
+
+def check_pixels(height: int, width: int, max_pixels: int) -> None:
+    """Raise unless 0 < height * width <= max_pixels."""
+    if height <= 0 or width <= 0:
+        raise InvalidImageError(f"image has no pixels ({width}x{height})")
+    if height * width > max_pixels:
+        raise ImageTooLargeError(
+            f"image is {width}x{height} = {width * height} pixels, over the limit of "
+            f"{max_pixels} (LESIONSEG_MAX_IMAGE_PIXELS)"
+        )
+
+
+def decode_image(data: bytes, *, max_pixels: int, max_bytes: int | None = None) -> MedicalImage:
+    """Decode PNG/JPEG/TIFF/... bytes; the pixel count is checked before any pixel is decoded."""
+    if not data:
+        raise InvalidImageError("the uploaded image is empty (0 bytes)")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ImageTooLargeError(
+            f"upload is {len(data)} bytes, over the limit of {max_bytes} "
+            "(LESIONSEG_MAX_UPLOAD_BYTES)"
+        )
+    if data[:4] in _TIFF_MAGIC:
+        return _decode_tiff(data, max_pixels)
+    return _decode_pillow(data, max_pixels)
+
+
+def _decode_tiff(data: bytes, max_pixels: int) -> MedicalImage:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            page = tif.pages[0]
+            check_pixels(int(page.imagelength), int(page.imagewidth), max_pixels)
+            array = page.asarray()
+            bits = page.bitspersample
+    except (tifffile.TiffFileError, ValueError, IndexError, EOFError, OSError) as exc:
+        raise InvalidImageError(f"cannot read the TIFF image: {exc}") from exc
+    return MedicalImage(to_uint8_rgb(np.asarray(array)), None, f"TIFF {bits}-bit")
+
+
+def _decode_pillow(data: bytes, max_pixels: int) -> MedicalImage:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            check_pixels(image.height, image.width, max_pixels)
+            image.load()  # decodes now: truncated files fail here
+            image = ImageOps.exif_transpose(image)
+    except (ImageTooLargeError, InvalidImageError):
+        raise
+    except UnidentifiedImageError as exc:
+        raise InvalidImageError(
+            "the upload is not a readable image (expected PNG, JPEG, TIFF, BMP, GIF or WebP)"
+        ) from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"image rejected as a decompression bomb: {exc}") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InvalidImageError(f"the image is corrupt or truncated: {exc}") from exc
+    fmt, mode = image.format or "image", image.mode
+    if mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
+        image = image.convert("RGB")
+    elif mode == "LA":
+        image = image.convert("L")
+    elif mode == "RGBA":
+        image = image.convert("RGB")
+    array = np.asarray(image)
+    return MedicalImage(to_uint8_rgb(array), None, f"{fmt} {mode}")

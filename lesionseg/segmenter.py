@@ -1,0 +1,175 @@
+"""SAM stage: batch-first and stateless.
+
+``embed(images)`` runs the image encoder once for a whole batch; ``predict(embeddings, boxes)``
+runs the prompt encoder and mask decoder once per image for all of that image's boxes. Nothing
+about an image is kept between calls, so a server can embed in one batch and decode later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .backends import SamRunner
+from .errors import InvalidBoxesError
+from .settings import Settings
+from .transforms import clip_boxes, preprocess, resized_hw, scale_boxes
+from .types import ImageEmbedding, MaskPrediction
+
+
+def validate_boxes(boxes: object, image_hw: tuple[int, int]) -> np.ndarray:
+    """Check caller-supplied boxes and clip them to the image.
+
+    Args:
+        boxes: anything array-like of shape (N, 4): XYXY in original pixels.
+        image_hw: (H, W) of the image.
+
+    Returns:
+        (N, 4) float32 boxes clipped to the image.
+
+    Raises:
+        InvalidBoxesError: wrong shape, non-finite values, x1 <= x0 or y1 <= y0, or a box that
+            lies wholly outside the image.
+    """
+    try:
+        arr = np.asarray(boxes, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InvalidBoxesError(f"boxes must be a list of [x0, y0, x1, y1] numbers: {exc}") from exc
+    if arr.size == 0:
+        return np.zeros((0, 4), np.float32)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise InvalidBoxesError(
+            f"boxes must be a list of [x0, y0, x1, y1]; got an array of shape {list(arr.shape)}"
+        )
+    if not np.isfinite(arr).all():
+        raise InvalidBoxesError("boxes contain NaN or infinite values")
+    bad = np.flatnonzero((arr[:, 2] <= arr[:, 0]) | (arr[:, 3] <= arr[:, 1]))
+    if bad.size:
+        raise InvalidBoxesError(
+            f"box {int(bad[0])} = {arr[bad[0]].tolist()} is empty: need x1 > x0 and y1 > y0"
+        )
+    clipped = clip_boxes(arr, image_hw)
+    outside = np.flatnonzero((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1]))
+    if outside.size:
+        h, w = image_hw
+        raise InvalidBoxesError(
+            f"box {int(outside[0])} = {arr[outside[0]].tolist()} lies outside the {w}x{h} image"
+        )
+    return clipped
+
+
+class Segmenter:
+    """Box-prompted SAM segmentation.
+
+    Args:
+        runner: executes the SAM encoder/decoder (torch, onnxruntime, tensorrt).
+        mask_threshold: logit above which a pixel is in the mask.
+        refine_iterations: default rounds of mask-prompt refinement (M-SAM style).
+    """
+
+    def __init__(
+        self, runner: SamRunner, *, mask_threshold: float = 0.0, refine_iterations: int = 0
+    ):
+        self.runner = runner
+        self.spec = runner.spec
+        self.mask_threshold = mask_threshold
+        self.refine_iterations = refine_iterations
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Segmenter:
+        """Load the SAM checkpoint and runtime named in ``settings``."""
+        from .backends.torch_runner import TorchSamRunner
+        from .sam_models import load_sam
+
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        modules = load_sam(
+            settings.sam_family, settings.sam_path, multimask=settings.multimask_output
+        )
+        runner = TorchSamRunner(modules, settings.device, settings.precision)
+        return cls(
+            runner,
+            mask_threshold=settings.mask_threshold,
+            refine_iterations=settings.refine_iterations,
+        )
+
+    def embed(self, images: Sequence[np.ndarray]) -> list[ImageEmbedding]:
+        """Encode a batch of (H, W, 3) uint8 RGB images (sizes may differ) in one encoder pass."""
+        if not images:
+            return []
+        size = self.spec.image_size
+        batch = np.stack([preprocess(im, size, self.spec.normalisation) for im in images])
+        features = self.runner.encode(batch)  # (B, C, h, w)
+        return [
+            ImageEmbedding(f, im.shape[:2], resized_hw(im.shape[:2], size))
+            for f, im in zip(features, images, strict=True)
+        ]
+
+    def predict(
+        self,
+        embeddings: Sequence[ImageEmbedding],
+        boxes_per_image: Sequence[np.ndarray],
+        *,
+        refine_iterations: int | None = None,
+    ) -> list[MaskPrediction]:
+        """Segment the boxes of each image; one decoder call per image and round.
+
+        Args:
+            embeddings: from :meth:`embed`.
+            boxes_per_image: per image (N_i, 4) XYXY in original pixels (validated).
+            refine_iterations: rounds that feed the previous low-res logits back as a mask
+                prompt together with the box (default: the constructor's).
+
+        Returns:
+            One :class:`MaskPrediction` per image, masks in box order.
+        """
+        assert len(embeddings) == len(boxes_per_image)
+        rounds = self.refine_iterations if refine_iterations is None else refine_iterations
+        return [
+            self._predict_one(emb, np.asarray(boxes, np.float32).reshape(-1, 4), rounds)
+            for emb, boxes in zip(embeddings, boxes_per_image, strict=True)
+        ]
+
+    def _predict_one(self, emb: ImageEmbedding, boxes: np.ndarray, rounds: int) -> MaskPrediction:
+        n = boxes.shape[0]
+        if n == 0:
+            return self.predict_empty(emb.original_hw)
+        low = (self.spec.mask_size, self.spec.mask_size)
+        size = self.spec.image_size
+        model_boxes = scale_boxes(boxes, emb.original_hw, emb.resized_hw)
+        embedding = emb.features[None]  # (1, C, h, w)
+        mask_input = np.zeros((n, 1, *low), np.float32)
+        has_mask = False
+        for _ in range(rounds + 1):
+            logits, iou = self.runner.decode(embedding, model_boxes, mask_input, has_mask)
+            best = iou.argmax(axis=1)  # (N,) best of the M candidates
+            logits = logits[np.arange(n), best]  # (N, 4h, 4w)
+            iou = iou[np.arange(n), best]  # (N,)
+            mask_input, has_mask = logits[:, None], True
+        masks = self._to_original(logits, emb.resized_hw, emb.original_hw, size)
+        return MaskPrediction(masks, iou.astype(np.float32), logits.astype(np.float32))
+
+    def predict_empty(self, original_hw: tuple[int, int]) -> MaskPrediction:
+        """The prediction for an image without boxes (no model call)."""
+        s = self.spec.mask_size
+        return MaskPrediction(
+            np.zeros((0, *original_hw), bool),
+            np.zeros(0, np.float32),
+            np.zeros((0, s, s), np.float32),
+        )
+
+    def _to_original(
+        self, logits: np.ndarray, resized: tuple[int, int], original: tuple[int, int], size: int
+    ) -> np.ndarray:
+        """(N, s, s) low-res logits -> (N, H, W) bool: upsample to S, crop padding, resize."""
+        out = np.empty((logits.shape[0], *original), bool)
+        for i, lg in enumerate(logits):  # one at a time: large images x many boxes add up
+            x = torch.from_numpy(np.ascontiguousarray(lg))[None, None]
+            x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False)
+            x = x[..., : resized[0], : resized[1]]
+            x = F.interpolate(x, original, mode="bilinear", align_corners=False)
+            out[i] = (x[0, 0] > self.mask_threshold).numpy()
+        return out

