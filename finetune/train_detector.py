@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,6 +21,7 @@ from PIL import Image
 from lesionseg.data import SPLITS, LitsCase
 from lesionseg.detector import Detector, configure_ultralytics_offline
 from lesionseg.evaluation import DetectionCounts, match_detections
+from lesionseg.provenance import git_commit, hardware, versions
 from lesionseg.settings import Settings
 
 CLASS_NAMES = ["lesion"]
@@ -79,7 +78,6 @@ def main(argv: list[str] | None = None) -> None:
 
     configure_ultralytics_offline()
     from ultralytics import YOLO
-    from ultralytics import __version__ as ultralytics_version
 
     settings = Settings()
     case = LitsCase(settings.cache_dir)
@@ -123,7 +121,6 @@ def main(argv: list[str] | None = None) -> None:
         plots=False,
         verbose=False,
     )
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     record = {
         "model": "yolov8n (ultralytics yolov8n.yaml, random init)",
         "weights": args.out.with_suffix(".pt").name,
@@ -153,9 +150,9 @@ def main(argv: list[str] | None = None) -> None:
             },
         },
         "train_seconds": round(time.time() - started, 1),
-        "hardware": f"{platform.processor() or platform.machine()}, CPU only",
-        "versions": {"python": sys.version.split()[0], "ultralytics": ultralytics_version},
-        "git_commit": commit.strip() or None,
+        "hardware": hardware(),
+        "versions": versions("ultralytics", "torch"),
+        "git_commit": git_commit(),
         "command": "python -m finetune.train_detector " + " ".join(argv or sys.argv[1:]),
     }
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")

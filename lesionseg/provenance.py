@@ -1,0 +1,59 @@
+"""Where a number was measured: commit, versions and hardware, for records and benchmarks."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+from .settings import REPO_ROOT
+
+
+def git_commit() -> str | None:
+    """HEAD of the repository (with ``-dirty`` when the tree has changes), or None."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    head = git("rev-parse", "--short=12", "HEAD")
+    if not head:
+        return None
+    return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def cpu_name() -> str:
+    """CPU model from /proc/cpuinfo (Linux), else platform's guess."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def hardware() -> dict:
+    """CPU model and core count, and the CUDA device when torch sees one."""
+    import os
+
+    import torch
+
+    info = {"cpu": cpu_name(), "cpu_cores": os.cpu_count()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def versions(*packages: str) -> dict:
+    """Python and the named packages' versions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for name in packages:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
