@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from lesionseg.data import SPLITS, LitsCase
-from lesionseg.detector import Detector, configure_ultralytics_offline
+from lesionseg.detector import Detector, import_yolo
 from lesionseg.evaluation import DetectionCounts, match_detections
 from lesionseg.provenance import git_commit, hardware, versions
 from lesionseg.settings import Settings
@@ -76,9 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("models/detector/lesion-yolov8n"))
     args = parser.parse_args(argv)
 
-    configure_ultralytics_offline()
-    from ultralytics import YOLO
-
+    YOLO = import_yolo()  # noqa: N806 (ultralytics' class)
     settings = Settings()
     case = LitsCase(settings.cache_dir)
     data_yaml = write_yolo_dataset(case, args.workdir / "dataset")

@@ -29,6 +29,25 @@ def configure_ultralytics_offline() -> None:
     )
 
 
+def import_yolo() -> type:
+    """Import ultralytics offline and return its ``YOLO`` class.
+
+    Importing ultralytics replaces ``PIL.Image.open`` with a wrapper that pip-installs
+    ``pi-heif`` when Pillow cannot identify a file: a download attempt, and a
+    ModuleNotFoundError instead of Pillow's own error for every non-image upload. Pillow's
+    function is put back.
+    """
+    configure_ultralytics_offline()
+    from PIL import Image
+    from ultralytics import YOLO
+    from ultralytics.utils import patches
+
+    original = getattr(patches, "_image_open", None)
+    if original is not None:
+        Image.open = original
+    return YOLO
+
+
 class Detector:
     """Lesion detector.
 
@@ -59,11 +78,9 @@ class Detector:
                 f"detector weights not found at {weights}; set LESIONSEG_DETECTOR_WEIGHTS to a "
                 "local .pt file (see finetune/train_detector.py)"
             )
-        configure_ultralytics_offline()
-        from ultralytics import YOLO
-
+        yolo = import_yolo()
         try:
-            self.model = YOLO(str(weights), task="detect")
+            self.model = yolo(str(weights), task="detect")
         except Exception as exc:  # ultralytics raises many types for a bad file
             raise ModelLoadError(f"cannot load YOLO weights {weights}: {exc}") from exc
         self.weights = weights

@@ -40,3 +40,14 @@ def test_committed_detector_has_a_record():
     assert ours["recall"] >= 0.7
     assert record["split"] == {"train": [0, 89], "val": [100, 127]}
     assert "finetune.train_detector" in record["command"]
+
+
+def test_loading_the_detector_leaves_pillow_alone(detector):
+    from PIL import Image
+
+    from lesionseg.errors import InvalidImageError
+    from lesionseg.imaging import decode_image
+
+    assert Image.open.__module__.startswith("PIL")
+    with pytest.raises(InvalidImageError, match="not a readable image"):
+        decode_image(b"definitely not an image", max_pixels=100)
