@@ -103,10 +103,15 @@ class Segmenter:
         size = self.spec.image_size
         batch = np.stack([preprocess(im, size, self.spec.normalisation) for im in images])
         features = self.runner.encode(batch)  # (B, C, h, w)
-        return [
-            ImageEmbedding(f, im.shape[:2], resized_hw(im.shape[:2], size))
-            for f, im in zip(features, images, strict=True)
-        ]
+        return [self.wrap(f, im.shape[:2]) for f, im in zip(features, images, strict=True)]
+
+    def wrap(self, features: np.ndarray, original_hw: tuple[int, int]) -> ImageEmbedding:
+        """Attach the geometry of an (H, W) image to its (C, h, w) encoder output.
+
+        For servers that encode in one process (batched) and decode in another.
+        """
+        hw = (int(original_hw[0]), int(original_hw[1]))
+        return ImageEmbedding(features, hw, resized_hw(hw, self.spec.image_size))
 
     def predict(
         self,

@@ -56,8 +56,19 @@ class Settings(BaseSettings):
         4, ge=1, le=256, description="Largest batch the service forms for encoder and detector."
     )
     max_latency_ms: int = Field(
-        2000, ge=1, description="Longest a request may wait for its batch to fill (ms)."
+        30_000,
+        ge=1,
+        description="Latency budget of one batched model call (ms), queueing included: BentoML "
+        "forms batches within it and sheds requests it cannot serve in time (HTTP 503).",
     )
+
+    max_pending_requests: int = Field(
+        32,
+        ge=1,
+        description="Requests in flight per API worker above which the service "
+        "answers 503 (overload) instead of queueing.",
+    )
+    warmup: bool = Field(True, description="Run one request through every model before ready.")
 
     # --- detection and segmentation ------------------------------------------------------------
     score_threshold: float = Field(
@@ -65,6 +76,13 @@ class Settings(BaseSettings):
     )
     nms_iou_threshold: float = Field(
         0.5, gt=0.0, le=1.0, description="IoU above which the detector's NMS merges boxes."
+    )
+    detector_score_floor: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="Service only: confidence the batched detector runs "
+        "at; a request's score_threshold may not go below it.",
     )
     max_lesions: int = Field(50, ge=1, le=1000, description="Most lesions returned per image.")
     detector_classes: tuple[int, ...] | None = Field(

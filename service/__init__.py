@@ -1,0 +1,1 @@
+"""BentoML layer of lesionseg: services, API schemas, error mapping, model store."""

@@ -1,0 +1,28 @@
+"""Per-stage latency histograms, exported at /metrics beside BentoML's own."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import Histogram
+
+STAGE_SECONDS = Histogram(
+    "lesionseg_stage_duration_seconds",
+    "Wall time of one pipeline stage for one request",
+    ["stage"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+
+@contextmanager
+def timed(stage: str, timings: dict[str, float]) -> Iterator[None]:
+    """Time the block: add its ms to ``timings[stage]`` and observe the histogram."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds = time.perf_counter() - start
+        timings[stage] = timings.get(stage, 0.0) + seconds * 1000
+        STAGE_SECONDS.labels(stage).observe(seconds)

@@ -1,0 +1,54 @@
+"""Service fixtures: a private BentoML store with the default models imported."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# BentoML reads these at import time: a private store, and a metrics dir for /metrics.
+_ROOT = Path(tempfile.mkdtemp(prefix="lesionseg-test-"))
+os.environ.setdefault("BENTOML_HOME", str(_ROOT / "bentoml"))
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_ROOT / "prometheus"))
+Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+
+
+@pytest.fixture(scope="session")
+def model_store() -> Path:
+    """Import the default SAM and detector into the test store (as `make serve` does)."""
+    from service.model_store import main
+
+    main()
+    return Path(os.environ["BENTOML_HOME"])
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def lits_png(lits) -> bytes:
+    return png_bytes(lits.slice(110).image)
+
+
+@pytest.fixture(scope="session")
+def client(model_store):
+    """The whole service in-process (startup and model loading included), once ready."""
+    from starlette.testclient import TestClient
+
+    from service.app import LesionSeg
+
+    with TestClient(LesionSeg.to_asgi()) as test_client:
+        deadline = time.monotonic() + 300
+        while test_client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "service never became ready"
+            time.sleep(0.5)
+        yield test_client
