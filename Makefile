@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 3000
+HOST   ?= 0.0.0.0
+BENTOML_HOME ?= $(CURDIR)/.bentoml
+export BENTOML_HOME
 EXAMPLE := data/examples/lits117-z110.png
 LOCK_HASH := $(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
 STAMP  := $(VENV)/.installed-$(LOCK_HASH)
@@ -14,7 +17,7 @@ export YOLO_OFFLINE := 1
 export YOLO_AUTOINSTALL := false
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data serve test test-fast lint format train-detector clean
+.PHONY: help setup data models serve demo build test test-fast lint format train-detector clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -36,10 +39,19 @@ $(EXAMPLE): $(STAMP)
 
 data: $(EXAMPLE) ## fetch the LiTS case (checksummed) and write the example image
 
-serve: setup data ## run the CLI demo on the example image (the HTTP service lands with issue 3)
+models: setup ## import the configured SAM and detector into the BentoML store (idempotent)
+	$(PY) -m service.model_store
+
+serve: setup data models ## serve the API on $(HOST):$(PORT) (bentoml serve)
+	$(VENV)/bin/bentoml serve service.app:LesionSeg --host $(HOST) --port $(PORT)
+
+demo: setup data ## run the pipeline once from the command line on the example image
 	$(PY) -m lesionseg.cli predict $(EXAMPLE) --out out/demo
 
-test: setup ## run the whole test suite (unit, slow real-model checks)
+build: models ## bentoml build: a bento with the service, the library and the models
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/bentoml build
+
+test: setup data ## run the whole test suite (unit, slow, integration, bentoml build)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup ## unit tests only (no slow real-model checks)

@@ -16,6 +16,7 @@ import numpy as np
 
 from .errors import ModelLoadError
 from .settings import Settings
+from .transforms import clip_boxes, pad_to_square, resize_longest_side, resized_hw, scale_boxes
 from .types import Detections
 
 
@@ -119,8 +120,16 @@ class Detector:
         """
         if not images:
             return []
+        # Letterbox every image to the same square ourselves: ultralytics pads a batch of mixed
+        # shapes differently from a single image, and a server's result must not depend on
+        # which other requests shared its batch.
+        size = self.image_size
+        squares = [
+            pad_to_square(resize_longest_side(im, size), size, value=114)[:, :, ::-1]  # BGR
+            for im in images
+        ]
         results = self.model.predict(
-            [np.ascontiguousarray(im[:, :, ::-1]) for im in images],  # ultralytics wants BGR
+            [np.ascontiguousarray(sq) for sq in squares],
             imgsz=self.image_size,
             conf=self.score_threshold if score_threshold is None else score_threshold,
             iou=self.nms_iou_threshold,
@@ -130,8 +139,10 @@ class Detector:
             verbose=False,
         )
         out = []
-        for res in results:
+        for res, im in zip(results, images, strict=True):
             boxes = res.boxes.xyxy.cpu().numpy().astype(np.float32).reshape(-1, 4)
+            resized = resized_hw(im.shape[:2], size)
+            boxes = clip_boxes(scale_boxes(boxes, resized, im.shape[:2]), im.shape[:2])
             scores = res.boxes.conf.cpu().numpy().astype(np.float32)
             class_ids = res.boxes.cls.cpu().numpy().astype(np.int64)
             order = np.argsort(-scores, kind="stable")

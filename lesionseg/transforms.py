@@ -51,11 +51,11 @@ def normalise(image: np.ndarray, mode: Normalisation) -> np.ndarray:
     return (x / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
 
 
-def pad_to_square(image: np.ndarray, size: int) -> np.ndarray:
-    """Zero-pad (h, w, C) at the bottom and right to (size, size, C)."""
+def pad_to_square(image: np.ndarray, size: int, value: float = 0) -> np.ndarray:
+    """Pad (h, w, C) at the bottom and right to (size, size, C) with ``value``."""
     h, w = image.shape[:2]
     assert h <= size and w <= size, (h, w, size)
-    return np.pad(image, ((0, size - h), (0, size - w), (0, 0)))
+    return np.pad(image, ((0, size - h), (0, size - w), (0, 0)), constant_values=value)
 
 
 def preprocess(image: np.ndarray, size: int, mode: Normalisation) -> np.ndarray:

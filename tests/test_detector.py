@@ -51,3 +51,13 @@ def test_loading_the_detector_leaves_pillow_alone(detector):
     assert Image.open.__module__.startswith("PIL")
     with pytest.raises(InvalidImageError, match="not a readable image"):
         decode_image(b"definitely not an image", max_pixels=100)
+
+
+def test_detections_do_not_depend_on_the_batch(lits, detector):
+    images = [lits.slice(110).image, lits.slice(120).image[:100, :80], lits.slice(105).image]
+    alone = [detector.detect([im], score_threshold=0.05)[0] for im in images]
+    together = detector.detect(images, score_threshold=0.05)
+    for a, b in zip(alone, together, strict=True):
+        assert a.labels == b.labels
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)

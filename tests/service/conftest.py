@@ -14,8 +14,8 @@ from PIL import Image
 
 # BentoML reads these at import time: a private store, and a metrics dir for /metrics.
 _ROOT = Path(tempfile.mkdtemp(prefix="lesionseg-test-"))
-os.environ.setdefault("BENTOML_HOME", str(_ROOT / "bentoml"))
-os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_ROOT / "prometheus"))
+os.environ["BENTOML_HOME"] = str(_ROOT / "bentoml")
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_ROOT / "prometheus")
 Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
 
 

@@ -1,0 +1,162 @@
+"""One real `bentoml serve` process: the README's curl examples, readiness and batching."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from pycocotools import mask as mask_utils
+
+from lesionseg.evaluation import dice
+from lesionseg.masks import decode_rle
+from lesionseg.settings import REPO_ROOT
+
+from .conftest import png_bytes
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+EXAMPLE = REPO_ROOT / "data" / "examples" / "lits117-z110.png"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(model_store, lits, tmp_path_factory):
+    """`bentoml serve` on a free loopback port, as `make serve` runs it."""
+    if not EXAMPLE.exists():  # `make data` writes it; make sure a bare pytest run has it too
+        from PIL import Image
+
+        EXAMPLE.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(lits.slice(110).image).save(EXAMPLE)
+    port = free_port()
+    env = dict(os.environ, LESIONSEG_MAX_BATCH_SIZE="4", LESIONSEG_MAX_LATENCY_MS="120000")
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "service.app:LesionSeg",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            assert proc.poll() is None, f"bentoml serve exited:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"never ready:\n{log.read_text()[-3000:]}"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=60)
+
+
+def readme_curl_commands() -> list[str]:
+    text = (REPO_ROOT / "README.md").read_text()
+    commands = [line.strip() for line in text.splitlines() if line.startswith("curl ")]
+    assert len(commands) >= 3, "the README lost its curl examples"
+    return commands
+
+
+def test_readme_curl_examples_work(server, tmp_path):
+    port = server.rsplit(":", 1)[1]
+    for command in readme_curl_commands():
+        command = command.replace("localhost:3000", f"127.0.0.1:{port}")
+        command = command.replace("@data/", f"@{REPO_ROOT}/data/")
+        proc = subprocess.run(shlex.split(command), cwd=tmp_path, capture_output=True, check=True)
+        if "-o " in command:  # the overlay example writes a PNG
+            written = tmp_path / re.search(r"-o (\S+)", command).group(1)
+            assert written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            continue
+        body = json.loads(proc.stdout)
+        assert (body["width"], body["height"]) == (128, 128), body
+        assert body["lesions"], body
+        for lesion in body["lesions"]:
+            rle = {"size": lesion["mask"]["size"], "counts": lesion["mask"]["counts"].encode()}
+            assert mask_utils.decode(rle).shape == (128, 128)
+
+
+def test_bad_input_over_http(server):
+    response = httpx.post(f"{server}/segment", files={"image": ("x.png", b"nope", "image/png")})
+    assert response.status_code == 400 and "not a readable image" in response.json()["error"]
+    assert httpx.get(f"{server}/readyz").status_code == 200
+
+
+def batch_counts(url: str) -> dict[str, tuple[float, float]]:
+    """(sum of batch sizes, number of batches) per batched method, from /metrics."""
+    metrics = httpx.get(f"{url}/metrics").text
+    out = {}
+    for method in ("detect", "embed"):
+        values = []
+        for kind in ("sum", "count"):
+            name = f"bentoml_service_adaptive_batch_size_{kind}"
+            pattern = name + r'\{[^}]*method_name="' + method + r'"[^}]*\} (\S+)'
+            values.append(sum(float(v) for v in re.findall(pattern, metrics)))
+        out[method] = tuple(values)
+    return out
+
+
+def test_concurrent_requests_are_batched_and_routed_back(server, lits):
+    # Six images of six different sizes: a response sent to the wrong caller would show.
+    crops = [(128, 128), (120, 110), (112, 128), (100, 100), (128, 96), (90, 120)]
+    images = [lits.slice(102 + 4 * i).image[:h, :w] for i, (h, w) in enumerate(crops)]
+    payloads = [png_bytes(im) for im in images]
+
+    def call(data: bytes) -> dict:
+        r = httpx.post(
+            f"{server}/segment", files={"image": ("i.png", data, "image/png")}, timeout=300
+        )
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    reference = [call(p) for p in payloads]  # one at a time
+    before = batch_counts(server)
+    with ThreadPoolExecutor(len(payloads)) as pool:
+        concurrent = list(pool.map(call, payloads))
+    after = batch_counts(server)
+
+    with_lesions = sum(1 for r in reference if r["lesions"])  # images without boxes skip SAM
+    assert with_lesions >= 3
+    for method, expected in (("detect", len(payloads)), ("embed", with_lesions)):
+        items = after[method][0] - before[method][0]
+        batches = after[method][1] - before[method][1]
+        assert items == expected, (method, items)
+        assert batches < items, f"{method}: {items} requests in {batches} batches: no batching"
+    for (h, w), ref, got in zip(crops, reference, concurrent, strict=True):
+        assert (got["height"], got["width"]) == (h, w)
+        assert [lesion["box"] for lesion in got["lesions"]] == [
+            lesion["box"] for lesion in ref["lesions"]
+        ]
+        for a, b in zip(ref["lesions"], got["lesions"], strict=True):
+            assert dice(decode_rle(a["mask"]), decode_rle(b["mask"])) >= 0.98
