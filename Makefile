@@ -9,6 +9,7 @@ HOST   ?= 0.0.0.0
 BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_HOME
 EXAMPLE := data/examples/lits117-z110.png
+EXPORTS := .cache/exports/export.json
 LOCK_HASH := $(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
 STAMP  := $(VENV)/.installed-$(LOCK_HASH)
 PYTEST_ARGS ?=
@@ -17,7 +18,8 @@ export YOLO_OFFLINE := 1
 export YOLO_AUTOINSTALL := false
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data models serve demo build test test-fast lint format train-detector clean
+.PHONY: help setup data export engines models serve demo build bench-encoder test test-fast \
+	lint format train-detector clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -39,17 +41,28 @@ $(EXAMPLE): $(STAMP)
 
 data: $(EXAMPLE) ## fetch the LiTS case (checksummed) and write the example image
 
-models: setup ## import the configured SAM and detector into the BentoML store (idempotent)
+$(EXPORTS): $(STAMP) models/detector/lesion-yolov8n.pt export/onnx_sam.py
+	$(PY) -m export onnx
+
+export: $(EXPORTS) ## ONNX: SAM encoder/decoder + detector, parity-checked, into the store (CPU)
+
+engines: export ## TensorRT engines from the ONNX files (NVIDIA GPU + pip install tensorrt)
+	$(PY) -m export tensorrt
+
+models: setup ## import SAM, detector and exports into the BentoML store (idempotent)
 	$(PY) -m service.model_store
 
-serve: setup data models ## serve the API on $(HOST):$(PORT) (bentoml serve)
+serve: setup data export models ## serve the API on $(HOST):$(PORT) (bentoml serve)
 	$(VENV)/bin/bentoml serve service.app:LesionSeg --host $(HOST) --port $(PORT)
 
 demo: setup data ## run the pipeline once from the command line on the example image
 	$(PY) -m lesionseg.cli predict $(EXAMPLE) --out out/demo
 
-build: models ## bentoml build: a bento with the service, the library and the models
+build: export models ## bentoml build: a bento with the service, the library and the models
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/bentoml build
+
+bench-encoder: setup export ## SAM encoder ms/img: torch vs onnxruntime, side by side
+	$(PY) -m benchmarks.encoder_latency
 
 test: setup data ## run the whole test suite (unit, slow, integration, bentoml build)
 	$(PY) -m pytest $(PYTEST_ARGS)

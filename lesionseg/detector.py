@@ -76,8 +76,9 @@ class Detector:
         weights = Path(weights)
         if not weights.is_file():
             raise ModelLoadError(
-                f"detector weights not found at {weights}; set LESIONSEG_DETECTOR_WEIGHTS to a "
-                "local .pt file (see finetune/train_detector.py)"
+                f"detector weights not found at {weights}: set LESIONSEG_DETECTOR_WEIGHTS to a "
+                "local .pt file (backend torch) or run `make export` / `make engines` "
+                "(backends onnxruntime / tensorrt)"
             )
         yolo = import_yolo()
         try:
@@ -95,8 +96,17 @@ class Detector:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Detector:
+        """The detector of ``settings``: the .pt (torch), or its export (onnxruntime, tensorrt)."""
+        weights = settings.detector_weights
+        if settings.backend == "onnxruntime":
+            weights = settings.exports() / "detector.onnx"
+        elif settings.backend == "tensorrt":
+            from .backends.tensorrt_runner import check_engine
+
+            weights = settings.exports() / "detector.engine"
+            check_engine(weights)
         return cls(
-            settings.detector_weights,
+            weights,
             device=settings.device,
             image_size=settings.detector_image_size,
             score_threshold=settings.score_threshold,

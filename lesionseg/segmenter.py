@@ -80,16 +80,27 @@ class Segmenter:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Segmenter:
-        """Load the SAM checkpoint and runtime named in ``settings``."""
-        from .backends.torch_runner import TorchSamRunner
-        from .sam_models import load_sam
-
+        """Load the SAM model and runtime (torch, onnxruntime, tensorrt) named in settings."""
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
-        modules = load_sam(
-            settings.sam_family, settings.sam_path, multimask=settings.multimask_output
-        )
-        runner = TorchSamRunner(modules, settings.device, settings.precision)
+        if settings.backend == "onnxruntime":
+            from .backends.onnx_runner import OnnxSamRunner
+
+            runner = OnnxSamRunner(
+                settings.exports(), device=settings.device, multimask=settings.multimask_output
+            )
+        elif settings.backend == "tensorrt":
+            from .backends.tensorrt_runner import TensorRTSamRunner
+
+            runner = TensorRTSamRunner(settings.exports(), multimask=settings.multimask_output)
+        else:
+            from .backends.torch_runner import TorchSamRunner
+            from .sam_models import load_sam
+
+            modules = load_sam(
+                settings.sam_family, settings.sam_path, multimask=settings.multimask_output
+            )
+            runner = TorchSamRunner(modules, settings.device, settings.precision)
         return cls(
             runner,
             mask_threshold=settings.mask_threshold,

@@ -43,8 +43,14 @@ class Settings(BaseSettings):
 
     # --- runtime ------------------------------------------------------------------------------
     device: Literal["cpu", "cuda"] = Field("cpu", description="Where models run.")
-    backend: Literal["torch"] = Field(
-        "torch", description="Inference runtime of the SAM and detector stages."
+    backend: Literal["torch", "onnxruntime", "tensorrt"] = Field(
+        "onnxruntime",
+        description="Inference runtime of the SAM and detector stages. onnxruntime (default: "
+        "the fastest measured on CPU, benchmarks/results) and tensorrt run the files "
+        "`make export` / `make engines` wrote to export_dir; torch runs the checkpoints.",
+    )
+    export_dir: Path | None = Field(
+        None, description="Exported ONNX files and TensorRT engines (default: cache_dir/exports)."
     )
     precision: Literal["fp32", "fp16", "bf16"] = Field(
         "fp32", description="SAM compute precision; fp16/bf16 need device 'cuda'."
@@ -111,3 +117,7 @@ class Settings(BaseSettings):
         REPO_ROOT / ".cache",
         description="Where fetched data (the LiTS case) and verified weight copies are kept.",
     )
+
+    def exports(self) -> Path:
+        """Directory of exported models: :attr:`export_dir` or ``cache_dir/exports``."""
+        return self.export_dir or self.cache_dir / "exports"

@@ -29,7 +29,7 @@ from lesionseg.segmenter import Segmenter, validate_boxes
 from lesionseg.settings import Settings
 from lesionseg.types import Detections, MedicalImage, SegmentationResult
 from service.metrics import STAGE_SECONDS, timed
-from service.model_store import DETECTOR_MODEL, SAM_MODEL, sam_path_in_store
+from service.model_store import DETECTOR_MODEL, EXPORTS_MODEL, SAM_MODEL, sam_path_in_store
 from service.schemas import SegmentResponse
 
 log = logging.getLogger("lesionseg.service")
@@ -48,37 +48,47 @@ WARMUP_IMAGE = np.zeros((64, 64, 3), np.uint8)
 WARMUP_IMAGE[24:40, 24:40] = 200
 
 
-def runtime_settings(sam_model: bentoml.Model, detector_model: bentoml.Model) -> Settings:
+class _StoreModels:
+    """Declares the BentoML store models of the configured backend as class attributes (the
+    only place BentoML resolves them, and what `bentoml build` packages)."""
+
+    if SETTINGS.backend == "torch":
+        sam_model = bentoml.models.BentoModel(f"{SAM_MODEL}:latest")
+        detector_model = bentoml.models.BentoModel(f"{DETECTOR_MODEL}:latest")
+    else:
+        exports_model = bentoml.models.BentoModel(f"{EXPORTS_MODEL}:latest")
+
+    @property
+    def store(self) -> dict:
+        names = ("sam_model", "detector_model", "exports_model")
+        return {n.removesuffix("_model"): getattr(self, n) for n in names if hasattr(self, n)}
+
+
+def runtime_settings(models: dict) -> Settings:
     """The process settings, with the model paths pointing into the BentoML store."""
-    family = sam_model.info.labels["family"]
+    if "exports" in models:
+        return Settings(export_dir=Path(models["exports"].path))
+    family = models["sam"].info.labels["family"]
     return Settings(
         sam_family=family,
-        sam_path=sam_path_in_store(Path(sam_model.path), family),
-        detector_weights=Path(detector_model.path) / "weights.pt",
+        sam_path=sam_path_in_store(Path(models["sam"].path), family),
+        detector_weights=Path(models["detector"].path) / "weights.pt",
     )
 
 
-def model_info(sam_model: bentoml.Model, detector_model: bentoml.Model, names: dict) -> dict:
+def model_info(models: dict, segmenter: Segmenter, detector: Detector) -> dict:
+    spec = segmenter.spec
     return {
-        "sam": {
-            "tag": str(sam_model.tag),
-            **sam_model.info.labels,
-            "name": sam_model.info.metadata.get("name"),
-        },
-        "detector": {
-            "tag": str(detector_model.tag),
-            **detector_model.info.labels,
-            "classes": names,
-        },
+        "backend": SETTINGS.backend,
+        "store": {name: str(model.tag) for name, model in models.items()},
+        "sam": {"family": spec.family, "name": spec.name, "sha256": spec.sha256},
+        "detector": {"weights": detector.weights.name, "classes": detector.names},
     }
 
 
 @bentoml.service(name="lesionseg-models", workers=1, traffic={"timeout": 600})
-class ModelRunner:
+class ModelRunner(_StoreModels):
     """The batched stages: YOLO detection and SAM image encoding."""
-
-    sam_model = bentoml.models.BentoModel(f"{SAM_MODEL}:latest")
-    detector_model = bentoml.models.BentoModel(f"{DETECTOR_MODEL}:latest")
 
     def __init__(self) -> None:
         # Load in a thread so that /readyz answers 503 (not a hang) until the models are warm.
@@ -100,7 +110,7 @@ class ModelRunner:
             log.exception("loading the models failed; the runner stays unready")
 
     def _load(self) -> None:
-        settings = runtime_settings(self.sam_model, self.detector_model)
+        settings = runtime_settings(self.store)
         self.segmenter = Segmenter.from_settings(settings)
         self.detector = Detector.from_settings(settings)
         self.detector.score_threshold = settings.detector_score_floor
@@ -133,7 +143,7 @@ class ModelRunner:
         return self._models()
 
     def _models(self) -> dict:
-        return model_info(self.sam_model, self.detector_model, self.detector.names)
+        return model_info(self.store, self.segmenter, self.detector)
 
 
 def _bad_request(exc: InputError) -> JSONResponse:
@@ -145,13 +155,11 @@ def _unavailable(message: str) -> JSONResponse:
 
 
 @bentoml.service(name="lesionseg", traffic={"timeout": 600})
-class LesionSeg:
+class LesionSeg(_StoreModels):
     """Automatic lesion segmentation over HTTP: ``/segment``, ``/segment/boxes``,
     ``/segment/overlay``; health at ``/livez`` and ``/readyz``, metrics at ``/metrics``."""
 
     runner = bentoml.depends(ModelRunner)
-    sam_model = bentoml.models.BentoModel(f"{SAM_MODEL}:latest")
-
     def __init__(self) -> None:
         self.settings = SETTINGS
         self.pending = 0
@@ -167,10 +175,7 @@ class LesionSeg:
 
     async def _load(self) -> None:
         try:
-            family = self.sam_model.info.labels["family"]
-            settings = Settings(
-                sam_family=family, sam_path=sam_path_in_store(Path(self.sam_model.path), family)
-            )
+            settings = runtime_settings(self.store)
             # Only the prompt encoder and mask decoder of this copy are used.
             self.segmenter = await asyncio.to_thread(Segmenter.from_settings, settings)
             self.models = await self._describe_runner()

@@ -8,6 +8,8 @@ idempotent. The service loads ``:latest`` of both, and ``bentoml build`` package
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from lesionseg.settings import Settings
 
 SAM_MODEL = "lesionseg-sam"
 DETECTOR_MODEL = "lesionseg-detector"
+EXPORTS_MODEL = "lesionseg-exports"
 
 
 def _latest_sha(name: str) -> str | None:
@@ -66,6 +69,21 @@ def import_detector(settings: Settings) -> str:
     return str(model.tag)
 
 
+def import_exports(export_dir: Path) -> str:
+    """Store a `python -m export` directory (ONNX files, engines, export.json record)."""
+    export_dir = Path(export_dir)
+    record = json.loads((export_dir / "export.json").read_text())
+    files = sorted(p for p in export_dir.iterdir() if p.suffix in (".onnx", ".engine", ".json"))
+    digest = hashlib.sha256("".join(file_sha256(p) for p in files).encode()).hexdigest()
+    if _latest_sha(EXPORTS_MODEL) == digest:
+        return str(bentoml.models.get(f"{EXPORTS_MODEL}:latest").tag)
+    labels = {"sha256": digest, "family": record["sam"]["family"], "stage": "exports"}
+    with bentoml.models.create(EXPORTS_MODEL, labels=labels, metadata=record) as model:
+        for path in files:
+            shutil.copyfile(path, Path(model.path) / path.name)
+    return str(model.tag)
+
+
 def sam_path_in_store(model_path: Path, family: str) -> Path:
     """Where :func:`import_sam` put the weights inside a stored model."""
     return Path(model_path) if family == "hf" else Path(model_path) / "weights.pth"
@@ -75,6 +93,13 @@ def main() -> None:
     settings = Settings()
     print(import_sam(settings))
     print(import_detector(settings))
+    if (settings.exports() / "export.json").is_file():
+        print(import_exports(settings.exports()))
+    elif settings.backend != "torch":
+        raise SystemExit(
+            f"LESIONSEG_BACKEND={settings.backend} serves exported models, but "
+            f"{settings.exports()} has none: run `make export`"
+        )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,17 @@ from lesionseg.settings import Settings
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
-    return Settings()
+    """PyTorch settings: the reference every other runtime is compared with."""
+    return Settings(backend="torch")
+
+
+@pytest.fixture(scope="session")
+def exported(settings, tmp_path_factory) -> tuple[Path, dict]:
+    """The default models exported to ONNX by the project's exporter (no int8), and its record."""
+    from export.__main__ import export_onnx
+
+    directory = tmp_path_factory.mktemp("exports")
+    return directory, export_onnx(settings, directory, int8=False)
 
 
 @pytest.fixture(scope="session")

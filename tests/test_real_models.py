@@ -58,7 +58,13 @@ def test_committed_detector_record_holds_on_validation(lits, detector):
     assert abs(counts.recall - record["recall"]) <= 1.5 / counts.ground_truth
 
 
-def test_cli_predict_on_a_validation_slice(lits, tmp_path):
+@pytest.fixture
+def onnx_env(exported, monkeypatch):
+    """The CLI runs the default backend (onnxruntime) on the exported files."""
+    monkeypatch.setenv("LESIONSEG_EXPORT_DIR", str(exported[0]))
+
+
+def test_cli_predict_on_a_validation_slice(lits, tmp_path, onnx_env):
     image_path = tmp_path / "lits117-z110.png"
     Image.fromarray(lits.slice(110).image).save(image_path)
     assert cli_main(["predict", str(image_path), "--out", str(tmp_path / "out")]) == 0
@@ -73,7 +79,7 @@ def test_cli_predict_on_a_validation_slice(lits, tmp_path):
     assert overlay.size == (128, 128) and overlay.mode == "RGB"
 
 
-def test_cli_predict_with_boxes_reports_bad_input(lits, tmp_path, capsys):
+def test_cli_predict_with_boxes_reports_bad_input(lits, tmp_path, capsys, onnx_env):
     image_path = tmp_path / "slice.png"
     Image.fromarray(lits.slice(110).image).save(image_path)
     code = cli_main(

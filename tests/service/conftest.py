@@ -20,11 +20,13 @@ Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
 
 
 @pytest.fixture(scope="session")
-def model_store() -> Path:
-    """Import the default SAM and detector into the test store (as `make serve` does)."""
-    from service.model_store import main
+def model_store(exported) -> Path:
+    """Import the default SAM, detector and their ONNX exports into the test store, as
+    `make serve` does."""
+    from service.model_store import import_exports, main
 
     main()
+    import_exports(exported[0])
     return Path(os.environ["BENTOML_HOME"])
 
 

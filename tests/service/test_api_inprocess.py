@@ -114,3 +114,22 @@ def test_bad_input_gets_400_with_a_message(client, route, image, fields, message
 def test_image_without_lesions(client):
     body = post(client, "/segment", PNG).json()
     assert (body["width"], body["height"]) == (48, 32) and isinstance(body["lesions"], list)
+
+
+def test_onnxruntime_service_gives_the_torch_lesions(client, lits, settings):
+    """The in-process service runs the default backend, onnxruntime; compare with torch."""
+    from lesionseg.pipeline import LesionPipeline
+    from lesionseg.types import MedicalImage
+
+    torch_pipeline = LesionPipeline.from_settings(settings)
+    for index in (104, 116, 124):
+        image = lits.slice(index).image
+        body = post(client, "/segment", png_bytes(image)).json()
+        assert body["models"]["backend"] == "onnxruntime"
+        (ref,) = torch_pipeline.segment([MedicalImage(image)])
+        assert len(body["lesions"]) == len(ref.lesions)
+        for got, want in zip(body["lesions"], ref.lesions, strict=True):
+            assert got["label"] == want.label
+            np.testing.assert_allclose(got["box"], want.box, atol=0.05)
+            mask = decode_rle(got["mask"])
+            assert 2 * (mask & want.mask).sum() / (mask.sum() + want.mask.sum()) >= 0.99

@@ -42,7 +42,13 @@ def server(model_store, lits, tmp_path_factory):
         EXAMPLE.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(lits.slice(110).image).save(EXAMPLE)
     port = free_port()
-    env = dict(os.environ, LESIONSEG_MAX_BATCH_SIZE="4", LESIONSEG_MAX_LATENCY_MS="120000")
+    # The torch backend here; the in-process tests cover the default, onnxruntime.
+    env = dict(
+        os.environ,
+        LESIONSEG_MAX_BATCH_SIZE="4",
+        LESIONSEG_MAX_LATENCY_MS="120000",
+        LESIONSEG_BACKEND="torch",
+    )
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     cmd = [
         sys.executable,
@@ -102,6 +108,7 @@ def test_readme_curl_examples_work(server, tmp_path):
         body = json.loads(proc.stdout)
         assert (body["width"], body["height"]) == (128, 128), body
         assert body["lesions"], body
+        assert body["models"]["backend"] == "torch"
         for lesion in body["lesions"]:
             rle = {"size": lesion["mask"]["size"], "counts": lesion["mask"]["counts"].encode()}
             assert mask_utils.decode(rle).shape == (128, 128)

@@ -1,0 +1,93 @@
+"""ONNX Runtime runner for exported SAM encoder/decoder files (see ``export/``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ModelLoadError
+from ..sam_models import SamSpec
+
+RECORD_FILE = "export.json"
+
+
+def read_export_record(directory: Path) -> dict:
+    """The record ``python -m export onnx`` writes beside the files."""
+    path = Path(directory) / RECORD_FILE
+    if not path.is_file():
+        raise ModelLoadError(
+            f"no exported models in {directory} ({RECORD_FILE} missing): run `make export`"
+        )
+    return json.loads(path.read_text())
+
+
+def spec_from_record(record: dict) -> SamSpec:
+    sam = record["sam"]
+    return SamSpec(
+        sam["family"],
+        sam["name"],
+        sam["image_size"],
+        sam["normalisation"],
+        sam["sha256"],
+        sam["mask_size"],
+    )
+
+
+class OnnxSamRunner:
+    """Runs ``sam_encoder.onnx`` / ``sam_decoder.onnx`` with ONNX Runtime.
+
+    Args:
+        directory: where ``python -m export onnx`` wrote the files and ``export.json``.
+        device: "cpu" or "cuda" (needs onnxruntime-gpu; never falls back silently).
+        multimask: the multimask setting the caller expects; must match the export.
+        encoder_file: alternative encoder (e.g. the int8 one).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        device: str = "cpu",
+        multimask: bool = False,
+        encoder_file: str = "sam_encoder.onnx",
+    ):
+        import onnxruntime as ort
+
+        directory = Path(directory)
+        record = read_export_record(directory)
+        if bool(record["sam"]["multimask"]) != multimask:
+            raise ModelLoadError(
+                f"the SAM decoder in {directory} was exported with multimask_output="
+                f"{record['sam']['multimask']}; re-export (`make export`) with "
+                f"LESIONSEG_MULTIMASK_OUTPUT={str(multimask).lower()}"
+            )
+        provider = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[device]
+        if provider not in ort.get_available_providers():
+            raise ModelLoadError(
+                f"onnxruntime has no {provider} here (available: {ort.get_available_providers()});"
+                " install onnxruntime-gpu for LESIONSEG_DEVICE=cuda"
+            )
+        self.spec = spec_from_record(record)
+        self.encoder = ort.InferenceSession(str(directory / encoder_file), providers=[provider])
+        self.decoder = ort.InferenceSession(
+            str(directory / "sam_decoder.onnx"), providers=[provider]
+        )
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        return self.encoder.run(None, {"images": images.astype(np.float32, copy=False)})[0]
+
+    def decode(
+        self, embedding: np.ndarray, boxes: np.ndarray, mask_input: np.ndarray, has_mask: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        logits, iou = self.decoder.run(
+            None,
+            {
+                "embedding": embedding.astype(np.float32, copy=False),
+                "boxes": boxes.astype(np.float32, copy=False),
+                "mask_input": mask_input.astype(np.float32, copy=False),
+                "has_mask": np.array([float(has_mask)], np.float32),
+            },
+        )
+        return logits, iou
