@@ -55,7 +55,7 @@ models: setup ## import SAM, detector and exports into the BentoML store (idempo
 serve: setup data export models ## serve the API on $(HOST):$(PORT) (bentoml serve)
 	$(VENV)/bin/bentoml serve service.app:LesionSeg --host $(HOST) --port $(PORT)
 
-demo: setup data ## run the pipeline once from the command line on the example image
+demo: setup data export ## run the pipeline once from the command line on the example image
 	$(PY) -m lesionseg.cli predict $(EXAMPLE) --out out/demo
 
 build: export models ## bentoml build: a bento with the service, the library and the models

@@ -160,6 +160,7 @@ class LesionSeg(_StoreModels):
     ``/segment/overlay``; health at ``/livez`` and ``/readyz``, metrics at ``/metrics``."""
 
     runner = bentoml.depends(ModelRunner)
+
     def __init__(self) -> None:
         self.settings = SETTINGS
         self.pending = 0
