@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"torch {base['v_torch']}, onnxruntime {base['v_onnxruntime']}. "
         f"{args.rounds} interleaved rounds after one warm-up; ms per image.",
         "",
-        "| backend | precision | batch | p50 ms/img | p95 | p99 | img/s | speed-up vs torch (p50) |",
+        "| backend | precision | batch | p50 ms/img | p95 | p99 | img/s | vs torch (p50) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
