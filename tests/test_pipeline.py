@@ -24,7 +24,9 @@ class BrightSpotDetector:
 
 @pytest.fixture(scope="module")
 def pipeline(tiny_hf_sam_dir):
-    segmenter = Segmenter.from_settings(Settings(sam_family="hf", sam_path=tiny_hf_sam_dir))
+    segmenter = Segmenter.from_settings(
+        Settings(backend="torch", sam_family="hf", sam_path=tiny_hf_sam_dir)
+    )
     return LesionPipeline(BrightSpotDetector(), segmenter)
 
 

@@ -53,7 +53,12 @@ def test_missing_weights_and_unknown_family(tmp_path):
 @pytest.fixture(scope="module", params=[False, True], ids=["single", "multimask"])
 def hf_segmenter(request, tiny_hf_sam_dir):
     return Segmenter.from_settings(
-        Settings(sam_family="hf", sam_path=tiny_hf_sam_dir, multimask_output=request.param)
+        Settings(
+            backend="torch",
+            sam_family="hf",
+            sam_path=tiny_hf_sam_dir,
+            multimask_output=request.param,
+        )
     )
 
 
@@ -96,7 +101,9 @@ def test_mask_threshold_controls_mask_size(tiny_hf_sam_dir):
     sizes = []
     for threshold in (-1e9, 1e9):
         seg = Segmenter.from_settings(
-            Settings(sam_family="hf", sam_path=tiny_hf_sam_dir, mask_threshold=threshold)
+            Settings(
+                backend="torch", sam_family="hf", sam_path=tiny_hf_sam_dir, mask_threshold=threshold
+            )
         )
         sizes.append(int(seg.predict(seg.embed(emb_box[0]), emb_box[1])[0].masks.sum()))
     assert sizes == [64 * 64, 0]

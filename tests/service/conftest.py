@@ -23,9 +23,12 @@ Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
 def model_store(exported) -> Path:
     """Import the default SAM, detector and their ONNX exports into the test store, as
     `make serve` does."""
-    from service.model_store import import_exports, main
+    from lesionseg.settings import Settings
+    from service.model_store import import_detector, import_exports, import_sam
 
-    main()
+    settings = Settings(backend="torch")
+    import_sam(settings)
+    import_detector(settings)
     import_exports(exported[0])
     return Path(os.environ["BENTOML_HOME"])
 

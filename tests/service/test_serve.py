@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import json
-import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -19,18 +17,13 @@ from pycocotools import mask as mask_utils
 from lesionseg.evaluation import dice
 from lesionseg.masks import decode_rle
 from lesionseg.settings import REPO_ROOT
+from service.launcher import running_server
 
 from .conftest import png_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 EXAMPLE = REPO_ROOT / "data" / "examples" / "lits117-z110.png"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -41,51 +34,14 @@ def server(model_store, lits, tmp_path_factory):
 
         EXAMPLE.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(lits.slice(110).image).save(EXAMPLE)
-    port = free_port()
     # The torch backend here; the in-process tests cover the default, onnxruntime.
-    env = dict(
-        os.environ,
-        LESIONSEG_MAX_BATCH_SIZE="4",
-        LESIONSEG_MAX_LATENCY_MS="120000",
-        LESIONSEG_BACKEND="torch",
-    )
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        "service.app:LesionSeg",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    try:
-        while True:
-            assert proc.poll() is None, f"bentoml serve exited:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"never ready:\n{log.read_text()[-3000:]}"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(1)
+    env = {
+        "LESIONSEG_MAX_BATCH_SIZE": "4",
+        "LESIONSEG_MAX_LATENCY_MS": "120000",
+        "LESIONSEG_BACKEND": "torch",
+    }
+    with running_server(env, tmp_path_factory.mktemp("serve") / "serve.log") as url:
         yield url
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=60)
 
 
 def readme_curl_commands() -> list[str]:
@@ -167,3 +123,41 @@ def test_concurrent_requests_are_batched_and_routed_back(server, lits):
         ]
         for a, b in zip(ref["lesions"], got["lesions"], strict=True):
             assert dice(decode_rle(a["mask"]), decode_rle(b["mask"])) >= 0.98
+
+
+def test_locust_smoke(server, tmp_path):
+    """A few seconds of the benchmark's Locust users: no failed request, stats written."""
+    prefix = tmp_path / "smoke"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(REPO_ROOT / "benchmarks" / "locustfile.py"),
+            "--headless",
+            "-u",
+            "2",
+            "-r",
+            "2",
+            "-t",
+            "6s",
+            "--stop-timeout",
+            "60",
+            "--host",
+            server,
+            "--csv",
+            str(prefix),
+            "--only-summary",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    stats = prefix.with_name("smoke_stats.csv")
+    assert stats.is_file() and prefix.with_name("smoke_failures.csv").is_file(), proc.stderr[-2000:]
+    total = {row["Name"]: row for row in csv.DictReader(stats.open())}["Aggregated"]
+    assert int(total["Request Count"]) > 0, (total, proc.stderr[-2000:])
+    assert int(total["Failure Count"]) == 0, (total, proc.stderr[-2000:])
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,0 +1,73 @@
+"""Start a real `bentoml serve` of this service in a subprocess (tests and benchmarks)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from lesionseg.settings import REPO_ROOT
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(env: dict[str, str], log: Path, *, timeout: float = 300) -> Iterator[str]:
+    """Serve on a free loopback port with ``env`` added; yield the base URL once /readyz is 200.
+
+    The whole process group is stopped on exit; the server's output goes to ``log``.
+    """
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "service.app:LesionSeg",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    with Path(log).open("w") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited:\n{Path(log).read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not ready in {timeout}s:\n{Path(log).read_text()[-3000:]}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
