@@ -18,7 +18,7 @@ export YOLO_OFFLINE := 1
 export YOLO_AUTOINSTALL := false
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data export engines models serve demo build bench-encoder test test-fast \
+.PHONY: help setup data export engines models serve demo build bench bench-encoder test test-fast \
 	lint format train-detector clean
 
 help: ## list the targets
@@ -60,6 +60,9 @@ demo: setup data export ## run the pipeline once from the command line on the ex
 
 build: export models ## bentoml build: a bento with the service, the library and the models
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/bentoml build
+
+bench: setup data export models ## Locust load benchmark over real servers (~10 min on 2 cores)
+	$(PY) -m benchmarks.load
 
 bench-encoder: setup export ## SAM encoder ms/img: torch vs onnxruntime, side by side
 	$(PY) -m benchmarks.encoder_latency

@@ -25,7 +25,7 @@ from lesionseg.settings import Settings
 from lesionseg.transforms import preprocess
 
 from .checks import detector_agreement, mask_agreement
-from .onnx_sam import export_sam_onnx, sam_numeric_parity
+from .onnx_sam import export_sam_onnx, sam_numeric_parity, sam_record
 
 INT8_TOLERANCE = 0.01  # keep int8 only if lesion Dice drops by less than this
 
@@ -37,17 +37,7 @@ def export_onnx(settings: Settings, out_dir: Path, *, int8: bool = True) -> dict
     spec = modules.spec
     paths = export_sam_onnx(modules, out_dir)
     print(f"SAM -> {paths['encoder']}, {paths['decoder']}")
-    record = {
-        "sam": {
-            "family": spec.family,
-            "name": spec.name,
-            "image_size": spec.image_size,
-            "normalisation": spec.normalisation,
-            "sha256": spec.sha256,
-            "mask_size": spec.mask_size,
-            "multimask": settings.multimask_output,
-        }
-    }
+    record = {"sam": sam_record(spec, settings.multimask_output)}
     (out_dir / RECORD_FILE).write_text(json.dumps(record))  # the runner needs it to load
 
     images = np.stack(

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lesionseg.sam_models import SamModules
+from lesionseg.sam_models import SamModules, SamSpec
 
 ENCODER_FILE = "sam_encoder.onnx"
 DECODER_FILE = "sam_decoder.onnx"
@@ -42,6 +42,19 @@ def batch_traceable() -> Iterator[None]:
         yield
     finally:
         tiny_vit_sam.PatchMerging.forward = original
+
+
+def sam_record(spec: SamSpec, multimask: bool) -> dict:
+    """What a runtime needs to know about exported SAM files (the "sam" part of export.json)."""
+    return {
+        "family": spec.family,
+        "name": spec.name,
+        "image_size": spec.image_size,
+        "normalisation": spec.normalisation,
+        "sha256": spec.sha256,
+        "mask_size": spec.mask_size,
+        "multimask": multimask,
+    }
 
 
 def dummy_decoder_inputs(modules: SamModules, n: int = 3) -> dict[str, torch.Tensor]:

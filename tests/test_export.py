@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from export.onnx_sam import export_sam_onnx, sam_numeric_parity
+from export.onnx_sam import export_sam_onnx, sam_numeric_parity, sam_record
 from lesionseg.backends.onnx_runner import OnnxSamRunner
 from lesionseg.detector import Detector
 from lesionseg.errors import ModelLoadError
@@ -65,22 +65,8 @@ def test_hf_family_exports_with_dynamic_axes(tiny_hf_sam_dir, tmp_path):
 
     modules = load_hf_sam(tiny_hf_sam_dir)
     export_sam_onnx(modules, tmp_path)
-    spec = modules.spec
-    (tmp_path / "export.json").write_text(
-        json.dumps(
-            {
-                "sam": {
-                    "family": spec.family,
-                    "name": spec.name,
-                    "image_size": spec.image_size,
-                    "normalisation": spec.normalisation,
-                    "sha256": spec.sha256,
-                    "mask_size": spec.mask_size,
-                    "multimask": False,
-                }
-            }
-        )
-    )
+    record = {"sam": sam_record(modules.spec, multimask=False)}
+    (tmp_path / "export.json").write_text(json.dumps(record))
     runner = OnnxSamRunner(tmp_path)
     for batch in (1, 3):
         images = np.random.default_rng(batch).random((batch, 3, 256, 256), np.float32)

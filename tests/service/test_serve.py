@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import shlex
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 from pycocotools import mask as mask_utils
 
+from benchmarks.load import run_locust, scrape
 from lesionseg.evaluation import dice
 from lesionseg.masks import decode_rle
 from lesionseg.settings import REPO_ROOT
@@ -78,16 +77,10 @@ def test_bad_input_over_http(server):
 
 def batch_counts(url: str) -> dict[str, tuple[float, float]]:
     """(sum of batch sizes, number of batches) per batched method, from /metrics."""
-    metrics = httpx.get(f"{url}/metrics").text
-    out = {}
-    for method in ("detect", "embed"):
-        values = []
-        for kind in ("sum", "count"):
-            name = f"bentoml_service_adaptive_batch_size_{kind}"
-            pattern = name + r'\{[^}]*method_name="' + method + r'"[^}]*\} (\S+)'
-            values.append(sum(float(v) for v in re.findall(pattern, metrics)))
-        out[method] = tuple(values)
-    return out
+    counters = scrape(url)
+    return {
+        m: (counters[f"batch_{m}_sum"], counters[f"batch_{m}_count"]) for m in ("detect", "embed")
+    }
 
 
 def test_concurrent_requests_are_batched_and_routed_back(server, lits):
@@ -127,37 +120,7 @@ def test_concurrent_requests_are_batched_and_routed_back(server, lits):
 
 def test_locust_smoke(server, tmp_path):
     """A few seconds of the benchmark's Locust users: no failed request, stats written."""
-    prefix = tmp_path / "smoke"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "locust",
-            "-f",
-            str(REPO_ROOT / "benchmarks" / "locustfile.py"),
-            "--headless",
-            "-u",
-            "2",
-            "-r",
-            "2",
-            "-t",
-            "6s",
-            "--stop-timeout",
-            "60",
-            "--host",
-            server,
-            "--csv",
-            str(prefix),
-            "--only-summary",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    stats = prefix.with_name("smoke_stats.csv")
-    assert stats.is_file() and prefix.with_name("smoke_failures.csv").is_file(), proc.stderr[-2000:]
-    total = {row["Name"]: row for row in csv.DictReader(stats.open())}["Aggregated"]
-    assert int(total["Request Count"]) > 0, (total, proc.stderr[-2000:])
-    assert int(total["Failure Count"]) == 0, (total, proc.stderr[-2000:])
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    total = run_locust(server, users=2, seconds=12, prefix=tmp_path / "smoke")
+    assert (tmp_path / "smoke_stats.csv").is_file() and (tmp_path / "smoke_failures.csv").is_file()
+    assert int(total["Request Count"]) > 0, total
+    assert int(total["Failure Count"]) == 0, total
