@@ -77,7 +77,12 @@ def run_locust(url: str, users: int, seconds: int, prefix: Path) -> dict:
     ]
     subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, check=False, timeout=seconds + 300)
     with prefix.with_name(prefix.name + "_stats.csv").open() as handle:
-        return {row["Name"]: row for row in csv.DictReader(handle)}["Aggregated"]
+        total = {row["Name"]: row for row in csv.DictReader(handle)}["Aggregated"]
+    with prefix.with_name(prefix.name + "_failures.csv").open() as handle:
+        failures = [
+            f"{r['Occurrences']}x {r['Name']}: {r['Error']}" for r in csv.DictReader(handle)
+        ]
+    return {**total, "failure_messages": " | ".join(failures)}
 
 
 def measure(name: str, env: dict, users: list[int], seconds: int, work: Path) -> list[dict]:
@@ -101,6 +106,7 @@ def measure(name: str, env: dict, users: list[int], seconds: int, work: Path) ->
                 "p95_ms": float(stats["95%"]),
                 "p99_ms": float(stats["99%"]),
                 "req_per_s": round(float(stats["Requests/s"]), 3),
+                "failure_messages": stats["failure_messages"],
             }
             for method in ("detect", "embed"):
                 count = delta[f"batch_{method}_count"]
