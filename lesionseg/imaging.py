@@ -65,15 +65,19 @@ def check_pixels(height: int, width: int, max_pixels: int) -> None:
         )
 
 
+def check_upload_size(size: int, max_bytes: int | None) -> None:
+    """Raise :class:`ImageTooLargeError` when an upload of ``size`` bytes is over the limit."""
+    if max_bytes is not None and size > max_bytes:
+        raise ImageTooLargeError(
+            f"upload is {size} bytes, over the limit of {max_bytes} (LESIONSEG_MAX_UPLOAD_BYTES)"
+        )
+
+
 def decode_image(data: bytes, *, max_pixels: int, max_bytes: int | None = None) -> MedicalImage:
     """Decode PNG/JPEG/TIFF/... bytes; the pixel count is checked before any pixel is decoded."""
     if not data:
         raise InvalidImageError("the uploaded image is empty (0 bytes)")
-    if max_bytes is not None and len(data) > max_bytes:
-        raise ImageTooLargeError(
-            f"upload is {len(data)} bytes, over the limit of {max_bytes} "
-            "(LESIONSEG_MAX_UPLOAD_BYTES)"
-        )
+    check_upload_size(len(data), max_bytes)
     if data[:4] in _TIFF_MAGIC:
         return _decode_tiff(data, max_pixels)
     return _decode_pillow(data, max_pixels)

@@ -21,8 +21,8 @@ from pydantic import Field
 from starlette.responses import JSONResponse
 
 from lesionseg.detector import Detector
-from lesionseg.errors import ImageTooLargeError, InputError
-from lesionseg.imaging import decode_image
+from lesionseg.errors import InputError
+from lesionseg.imaging import check_upload_size, decode_image
 from lesionseg.pipeline import PROMPT_LABEL, build_result, filter_detections
 from lesionseg.report import draw_overlay, result_to_dict
 from lesionseg.segmenter import Segmenter, validate_boxes
@@ -203,12 +203,8 @@ class LesionSeg(_StoreModels):
     # --- the pipeline, split across the two services -----------------------------------------
 
     def _decode(self, path: Path) -> MedicalImage:
-        size = path.stat().st_size
-        if size > self.settings.max_upload_bytes:
-            raise ImageTooLargeError(
-                f"upload is {size} bytes, over the limit of {self.settings.max_upload_bytes} "
-                "(LESIONSEG_MAX_UPLOAD_BYTES)"
-            )
+        # Check the size on disk before reading a possibly huge upload into memory.
+        check_upload_size(path.stat().st_size, self.settings.max_upload_bytes)
         return decode_image(path.read_bytes(), max_pixels=self.settings.max_image_pixels)
 
     async def _run(

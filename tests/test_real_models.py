@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from finetune.train_detector import evaluate_detector
 from lesionseg.cli import main as cli_main
-from lesionseg.evaluation import DetectionCounts, dice, match_detections
+from lesionseg.evaluation import dice
 from lesionseg.masks import decode_rle
 from lesionseg.settings import DEFAULT_DETECTOR
 
@@ -49,10 +50,7 @@ def test_committed_detector_record_holds_on_validation(lits, detector):
     ]
     detector_conf = detector.score_threshold
     assert detector_conf == record["score_threshold"]
-    counts = DetectionCounts()
-    for sl in lits.slices("val"):
-        (det,) = detector.detect([sl.image])
-        counts += match_detections(det.boxes, sl.boxes, sl.areas, iou_threshold=0.3, min_area=50)
+    counts = evaluate_detector(detector, lits, "val", iou=0.3, min_area=50)
     assert counts.ground_truth == record["lesions"]
     assert counts.recall >= 0.7
     assert abs(counts.recall - record["recall"]) <= 1.5 / counts.ground_truth
