@@ -19,7 +19,7 @@ export YOLO_AUTOINSTALL := false
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data export engines models serve demo build bench bench-encoder test test-fast \
-	lint format train-detector clean
+	lint format train-detector clean pacs-deps
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -67,7 +67,16 @@ bench: setup data export models ## Locust load benchmark over real servers (~10 
 bench-encoder: setup export ## SAM encoder ms/img: torch vs onnxruntime, side by side
 	$(PY) -m benchmarks.encoder_latency
 
-test: setup data ## run the whole test suite (unit, slow, integration, bentoml build)
+# Orthanc + its DICOMweb plugin from Debian, for the PACS integration tests (installed only when
+# missing; needs root or sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+pacs-deps: ## install Orthanc and orthanc-dicomweb (Debian packages) if missing
+	@dpkg -s orthanc orthanc-dicomweb >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			orthanc orthanc-dicomweb; }
+
+test: setup data pacs-deps ## run the whole test suite (unit, slow, integration, bentoml build)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup ## unit tests only (no slow real-model checks)

@@ -33,3 +33,27 @@ class ModelLoadError(LesionSegError):
 
 class DataFetchError(LesionSegError):
     """A data package could not be fetched or failed its checksum."""
+
+
+class JobNotFoundError(LesionSegError, KeyError):
+    """No job with this id in the job store (maps to HTTP 404)."""
+
+
+class DuplicateJobError(LesionSegError):
+    """A job with this caller-supplied transaction id exists already (maps to HTTP 409)."""
+
+    def __init__(self, transaction_id: str, job_id: str) -> None:
+        super().__init__(f"transaction id {transaction_id!r} was already submitted as job {job_id}")
+        self.transaction_id = transaction_id
+        self.job_id = job_id
+
+
+class PushError(LesionSegError):
+    """A DICOMweb STOW-RS push failed. ``retryable``: the server was unreachable, timed out,
+    overloaded (429) or failed (5xx), so the same push may succeed later; otherwise the server
+    refused it (other 4xx, or it reported the instance as failed) and retrying will not help."""
+
+    def __init__(self, message: str, *, retryable: bool, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s

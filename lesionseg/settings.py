@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -116,6 +116,31 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(
         REPO_ROOT / ".cache",
         description="Where fetched data (the LiTS case) and verified weight copies are kept.",
+    )
+
+    # --- async jobs and DICOMweb push ----------------------------------------------------------
+    jobs_dir: Path = Field(
+        REPO_ROOT / ".cache" / "jobs",
+        description="Persistent job store: sqlite database, accepted inputs and results.",
+    )
+    dicomweb_url: str | None = Field(
+        None,
+        description="DICOMweb root of the archive to push SEGs to with STOW-RS (POST "
+        "<url>/studies), e.g. http://pacs:8042/dicom-web; unset = no push.",
+    )
+    dicomweb_authorization: SecretStr | None = Field(
+        None,
+        description="Value of the Authorization header sent to the DICOMweb server, e.g. "
+        "'Basic dXNlcjpwYXNz' or 'Bearer <token>'.",
+    )
+    dicomweb_timeout_s: float = Field(
+        30.0, gt=0, description="Timeout (s) of one STOW-RS request (connect, read, write)."
+    )
+    push_initial_delay_s: float = Field(
+        2.0, gt=0, description="Wait (s) before the first retry of a failed push; doubles per try."
+    )
+    push_max_delay_s: float = Field(
+        300.0, gt=0, description="Longest wait (s) between push retries (back-off cap)."
     )
 
     def exports(self) -> Path:

@@ -1,0 +1,338 @@
+"""Persistent store of asynchronous segmentation jobs (sqlite3 + files).
+
+Layout under ``root`` (``Settings.jobs_dir``)::
+
+    jobs.sqlite3            one row per job: state, reason, push bookkeeping, timestamps
+    <job id>/input/0000.dcm the accepted files, written and fsynced before the job is acknowledged
+    <job id>/result.dcm     the DICOM SEG (Part-10) once the job is done
+    <job id>/summary.json   the JSON-ready per-frame summary of the result
+
+Job states: ``queued`` -> ``running`` -> ``done`` | ``failed`` (with a reason). A job left
+``running`` by a process that died goes back to ``queued`` when the store is opened again.
+Push states: ``none`` (no push asked or no server configured), ``pending`` (due now),
+``retrying`` (the last try failed with a retryable error; next try at ``push_next_at``),
+``pushed``, ``failed`` (the server refused it for good). A result is never deleted by a push
+outcome: it stays fetchable whatever happens to the push.
+
+Every connection is short-lived and every state change one transaction, so several threads or
+processes can share a store; claiming a job or a push is a conditional UPDATE, so only one
+claimant wins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from lesionseg.errors import DuplicateJobError, InputError, JobNotFoundError
+
+JOB_STATES = ("queued", "running", "done", "failed")
+PUSH_STATES = ("none", "pending", "retrying", "pushed", "failed")
+MAX_TRANSACTION_ID = 128
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    transaction_id TEXT UNIQUE,
+    state TEXT NOT NULL,
+    reason TEXT,
+    window TEXT,
+    n_files INTEGER NOT NULL,
+    push_state TEXT NOT NULL,
+    push_attempts INTEGER NOT NULL DEFAULT 0,
+    push_next_at REAL,
+    push_error TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    pushed_at REAL
+)
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One job as stored. Times are Unix seconds (float); ``None`` until they happen."""
+
+    id: str
+    transaction_id: str | None
+    state: str
+    reason: str | None
+    window: str | None
+    n_files: int
+    push_state: str
+    push_attempts: int
+    push_next_at: float | None
+    push_error: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    pushed_at: float | None
+
+    def to_dict(self) -> dict:
+        """JSON-ready status (no file paths)."""
+        return dataclasses.asdict(self)
+
+
+def backoff_delay(attempts: int, initial_s: float, max_s: float) -> float:
+    """Seconds to wait after ``attempts`` failed tries (>= 1): initial, 2x, 4x ... capped."""
+    assert attempts >= 1
+    return min(max_s, initial_s * 2.0 ** min(attempts - 1, 60))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename, fsync the directory)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    _fsync_dir(path.parent)
+
+
+class JobStore:
+    """The job store in directory ``root`` (created if missing)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.root / "jobs.sqlite3"
+        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+            db.execute(_SCHEMA)
+        finally:
+            db.close()
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+
+    # --- paths -----------------------------------------------------------------------------
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.root / job_id
+
+    def inputs(self, job_id: str) -> list[Path]:
+        """The accepted files of a job, in the order they were submitted."""
+        return sorted((self.job_dir(job_id) / "input").iterdir())
+
+    def result_path(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "result.dcm"
+
+    def summary(self, job_id: str) -> dict | None:
+        path = self.job_dir(job_id) / "summary.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    # --- submission and lookup ---------------------------------------------------------------
+
+    def submit(
+        self,
+        files: Sequence[Path],
+        *,
+        transaction_id: str | None = None,
+        window: str | None = None,
+        push: bool = False,
+        now: float | None = None,
+    ) -> Job:
+        """Accept a job: copy ``files`` into the store (fsynced), then record it as ``queued``.
+
+        Returns only once the job is durable. Raises :class:`DuplicateJobError` if
+        ``transaction_id`` was used before, :class:`InputError` for no files or a bad id.
+        """
+        if not files:
+            raise InputError("no files: submit one or more DICOM files of one study or series")
+        if transaction_id is not None and not (
+            0 < len(transaction_id) <= MAX_TRANSACTION_ID and transaction_id.isprintable()
+        ):
+            raise InputError(f"transaction_id must be 1-{MAX_TRANSACTION_ID} printable characters")
+        if transaction_id is not None and (existing := self.find(transaction_id)) is not None:
+            raise DuplicateJobError(transaction_id, existing.id)
+        job_id = uuid.uuid4().hex
+        staging = self.root / f".incoming-{job_id}"
+        (staging / "input").mkdir(parents=True)
+        try:
+            for i, source in enumerate(files):
+                target = staging / "input" / f"{i:04d}.dcm"
+                shutil.copyfile(source, target)
+                with target.open("rb") as f:
+                    os.fsync(f.fileno())
+            _fsync_dir(staging / "input")
+            staging.rename(self.job_dir(job_id))
+            _fsync_dir(self.root)
+            with self._connect() as db:
+                db.execute(
+                    "INSERT INTO jobs (id, transaction_id, state, window, n_files, push_state,"
+                    " created_at) VALUES (?, ?, 'queued', ?, ?, ?, ?)",
+                    (job_id, transaction_id, window, len(files), "pending" if push else "none",
+                     time.time() if now is None else now),
+                )  # fmt: skip
+        except sqlite3.IntegrityError:  # a concurrent submission with the same id won
+            shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+            raise DuplicateJobError(transaction_id, self.find(transaction_id).id) from None
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+            raise
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> Job:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFoundError(f"no job {job_id!r}")
+        return Job(**dict(row))
+
+    def find(self, transaction_id: str) -> Job | None:
+        """The job submitted with this transaction id, if any."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT * FROM jobs WHERE transaction_id = ?", (transaction_id,)
+            ).fetchone()
+        return None if row is None else Job(**dict(row))
+
+    # --- processing ------------------------------------------------------------------------
+
+    def recover(self) -> int:
+        """After a restart: put jobs left ``running`` back to ``queued``, drop half-written
+        submissions (never acknowledged). Returns the number of jobs re-queued."""
+        for staging in self.root.glob(".incoming-*"):
+            shutil.rmtree(staging, ignore_errors=True)
+        with self._connect() as db:
+            return db.execute(
+                "UPDATE jobs SET state = 'queued', started_at = NULL WHERE state = 'running'"
+            ).rowcount
+
+    def claim_next(self, now: float | None = None) -> Job | None:
+        """Mark the oldest queued job ``running`` and return it (None if there is none)."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT id FROM jobs WHERE state = 'queued' ORDER BY created_at, rowid LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE jobs SET state = 'running', started_at = ? WHERE id = ?",
+                (time.time() if now is None else now, row["id"]),
+            )
+        return self.get(row["id"])
+
+    def complete(self, job_id: str, seg: bytes, summary: dict, now: float | None = None) -> Job:
+        """Store the result durably, then mark the job ``done`` (a push, if asked, is due)."""
+        job_dir = self.job_dir(job_id)
+        _write_durably(job_dir / "summary.json", json.dumps(summary).encode())
+        _write_durably(self.result_path(job_id), seg)
+        now = time.time() if now is None else now
+        with self._connect() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'done', reason = NULL, finished_at = ?, "
+                "push_next_at = CASE WHEN push_state = 'pending' THEN ? END WHERE id = ?",
+                (now, now, job_id),
+            )
+        return self.get(job_id)
+
+    def fail(self, job_id: str, reason: str, now: float | None = None) -> Job:
+        """Mark the job ``failed`` with a reason a caller can act on (no patient data)."""
+        with self._connect() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'failed', reason = ?, finished_at = ?, "
+                "push_state = CASE WHEN push_state = 'pending' THEN 'none' ELSE push_state END "
+                "WHERE id = ?",
+                (reason, time.time() if now is None else now, job_id),
+            )
+        return self.get(job_id)
+
+    # --- push bookkeeping --------------------------------------------------------------------
+
+    def due_pushes(self, now: float | None = None) -> list[Job]:
+        """Done jobs whose push is pending or retrying and due at ``now``, oldest due first."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT * FROM jobs WHERE state = 'done' AND push_state IN ('pending', "
+                "'retrying') AND push_next_at <= ? ORDER BY push_next_at",
+                (time.time() if now is None else now,),
+            ).fetchall()
+        return [Job(**dict(r)) for r in rows]
+
+    def next_push_at(self) -> float | None:
+        """When the earliest pending or retrying push is due (None if there is none)."""
+        with self._connect() as db:
+            (value,) = db.execute(
+                "SELECT MIN(push_next_at) FROM jobs WHERE state = 'done' "
+                "AND push_state IN ('pending', 'retrying')"
+            ).fetchone()
+        return value
+
+    def claim_push(self, job: Job, lease_s: float, now: float | None = None) -> bool:
+        """Reserve a due push for ``lease_s`` seconds so that no other pusher sends it too;
+        False if someone else claimed or finished it since ``job`` was read."""
+        now = time.time() if now is None else now
+        with self._connect() as db:
+            return (
+                db.execute(
+                    "UPDATE jobs SET push_next_at = ? WHERE id = ? AND push_next_at = ? "
+                    "AND push_state IN ('pending', 'retrying')",
+                    (now + lease_s, job.id, job.push_next_at),
+                ).rowcount
+                == 1
+            )
+
+    def push_succeeded(self, job_id: str, now: float | None = None) -> Job:
+        with self._connect() as db:
+            db.execute(
+                "UPDATE jobs SET push_state = 'pushed', push_attempts = push_attempts + 1, "
+                "push_error = NULL, push_next_at = NULL, pushed_at = ? WHERE id = ?",
+                (time.time() if now is None else now, job_id),
+            )
+        return self.get(job_id)
+
+    def push_failed(
+        self,
+        job_id: str,
+        error: str,
+        *,
+        retry_in_s: float | None,
+        now: float | None = None,
+    ) -> Job:
+        """Record a failed try: retry after ``retry_in_s`` seconds, or never (None)."""
+        now = time.time() if now is None else now
+        with self._connect() as db:
+            db.execute(
+                "UPDATE jobs SET push_attempts = push_attempts + 1, push_error = ?, "
+                "push_state = ?, push_next_at = ? WHERE id = ?",
+                (
+                    error,
+                    "failed" if retry_in_s is None else "retrying",
+                    None if retry_in_s is None else now + retry_in_s,
+                    job_id,
+                ),
+            )
+        return self.get(job_id)
