@@ -60,7 +60,12 @@ def build_result(
             )
         )
     return SegmentationResult(
-        image.width, image.height, tuple(lesions), image.pixel_spacing_mm, dict(timings_ms)
+        image.width,
+        image.height,
+        tuple(lesions),
+        image.pixel_spacing_mm,
+        dict(timings_ms),
+        image.pixel_spacing_source,
     )
 
 

@@ -111,6 +111,26 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="Largest accepted image (width x height, per frame)."
     )
+    max_frames: int = Field(
+        256,
+        ge=1,
+        description="Most frames (DICOM multi-frame objects and series, NIfTI slices) one "
+        "request may segment; each frame with a detection costs one SAM encoder pass.",
+    )
+
+    # --- DICOM / NIfTI intensity windows ------------------------------------------------------
+    window_presets: dict[str, tuple[float, float]] = Field(
+        {
+            "abdomen": (40.0, 400.0),  # MedSAM's CT abdomen window, as LiTS training slices
+            "liver": (30.0, 150.0),
+            "lung": (-600.0, 1500.0),
+            "bone": (400.0, 1800.0),
+            "brain": (40.0, 80.0),
+            "mediastinum": (50.0, 350.0),
+        },
+        description="Named (center, width) windows in modality units (HU for CT) that a "
+        "request's `window` field may name instead of 'center,width'.",
+    )
 
     # --- files --------------------------------------------------------------------------------
     cache_dir: Path = Field(

@@ -24,11 +24,14 @@ class MedicalImage:
         pixels: (H, W, 3) uint8 RGB after the intensity mapping of :mod:`lesionseg.imaging`.
         pixel_spacing_mm: (row spacing, column spacing) in mm, or None when unknown.
         source: short description of where the pixels came from (format, bit depth).
+        pixel_spacing_source: where the spacing was read ("pixel_spacing",
+            "imager_pixel_spacing" for DICOM, "nifti_header"), None when the spacing is unknown.
     """
 
     pixels: np.ndarray
     pixel_spacing_mm: tuple[float, float] | None = None
     source: str = ""
+    pixel_spacing_source: str | None = None
 
     def __post_init__(self) -> None:
         assert self.pixels.ndim == 3 and self.pixels.shape[2] == 3, self.pixels.shape
@@ -132,6 +135,7 @@ class SegmentationResult:
         lesions: the lesions.
         pixel_spacing_mm: (row, column) spacing used for areas, or None.
         timings_ms: wall time per stage for this image's batch (ms).
+        pixel_spacing_source: see :attr:`MedicalImage.pixel_spacing_source`.
     """
 
     width: int
@@ -139,3 +143,4 @@ class SegmentationResult:
     lesions: tuple[Lesion, ...]
     pixel_spacing_mm: tuple[float, float] | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    pixel_spacing_source: str | None = None
