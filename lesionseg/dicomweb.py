@@ -48,6 +48,16 @@ def _retry_after(response: httpx.Response) -> float | None:
     return float(value) if value.isdigit() else None
 
 
+def _sop_instance_uid(data: bytes, index: int) -> str:
+    try:
+        return str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID)
+    except (pydicom.errors.InvalidDicomError, AttributeError, EOFError) as exc:
+        raise PushError(
+            f"instance {index + 1} is not a DICOM Part-10 file with a SOP Instance UID",
+            retryable=False,
+        ) from exc
+
+
 class StowClient:
     """STOW-RS to one DICOMweb server, e.g. ``StowClient("http://pacs:8042/dicom-web")``."""
 
@@ -78,11 +88,7 @@ class StowClient:
         Raises :class:`PushError` (``retryable`` for connection errors, timeouts, 408, 429,
         5xx and out-of-resources failures; permanent for other refusals).
         """
-        expected = [
-            str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-                .SOPInstanceUID)
-            for data in instances
-        ]  # fmt: skip
+        expected = [_sop_instance_uid(data, i) for i, data in enumerate(instances)]
         boundary = uuid.uuid4().hex
         body = (
             b"".join(

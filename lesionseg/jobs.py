@@ -31,6 +31,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from lesionseg.errors import DuplicateJobError, InputError, JobNotFoundError
 
@@ -156,14 +157,15 @@ class JobStore:
 
     def submit(
         self,
-        files: Sequence[Path],
+        files: Sequence[Path | BinaryIO],
         *,
         transaction_id: str | None = None,
         window: str | None = None,
         push: bool = False,
         now: float | None = None,
     ) -> Job:
-        """Accept a job: copy ``files`` into the store (fsynced), then record it as ``queued``.
+        """Accept a job: copy ``files`` (paths or binary file objects) into the store and
+        fsync them, then record the job as ``queued``.
 
         Returns only once the job is durable. Raises :class:`DuplicateJobError` if
         ``transaction_id`` was used before, :class:`InputError` for no files or a bad id.
@@ -181,10 +183,14 @@ class JobStore:
         (staging / "input").mkdir(parents=True)
         try:
             for i, source in enumerate(files):
-                target = staging / "input" / f"{i:04d}.dcm"
-                shutil.copyfile(source, target)
-                with target.open("rb") as f:
-                    os.fsync(f.fileno())
+                with (staging / "input" / f"{i:04d}.dcm").open("wb") as target:
+                    if isinstance(source, Path):
+                        with source.open("rb") as f:
+                            shutil.copyfileobj(f, target)
+                    else:
+                        shutil.copyfileobj(source, target)
+                    target.flush()
+                    os.fsync(target.fileno())
             _fsync_dir(staging / "input")
             staging.rename(self.job_dir(job_id))
             _fsync_dir(self.root)
@@ -230,6 +236,16 @@ class JobStore:
             return db.execute(
                 "UPDATE jobs SET state = 'queued', started_at = NULL WHERE state = 'running'"
             ).rowcount
+
+    def requeue(self, job_id: str) -> Job:
+        """Put a ``running`` job back in the queue (it could not run now, e.g. overload)."""
+        with self._connect() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'queued', started_at = NULL "
+                "WHERE id = ? AND state = 'running'",
+                (job_id,),
+            )
+        return self.get(job_id)
 
     def claim_next(self, now: float | None = None) -> Job | None:
         """Mark the oldest queued job ``running`` and return it (None if there is none)."""

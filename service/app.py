@@ -28,6 +28,7 @@ from lesionseg.report import draw_overlay, result_to_dict
 from lesionseg.segmenter import Segmenter, validate_boxes
 from lesionseg.settings import Settings
 from lesionseg.types import Detections, MedicalImage, SegmentationResult
+from service.jobs import Jobs
 from service.metrics import STAGE_SECONDS, timed
 from service.model_store import DETECTOR_MODEL, EXPORTS_MODEL, SAM_MODEL, sam_path_in_store
 from service.schemas import SegmentResponse
@@ -154,6 +155,11 @@ def _unavailable(message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=503, headers={"Retry-After": "5"})
 
 
+# /jobs: persistent async studies; its lifespan runs the job worker and the DICOMweb pusher.
+JOBS = Jobs(SETTINGS, bentoml.get_current_service)
+
+
+@bentoml.asgi_app(JOBS.app, path="/")
 @bentoml.service(name="lesionseg", traffic={"timeout": 600})
 class LesionSeg(_StoreModels):
     """Automatic lesion segmentation over HTTP: ``/segment``, ``/segment/boxes``,

@@ -94,3 +94,18 @@ def disk(h: int, w: int, cy: int, cx: int, r: int) -> np.ndarray:
     img = np.full((h, w), 30, np.uint8)
     img[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 220
     return np.repeat(img[:, :, None], 3, axis=2)
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+    """A real Orthanc with the DICOMweb plugin on 127.0.0.1 (free ports, temp storage).
+
+    Tests that stop it must start it again before they return (see tests/pacs.py)."""
+    from tests.pacs import OrthancServer, orthanc_missing
+
+    if reason := orthanc_missing():
+        pytest.skip(reason)
+    server = OrthancServer(tmp_path_factory.mktemp("orthanc"))
+    server.start()
+    yield server
+    server.stop()

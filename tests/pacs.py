@@ -172,6 +172,32 @@ def make_test_seg(source: pydicom.Dataset) -> bytes:
         device_serial_number="0",
         series_description="test SEG - not for clinical use",
     )
+    return part10(seg)
+
+
+def part10(dataset: pydicom.Dataset) -> bytes:
+    """``dataset`` as DICOM Part-10 file bytes."""
     buffer = io.BytesIO()
-    seg.save_as(buffer)
+    dataset.save_as(buffer)
     return buffer.getvalue()
+
+
+class StandIn:
+    """The part of ``LesionSeg`` the job worker uses, with a highdicom SEG instead of models."""
+
+    def __init__(self) -> None:
+        self.ready = True
+        self.calls: list[tuple[int, str | None]] = []
+
+    def __is_ready__(self) -> bool:
+        return self.ready
+
+    async def segment_to_seg(self, files: list[Path], *, boxes=None, window=None):
+        from lesionseg.errors import InvalidImageError
+
+        self.calls.append((len(files), window))
+        try:
+            source = pydicom.dcmread(files[0])
+        except pydicom.errors.InvalidDicomError:
+            raise InvalidImageError("file 1 is not a DICOM file") from None
+        return make_test_seg(source), {"frames": len(files)}

@@ -13,6 +13,7 @@ from lesionseg.dicomweb import StowClient, push_due
 from lesionseg.errors import DuplicateJobError, InputError, JobNotFoundError, PushError
 from lesionseg.jobs import JobStore, backoff_delay
 from lesionseg.settings import Settings
+from tests.pacs import ct_small, part10
 
 
 @pytest.fixture
@@ -195,19 +196,15 @@ def respond(status: int, body: dict | None = None, headers: dict | None = None):
                               (500, True), (502, True), (503, True)],
 )  # fmt: skip
 def test_stow_status_codes_are_classified(monkeypatch, status, retryable):
-    from tests.pacs import ct_small
-
     monkeypatch.setattr(httpx, "post", _post_via(respond(status, {}, {"Retry-After": "7"})))
     with pytest.raises(PushError) as caught:
-        StowClient("http://pacs/dicom-web").store([_part10(ct_small())])
+        StowClient("http://pacs/dicom-web").store([part10(ct_small())])
     assert caught.value.retryable is retryable
     assert str(status) in str(caught.value)
     assert caught.value.retry_after_s == 7
 
 
 def test_stow_failed_sop_in_a_200_answer_is_a_failure(monkeypatch):
-    from tests.pacs import ct_small
-
     uid = str(ct_small().SOPInstanceUID)
     failed = {
         "00081198": {"vr": "SQ", "Value": [
@@ -217,7 +214,7 @@ def test_stow_failed_sop_in_a_200_answer_is_a_failure(monkeypatch):
     }  # fmt: skip
     monkeypatch.setattr(httpx, "post", _post_via(respond(200, failed)))
     with pytest.raises(PushError, match=r"did not store 1 of 1 .*0xC000") as caught:
-        StowClient("http://pacs/dicom-web").store([_part10(ct_small())])
+        StowClient("http://pacs/dicom-web").store([part10(ct_small())])
     assert not caught.value.retryable
     stored = {"00081199": {"vr": "SQ", "Value": [{"00081155": {"vr": "UI", "Value": [uid]}}]}}
     sent = []
@@ -226,7 +223,7 @@ def test_stow_failed_sop_in_a_200_answer_is_a_failure(monkeypatch):
         sent.append(request)
         return httpx.Response(200, json=stored)
 
-    data = _part10(ct_small())
+    data = part10(ct_small())
     client = StowClient("http://pacs/dicom-web/", authorization="Bearer t0ken")
     monkeypatch.setattr(httpx, "post", _post_via(httpx.MockTransport(server)))
     assert client.store([data]).stored == (uid,)
@@ -246,11 +243,3 @@ def _post_via(transport: httpx.MockTransport):
             return client.post(url, **kwargs)
 
     return post
-
-
-def _part10(dataset) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    dataset.save_as(buffer)
-    return buffer.getvalue()

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-# BentoML reads these at import time: a private store, and a metrics dir for /metrics.
+# Read at import time: a private BentoML store, a metrics dir for /metrics, a job store.
 _ROOT = Path(tempfile.mkdtemp(prefix="lesionseg-test-"))
 os.environ["BENTOML_HOME"] = str(_ROOT / "bentoml")
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_ROOT / "prometheus")
 Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+os.environ["LESIONSEG_JOBS_DIR"] = str(_ROOT / "jobs")  # the service's job store
 
 
 @pytest.fixture(scope="session")

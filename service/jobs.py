@@ -1,0 +1,240 @@
+"""Asynchronous study jobs: the ``/jobs`` HTTP routes, the worker and the DICOMweb pusher.
+
+A small Starlette app that ``service.app`` mounts on ``LesionSeg``; its lifespan starts two
+background tasks in the service's event loop:
+
+- the worker runs queued jobs one at a time through ``service.segment_to_seg`` (once the
+  service is ready) and stores the SEG, or the reason the job failed;
+- the pusher sends finished SEGs to ``LESIONSEG_DICOMWEB_URL`` with STOW-RS, retrying with
+  exponential back-off while the server is down (``lesionseg.dicomweb.push_due``).
+
+Everything a job needs is in the persistent ``JobStore``, so both pick up where they were after
+a restart. Nothing here knows about tensors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from lesionseg.dicomweb import StowClient, push_due
+from lesionseg.errors import DuplicateJobError, InputError, JobNotFoundError
+from lesionseg.imaging import check_upload_size
+from lesionseg.jobs import Job, JobStore
+from lesionseg.settings import Settings
+
+log = logging.getLogger("lesionseg.jobs")
+
+IDLE_POLL_S = 5.0  # also notices jobs and pushes written by another process
+MAX_FILES = 5000
+
+
+def _error(status: int, message: str, headers: dict | None = None, **extra) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+def _text(form, name: str) -> str | None:
+    value = form.get(name)
+    if value is not None and not isinstance(value, str):
+        raise InputError(f"{name} must be a text field, not a file")
+    return value or None
+
+
+def _flag(value: str | None, name: str) -> bool | None:
+    if value is None:
+        return None
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise InputError(f"{name} must be true or false, got {value[:20]!r}")
+
+
+class Jobs:
+    """The job API and its background tasks. ``get_service()`` returns the running service:
+    an object with ``async segment_to_seg(files, *, window) -> (seg_bytes, summary)`` and
+    ``__is_ready__() -> bool``."""
+
+    def __init__(self, settings: Settings, get_service: Callable[[], Any]) -> None:
+        self.settings = settings
+        self._get_service = get_service
+        self.stow = StowClient.from_settings(settings)
+        self.store: JobStore | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._work_wake: asyncio.Event | None = None
+        self._push_wake: asyncio.Event | None = None
+        self.app = Starlette(
+            routes=[
+                Route("/jobs", self.submit, methods=["POST"]),
+                Route("/jobs/{job_id}", self.status, methods=["GET"]),
+                Route("/jobs/{job_id}/result", self.result, methods=["GET"]),
+            ],
+            lifespan=self._lifespan,
+        )
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, _app: Starlette):
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    async def start(self) -> None:
+        self.store = await asyncio.to_thread(JobStore, self.settings.jobs_dir)
+        requeued = await asyncio.to_thread(self.store.recover)
+        if requeued:
+            log.info("re-queued %d job(s) interrupted by the last shutdown", requeued)
+        self._work_wake, self._push_wake = asyncio.Event(), asyncio.Event()
+        self._tasks = [
+            asyncio.create_task(self._loop(self._work_once, self._work_wake), name="job-worker"),
+            asyncio.create_task(self._loop(self._push_once, self._push_wake), name="job-pusher"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _loop(self, step: Callable, wake: asyncio.Event) -> None:
+        """Run ``step`` until cancelled; it returns how long to sleep (a wake cuts it short)."""
+        while True:
+            try:
+                delay = await step()
+            except Exception:  # a background task has no caller: log and keep serving
+                log.exception("%s failed; retrying in %.0f s", step.__name__, IDLE_POLL_S)
+                delay = IDLE_POLL_S
+            if delay > 0:
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), delay)
+
+    async def _work_once(self) -> float:
+        service = self._get_service()
+        if not service.__is_ready__():
+            return 1.0
+        job = await asyncio.to_thread(self.store.claim_next)
+        if job is None:
+            return IDLE_POLL_S
+        await self._run(service, job)
+        return 0.0
+
+    async def _run(self, service: Any, job: Job) -> None:
+        from bentoml.exceptions import ServiceUnavailable
+
+        started = time.monotonic()
+        files = self.store.inputs(job.id)
+        try:
+            seg, summary = await service.segment_to_seg(files, window=job.window)
+        except InputError as exc:  # the caller's data: say why (messages carry no identifiers)
+            await asyncio.to_thread(self.store.fail, job.id, str(exc))
+            log.info("job %s failed: %s", job.id, exc)
+        except ServiceUnavailable:  # overloaded model queue: try again later, nothing lost
+            await asyncio.to_thread(self.store.requeue, job.id)
+            await asyncio.sleep(IDLE_POLL_S)
+        except Exception:
+            log.exception("job %s failed with an internal error", job.id)
+            reason = "internal error while segmenting (see the service log)"
+            await asyncio.to_thread(self.store.fail, job.id, reason)
+        else:
+            await asyncio.to_thread(self.store.complete, job.id, seg, summary)
+            log.info("job %s done in %.1f s", job.id, time.monotonic() - started)
+            self._push_wake.set()
+
+    async def _push_once(self) -> float:
+        if self.stow is not None:
+            await asyncio.to_thread(push_due, self.store, self.stow, self.settings)
+        due = await asyncio.to_thread(self.store.next_push_at)
+        if due is None or self.stow is None:
+            return IDLE_POLL_S
+        return min(IDLE_POLL_S, max(0.05, due - time.time()))
+
+    # --- HTTP --------------------------------------------------------------------------------
+
+    def _status(self, job: Job) -> dict:
+        body = {**job.to_dict(), "location": f"/jobs/{job.id}"}
+        if job.state == "done":
+            body["result"] = f"/jobs/{job.id}/result"
+            body["summary"] = self.store.summary(job.id)
+        return body
+
+    async def submit(self, request: Request) -> Response:
+        """POST /jobs (multipart): ``files`` (one or more DICOM files of one study or series),
+        optional ``transaction_id``, ``window``, ``push``. 202 + Location once stored."""
+        if self.store is None:
+            return _error(503, "the job store is starting; retry shortly")
+        form = await request.form(max_files=MAX_FILES)
+        try:
+            uploads = [v for k, v in form.multi_items() if k == "files"]
+            if not all(isinstance(u, UploadFile) for u in uploads):
+                raise InputError("'files' must be file uploads (multipart/form-data)")
+            check_upload_size(sum(u.size or 0 for u in uploads), self.settings.max_upload_bytes)
+            if any(not u.size for u in uploads):
+                raise InputError("an uploaded file is empty")
+            push = _flag(_text(form, "push"), "push")
+            if push and self.stow is None:
+                raise InputError("push requested but no DICOMweb server is configured "
+                                 "(LESIONSEG_DICOMWEB_URL)")  # fmt: skip
+            job = await asyncio.to_thread(
+                self.store.submit,
+                [u.file for u in uploads],
+                transaction_id=_text(form, "transaction_id"),
+                window=_text(form, "window"),
+                push=self.stow is not None if push is None else push,
+            )
+        except DuplicateJobError as exc:
+            return _error(409, str(exc), job_id=exc.job_id, location=f"/jobs/{exc.job_id}")
+        except InputError as exc:
+            return _error(400, str(exc))
+        finally:
+            await form.close()
+        self._work_wake.set()
+        return JSONResponse(
+            self._status(job), status_code=202, headers={"Location": f"/jobs/{job.id}"}
+        )
+
+    async def _job(self, request: Request) -> Job:
+        return await asyncio.to_thread(self.store.get, request.path_params["job_id"])
+
+    async def status(self, request: Request) -> Response:
+        """GET /jobs/{id}: state, failure reason, push state, timestamps (404 if unknown)."""
+        try:
+            return JSONResponse(self._status(await self._job(request)))
+        except JobNotFoundError as exc:
+            return _error(404, str(exc.args[0]))
+
+    async def result(self, request: Request) -> Response:
+        """GET /jobs/{id}/result: the SEG (application/dicom) once done; 409 before or on
+        failure (with the state and reason), 404 if the job is unknown."""
+        try:
+            job = await self._job(request)
+        except JobNotFoundError as exc:
+            return _error(404, str(exc.args[0]))
+        if job.state != "done":
+            return _error(
+                409,
+                f"job {job.id} is {job.state}"
+                + (f": {job.reason}" if job.reason else "")
+                + ("" if job.state == "failed" else f"; poll /jobs/{job.id} until it is done"),
+                headers=None if job.state == "failed" else {"Retry-After": "5"},
+                state=job.state,
+            )
+        return FileResponse(
+            self.store.result_path(job.id),
+            media_type="application/dicom",
+            filename=f"{job.id}-seg.dcm",
+        )
