@@ -85,12 +85,21 @@ def run_locust(url: str, users: int, seconds: int, prefix: Path) -> dict:
     return {**total, "failure_messages": " | ".join(failures)}
 
 
+def server_errors(log: Path, offset: int, limit: int = 600) -> str:
+    """The server's error lines logged since ``offset`` (so a failure says where it came from)."""
+    with log.open(errors="replace") as handle:
+        handle.seek(offset)
+        lines = [line.strip() for line in handle if re.search(r"ERROR|Traceback|Error:", line)]
+    return " | ".join(dict.fromkeys(lines))[:limit]
+
+
 def measure(name: str, env: dict, users: list[int], seconds: int, work: Path) -> list[dict]:
     env = {**env, "LESIONSEG_MAX_LATENCY_MS": "120000"}
     rows = []
-    with running_server(env, work / f"{len(rows)}-{abs(hash(name))}.log") as url:
+    log = work / f"{abs(hash(name))}.log"
+    with running_server(env, log) as url:
         for n in users:
-            before = scrape(url)
+            before, log_offset = scrape(url), log.stat().st_size
             stats = run_locust(url, n, seconds, work / f"{abs(hash(name))}-{n}")
             after = scrape(url)
             delta = {k: after[k] - before[k] for k in after}
@@ -107,6 +116,7 @@ def measure(name: str, env: dict, users: list[int], seconds: int, work: Path) ->
                 "p99_ms": float(stats["99%"]),
                 "req_per_s": round(float(stats["Requests/s"]), 3),
                 "failure_messages": stats["failure_messages"],
+                "server_errors": server_errors(log, log_offset),
             }
             for method in ("detect", "embed"):
                 count = delta[f"batch_{method}_count"]
@@ -140,8 +150,9 @@ def summarise(rows: list[dict], base: dict, out: Path) -> None:
         f"{base['cpu']}, {base['cpu_cores']} cores{', ' + base['gpu'] if base['gpu'] else ''}; "
         f"commit {base['commit']}; {base['date']}; torch {base['v_torch']}, onnxruntime "
         f"{base['v_onnxruntime']}, bentoml {base['v_bentoml']}. Closed-loop users (no think "
-        f"time), {rows[0]['seconds']} s per level, 3:1 mix of /segment and /segment/boxes on "
-        "LiTS validation slices (128x128).",
+        f"time), {rows[0]['seconds']} s per level, 3:1:1 mix of /segment and /segment/boxes on "
+        "LiTS validation slices (128x128 PNG) and /segment on a real CT DICOM (CT_small.dcm, "
+        "128x128).",
         "",
         f"At {top} users: adaptive batching on/off throughput = "
         f"**{ratio('onnxruntime+batching', 'onnxruntime, no batching')}**; onnxruntime/torch "
@@ -157,6 +168,13 @@ def summarise(rows: list[dict], base: dict, out: Path) -> None:
             f"| {r['config']} | {r['users']} | {r['requests']} | {r['failures']} "
             f"| {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['req_per_s']} | "
             f"{r['mean_batch_detect']} / {r['mean_batch_embed']} | {stages} |"
+        )
+    failed = [r for r in rows if r["failures"]]
+    lines += ["", f"Failed requests: {sum(r['failures'] for r in rows)} in all."]
+    for r in failed:
+        lines.append(
+            f"- {r['config']}, {r['users']} users: {r['failure_messages']} "
+            f"(server: {r['server_errors'] or 'no error logged'})"
         )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
