@@ -7,6 +7,8 @@ The JSON is the one the service returns::
                   "iou_prediction": float, "area_px": int, "area_mm2": float | null,
                   "mask": {"size": [H, W], "counts": "<COCO compressed RLE>"}}],
      "models": {...}, "timings_ms": {...}}
+
+plus, for DICOM and NIfTI input, ``"pixel_spacing_source"`` when the spacing is known.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .dicom import DicomImage
 from .masks import encode_rle
+from .nifti import NiftiVolume
 from .types import SegmentationResult
 
 _COLOURS = [(255, 64, 64), (64, 200, 255), (255, 200, 0), (120, 255, 120), (255, 100, 255)]
@@ -44,7 +48,29 @@ def result_to_dict(result: SegmentationResult, models: dict | None = None) -> di
         ],
         "models": models or {},
         "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
+        # DICOM/NIfTI input only, so that the JSON of ordinary images is unchanged.
+        **(
+            {"pixel_spacing_source": result.pixel_spacing_source}
+            if result.pixel_spacing_source
+            else {}
+        ),
     }
+
+
+def frame_source(dicom: DicomImage | None, nifti: NiftiVolume | None, index: int) -> dict | None:
+    """Where frame ``index`` came from: the DICOM instance and frame number (1-based), or the
+    NIfTI slice axis and index; None for ordinary images."""
+    if dicom is not None:
+        window = None if dicom.window is None else [float(v) for v in dicom.window]
+        return {
+            "format": "DICOM",
+            "sop_instance_uid": str(dicom.dataset.get("SOPInstanceUID", "")),
+            "frame_number": index + 1,
+            "window": window,
+        }
+    if nifti is not None:
+        return {"format": "NIfTI", "axis": nifti.axis, "slice": index}
+    return None
 
 
 def draw_overlay(pixels: np.ndarray, result: SegmentationResult, *, alpha: float = 0.35) -> bytes:
