@@ -19,7 +19,8 @@ export YOLO_AUTOINSTALL := false
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data export engines models serve demo build bench bench-encoder test test-fast \
-	lint format train-detector clean pacs-deps
+	lint format train-detector clean pacs-deps finetune-decoder finetune-lora train-unet \
+	bench-accuracy
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -90,6 +91,19 @@ format: setup ## ruff format and autofix
 
 train-detector: setup ## retrain the default detector (about 25 min on 2 CPU cores)
 	$(PY) -m finetune.train_detector --epochs 200 --out models/detector/lesion-yolov8n
+
+finetune-decoder: setup data ## SAM decoder-only fine-tune -> models/sam/litemedsam-decoder.pt
+	$(PY) -m finetune.sam_decoder --epochs 2 --max-boxes 3 --out models/sam/litemedsam-decoder
+
+finetune-lora: setup data ## SAM LoRA r=8 fine-tune (peft) -> models/sam/litemedsam-lora.pt
+	$(PY) -m finetune.sam_lora --epochs 2 --steps-per-epoch 18 --val-step 4 --lr 5e-4 \
+		--out models/sam/litemedsam-lora
+
+train-unet: setup data ## 2-D U-Net baseline (MONAI) -> models/unet/lits-unet2d.pt
+	$(PY) -m finetune.unet --epochs 30 --out models/unet/lits-unet2d
+
+bench-accuracy: setup data ## accuracy table on the LiTS validation slab -> benchmarks/results
+	$(PY) -m benchmarks.accuracy
 
 clean: ## remove caches and outputs (keeps .venv and fetched data)
 	rm -rf out runs .pytest_cache .ruff_cache

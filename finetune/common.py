@@ -1,0 +1,156 @@
+"""Shared pieces of the SAM and U-Net recipes: samples, box perturbation, loss, seed, logs.
+
+A *sample* is one axial LiTS slice with its tumour outlines (8-connected components of the
+tumour label, :class:`lesionseg.data.LitsSlice`): every outline of at least ``min_area`` px
+gives one (box, mask) prompt/target pair. Boxes are XYXY in original pixels.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lesionseg.data import LitsCase
+from lesionseg.transforms import clip_boxes, resized_hw
+
+TRAIN_MIN_AREA = 10  # px: outlines of a few pixels are label noise at 128 x 128
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One slice and its lesions.
+
+    Attributes:
+        index: axial slice index.
+        image: (H, W, 3) uint8 RGB (CT window L40/W400).
+        boxes: (K, 4) float32 XYXY in original pixels, lesions of >= min_area px.
+        masks: (K, H, W) bool, one mask per box.
+    """
+
+    index: int
+    image: np.ndarray
+    boxes: np.ndarray
+    masks: np.ndarray
+
+
+def lesion_samples(
+    case: LitsCase, split: str, *, min_area: int = TRAIN_MIN_AREA, step: int = 1
+) -> list[Sample]:
+    """Slices of ``split`` that hold at least one lesion of ``min_area`` px, as samples."""
+    out = []
+    for sl in case.slices(split, step=step):
+        keep = np.flatnonzero(sl.areas >= min_area)
+        if keep.size:
+            masks = np.stack([sl.instances == k + 1 for k in keep])
+            out.append(Sample(sl.index, sl.image, sl.boxes[keep], masks))
+    return out
+
+
+def perturb_boxes(
+    boxes: np.ndarray, image_hw: tuple[int, int], max_shift: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Shift every side of every box independently by U(-m, m) px, m = max_shift * max(H, W).
+
+    The result is clipped to the image and kept at least 1 px wide and high. ``max_shift``
+    is a fraction of the longest image side (0.05 = 5 %), so the amount scales with the image.
+    """
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    if max_shift <= 0 or boxes.size == 0:
+        return boxes.copy()
+    m = max_shift * max(image_hw)
+    out = clip_boxes(boxes + rng.uniform(-m, m, boxes.shape).astype(np.float32), image_hw)
+    h, w = image_hw
+    out[:, 2] = np.maximum(out[:, 2], np.minimum(out[:, 0] + 1, w))
+    out[:, 0] = np.minimum(out[:, 0], out[:, 2] - 1)
+    out[:, 3] = np.maximum(out[:, 3], np.minimum(out[:, 1] + 1, h))
+    out[:, 1] = np.minimum(out[:, 1], out[:, 3] - 1)
+    return out
+
+
+def masks_to_model_frame(masks: np.ndarray, size: int) -> np.ndarray:
+    """(K, H, W) bool -> (K, size, size) float32 targets: resize longest side, pad bottom/right.
+
+    The same geometry :func:`lesionseg.transforms.preprocess` applies to the image.
+    """
+    h, w = resized_hw(masks.shape[1:], size)
+    out = np.zeros((masks.shape[0], size, size), np.float32)
+    for k, mask in enumerate(masks):
+        resized = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+        out[k, :h, :w] = resized > 0.5
+    return out
+
+
+def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Soft Dice + binary cross-entropy, averaged over masks.
+
+    Args:
+        logits: (N, H, W) raw mask logits.
+        target: (N, H, W) float {0, 1}.
+    """
+    prob = torch.sigmoid(logits)
+    inter = (prob * target).flatten(1).sum(1)
+    denom = prob.flatten(1).sum(1) + target.flatten(1).sum(1)
+    soft_dice = 1 - (2 * inter + 1) / (denom + 1)
+    return soft_dice.mean() + F.binary_cross_entropy_with_logits(logits, target)
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    """Seed python, numpy and torch; return a numpy generator for the recipe's own draws."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def trainable_parameters(module: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    params = list(module.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+class EpochLog:
+    """Per-epoch losses and validation metrics, rewritten as CSV and JSON after every epoch.
+
+    ``<stem>.training-log.csv`` and ``<stem>.training-log.json`` beside the checkpoint.
+    """
+
+    def __init__(self, stem: Path):
+        self.csv = Path(f"{stem}.training-log.csv")
+        self.json = Path(f"{stem}.training-log.json")
+        self.rows: list[dict] = []
+
+    def add(self, **row: float | int) -> None:
+        self.rows.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
+        self.csv.parent.mkdir(parents=True, exist_ok=True)
+        with self.csv.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(self.rows[0]))
+            writer.writeheader()
+            writer.writerows(self.rows)
+        self.json.write_text(json.dumps(self.rows, indent=1) + "\n")
+
+
+def mean(values: Sequence[float]) -> float:
+    """Mean of a non-empty sequence as a float (nan when empty)."""
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
+def write_record(path: Path, record: dict) -> None:
+    """The JSON record beside a checkpoint: how it was made and how it measured."""
+    from lesionseg.provenance import git_commit, hardware, versions
+
+    full = {
+        **record,
+        "hardware": hardware(),
+        "versions": versions("torch", "peft", "monai", "transformers"),
+        "git_commit": git_commit(),
+    }
+    Path(path).write_text(json.dumps(full, indent=2) + "\n")

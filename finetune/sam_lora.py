@@ -1,0 +1,211 @@
+"""SAM LoRA fine-tuning with ``peft``: rank-8 adapters on the encoder and decoder linear layers.
+
+After the SAM-on-BraTS recipe: LoRA on the attention and MLP linears of the image encoder and
+the mask decoder (LiteMedSAM's TinyViT: ``qkv``, ``proj``, ``fc1``, ``fc2``; SAM ViT: ``qkv``,
+``proj``, ``lin1``, ``lin2``; the two-way transformer: ``q_proj``, ``k_proj``, ``v_proj``,
+``out_proj``, ``lin1``, ``lin2``), everything else frozen, box perturbation, Dice + BCE, Adam.
+The encoder runs in every step (no cache), so this costs ~30x decoder-only on CPU.
+
+    python -m finetune.sam_lora --epochs 2 --out models/sam/litemedsam-lora
+
+The adapters are merged (``merge_and_unload``) before anything is saved: LiteMedSAM on the
+shipped base is written as a delta of the LoRA factors (``lesionseg.sam_delta``; loading it
+merges them again, checked equal to peft's merge here), HF SAM by ``save_pretrained``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from lesionseg.data import SPLITS, LitsCase
+from lesionseg.sam_delta import apply_delta
+from lesionseg.sam_models import SamModules, load_sam
+from lesionseg.settings import Settings
+
+from .common import EpochLog, Sample, lesion_samples, mean, seed_everything
+from .sam_train import embed, evaluate_gt_boxes, images_tensor, sam_state, sample_loss, save_sam
+
+LORA_TARGETS = (
+    "qkv",
+    "proj",
+    "fc1",
+    "fc2",
+    "lin1",
+    "lin2",
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "out_proj",
+)
+DEFAULT_MAX_SHIFT = 0.05
+
+
+def add_lora(modules: SamModules, rank: int = 8, alpha: int = 16):
+    """Wrap encoder and decoder in one peft LoRA model; return it (adapters trainable only).
+
+    The targets are the ``nn.Linear`` layers whose name ends in one of :data:`LORA_TARGETS`.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    container = nn.ModuleDict({"encoder": modules.encoder, "decoder": modules.decoder})
+    names = [
+        n
+        for n, m in container.named_modules()
+        if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in LORA_TARGETS
+    ]
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=names)
+    model = get_peft_model(container, config)
+    trained, total = model.get_nb_trainable_parameters()
+    print(
+        f"LoRA r={rank} on {len(names)} linear layers: trainable parameters {trained:,} of "
+        f"{total:,} ({100 * trained / total:.2f} %)"
+    )
+    return model
+
+
+def lora_factors(peft_model) -> dict[str, dict]:
+    """{state-dict key of the base weight: {"A" (r, in), "B" (out, r), "scale"}} per adapter.
+
+    Keys drop the container's first component ("encoder."/"decoder."), which gives the keys of
+    the LiteMedSAM state dict.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    out = {}
+    for name, module in peft_model.base_model.model.named_modules():
+        if isinstance(module, LoraLayer):
+            key = name.split(".", 1)[1] + ".weight"
+            out[key] = {
+                "A": module.lora_A["default"].weight.detach().clone(),
+                "B": module.lora_B["default"].weight.detach().clone(),
+                "scale": float(module.scaling["default"]),
+            }
+    return out
+
+
+def merge(modules: SamModules, peft_model) -> dict[str, dict] | None:
+    """peft's ``merge_and_unload`` into ``modules`` (in place); LiteMedSAM: the LoRA factors.
+
+    For LiteMedSAM the factors are checked to reproduce peft's merged weights exactly.
+    """
+    factors = lora_factors(peft_model) if modules.spec.family == "litemedsam" else None
+    base = sam_state(load_sam("litemedsam", None)) if factors is not None else None
+    peft_model.merge_and_unload()
+    if factors is None:
+        return None
+    ours = apply_delta(base, {"tensors": {}, "lora": factors})
+    merged = sam_state(modules)
+    worst = max(float((ours[k] - merged[k]).abs().max()) for k in factors)
+    assert worst < 1e-5, f"LoRA factors do not reproduce peft's merge (max diff {worst})"
+    return factors
+
+
+def train_lora(
+    modules: SamModules,
+    train: Sequence[Sample],
+    val: Sequence[Sample],
+    *,
+    epochs: int,
+    rank: int = 8,
+    lr: float = 3e-4,
+    max_shift: float = DEFAULT_MAX_SHIFT,
+    max_boxes: int = 4,
+    steps_per_epoch: int | None = None,
+    seed: int = 0,
+    log: EpochLog | None = None,
+):
+    """Add LoRA, train it, return (peft model, rows). ``merge`` it before saving."""
+    rng = seed_everything(seed)
+    model = add_lora(modules, rank=rank)
+    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    rows = []
+    for epoch in range(1, epochs + 1):
+        started, losses = time.time(), []
+        for i in tqdm(rng.permutation(len(train))[:steps_per_epoch], desc=f"epoch {epoch}"):
+            embedding = modules.encoder(images_tensor(modules, [train[i].image]))  # (1, C, h, w)
+            loss = sample_loss(modules, embedding, train[i], rng, max_shift, max_boxes)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append(float(loss.detach()))
+        row = {"epoch": epoch, "train_loss": mean(losses), "seconds": time.time() - started}
+        if val:
+            row |= evaluate_gt_boxes(modules, val, embed(modules, [s.image for s in val]))
+        print(row)
+        rows.append(row)
+        if log is not None:
+            log.add(**row)
+    return model, rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--family", choices=["litemedsam", "hf"], default="litemedsam")
+    parser.add_argument("--sam-path", type=Path, default=None, help="base checkpoint")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--steps-per-epoch", type=int, default=18, help="0: all slices")
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--max-shift", type=float, default=DEFAULT_MAX_SHIFT)
+    parser.add_argument("--max-boxes", type=int, default=4, help="lesions per step")
+    parser.add_argument("--val-step", type=int, default=4, help="every n-th val slice per epoch")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--out", type=Path, default=Path("models/sam/litemedsam-lora"))
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    settings = Settings()
+    case = LitsCase(settings.cache_dir)
+    train, val = lesion_samples(case, "train"), lesion_samples(case, "val")
+    modules = load_sam(args.family, args.sam_path)
+    base_sha = modules.spec.sha256
+    started = time.time()
+    peft_model, rows = train_lora(
+        modules,
+        train,
+        val[:: args.val_step],
+        epochs=args.epochs,
+        rank=args.rank,
+        lr=args.lr,
+        max_shift=args.max_shift,
+        max_boxes=args.max_boxes,
+        steps_per_epoch=args.steps_per_epoch or None,
+        seed=args.seed,
+        log=EpochLog(args.out),
+    )
+    trained, total = peft_model.get_nb_trainable_parameters()
+    factors = merge(modules, peft_model)
+    record = {
+        "recipe": "sam-lora",
+        "base": {"family": args.family, "sha256": base_sha},
+        "lora": {"rank": args.rank, "alpha": 16, "targets": list(LORA_TARGETS)},
+        "trainable_parameters": {"lora": trained, "total": total, "percent": 100 * trained / total},
+        "loss": "soft Dice + BCE on the single-mask logits at S x S",
+        "optimiser": {"name": "Adam", "lr": args.lr},
+        "epochs": args.epochs,
+        "steps_per_epoch": args.steps_per_epoch or len(train),
+        "max_boxes_per_step": args.max_boxes,
+        "seed": args.seed,
+        "box_perturbation": f"each side U(-{args.max_shift}, {args.max_shift}) x longest side",
+        "split": {k: [v.start, v.stop - 1] for k, v in SPLITS.items() if k != "all"},
+        "train_slices": len(train),
+        "per_epoch_validation": f"every {args.val_step}-th validation slice",
+        "checkpoint_selection": "last epoch (no selection on the validation slab)",
+        "train_seconds": round(time.time() - started, 1),
+        "last_epoch": rows[-1],
+        "command": "python -m finetune.sam_lora " + " ".join(argv or sys.argv[1:]),
+    }
+    save_sam(modules, args.out, record, val, settings.cache_dir / "finetune", lora=factors)
+
+
+if __name__ == "__main__":
+    main()

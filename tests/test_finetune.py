@@ -1,0 +1,221 @@
+"""Fine-tuning recipes: one tiny step each on a few real LiTS slices, and the loader round trip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from finetune.common import dice_bce_loss, lesion_samples, masks_to_model_frame, perturb_boxes
+from lesionseg.sam_delta import apply_delta, is_delta, make_delta
+from lesionseg.transforms import mask_to_box
+
+SHIPPED = sorted((Path(__file__).parent.parent / "models" / "sam").glob("litemedsam-*.pt"))
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.05, 0.10])
+def test_perturb_boxes_bounded_valid_and_seeded(shift):
+    boxes = np.array([[10, 20, 30, 40], [0, 0, 3, 3], [100, 110, 128, 128]], np.float32)
+    out = perturb_boxes(boxes, (128, 128), shift, np.random.default_rng(1))
+    again = perturb_boxes(boxes, (128, 128), shift, np.random.default_rng(1))
+    np.testing.assert_array_equal(out, again)
+    assert np.abs(out - boxes).max() <= shift * 128 + 1  # +1: the 1-px minimum size
+    assert (out[:, 2] > out[:, 0]).all() and (out[:, 3] > out[:, 1]).all()
+    assert out.min() >= 0 and out.max() <= 128
+    if shift == 0:
+        np.testing.assert_array_equal(out, boxes)
+    else:
+        assert not np.array_equal(out, boxes)
+
+
+def test_dice_bce_loss_prefers_the_right_mask():
+    target = torch.zeros(2, 16, 16)
+    target[:, 4:10, 4:10] = 1
+    good, bad = dice_bce_loss(20 * (2 * target - 1), target), dice_bce_loss(-target * 5, target)
+    assert good < 0.05 < bad
+
+
+def test_lesion_samples_match_connected_components(lits):
+    samples = lesion_samples(lits, "val", step=7)
+    assert samples and all(len(s.boxes) == len(s.masks) > 0 for s in samples)
+    for s in samples:
+        for box, mask in zip(s.boxes, s.masks, strict=True):
+            np.testing.assert_array_equal(box, mask_to_box(mask))
+            assert mask.sum() >= 10
+    target = masks_to_model_frame(samples[0].masks, 256)  # 128 px slice -> 256 frame
+    assert target.shape == (len(samples[0].masks), 256, 256)
+    assert abs(target.sum() - 4 * samples[0].masks.sum()) <= 0.1 * 4 * samples[0].masks.sum()
+
+
+def test_delta_merges_lora_exactly_like_peft():
+    from peft import LoraConfig, get_peft_model
+
+    from finetune.sam_lora import lora_factors
+
+    torch.manual_seed(0)
+    net = nn.ModuleDict(
+        {"encoder": nn.ModuleDict({"qkv": nn.Linear(6, 9), "out": nn.Linear(9, 2)})}
+    )
+    base = {k: v.clone() for k, v in net.state_dict().items()}
+    model = get_peft_model(net, LoraConfig(r=2, lora_alpha=4, target_modules=["encoder.qkv"]))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            nn.init.normal_(p)  # peft starts B at zero: make the update non-trivial
+    factors = lora_factors(model)
+    assert list(factors) == ["qkv.weight"]
+    merged = model.merge_and_unload().state_dict()
+    base_stripped = {k.split(".", 1)[1]: v for k, v in base.items()}
+    delta = make_delta(
+        base_stripped, base_stripped, family="x", base_sha256="0", name="t", lora=factors
+    )
+    assert is_delta(delta) and delta["tensors"] == {}
+    ours = apply_delta(base_stripped, delta)
+    torch.testing.assert_close(ours["qkv.weight"], merged["encoder.qkv.weight"])
+    assert not torch.equal(ours["qkv.weight"], base_stripped["qkv.weight"])
+    torch.testing.assert_close(ours["out.weight"], base_stripped["out.weight"])
+
+
+def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _changed(before: dict, module: nn.Module) -> set[str]:
+    return {k for k, v in module.state_dict().items() if not torch.equal(v, before[k])}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["litemedsam", "hf"])
+def test_decoder_only_step_trains_only_the_mask_decoder(family, lits, tiny_hf_sam_dir, tmp_path):
+    from finetune.sam_decoder import train_decoder
+    from lesionseg.sam_models import load_sam
+
+    modules = load_sam(family, tiny_hf_sam_dir if family == "hf" else None)
+    enc, dec = _snapshot(modules.encoder), _snapshot(modules.decoder)
+    train = lesion_samples(lits, "train", step=45)[:2]
+    rows = train_decoder(modules, train, [], epochs=1, cache=tmp_path, max_boxes=2)
+    assert np.isfinite(rows[0]["train_loss"])
+    changed = _changed(dec, modules.decoder)
+    assert changed and all("mask_decoder" in k for k in changed), sorted(changed)[:5]
+    if family == "litemedsam":  # HF's encoder wrapper shares the model with the decoder's
+        assert not _changed(enc, modules.encoder)
+    assert len(list(tmp_path.glob("embeddings-*/z*.pt"))) == 2  # embeddings cached per slice
+
+
+@pytest.mark.slow
+def test_lora_step_hf_saves_a_merged_samodel(lits, tiny_hf_sam_dir, tmp_path):
+    from finetune.sam_lora import merge, train_lora
+    from finetune.sam_train import save_sam
+    from lesionseg.sam_models import load_sam
+
+    modules = load_sam("hf", tiny_hf_sam_dir)
+    model, rows = train_lora(modules, lesion_samples(lits, "train", step=45)[:1], [], epochs=1)
+    assert np.isfinite(rows[0]["train_loss"])
+    assert merge(modules, model) is None
+    record = {"base": {"sha256": modules.spec.sha256}}
+    path = save_sam(modules, tmp_path / "tiny-lora", record, [], tmp_path)
+    assert not any("lora" in k for k in modules.decoder.model.state_dict())
+    reloaded = load_sam("hf", path)
+    assert json.loads(path.with_suffix(".json").read_text())["checkpoint"]["sha256"]
+    before = load_sam("hf", tiny_hf_sam_dir).decoder.model.state_dict()
+    after = reloaded.decoder.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if "qkv" in k)
+
+
+@pytest.mark.slow
+def test_lora_step_litemedsam_and_delta_round_trip_through_settings(lits, litemedsam, tmp_path):
+    """One LoRA step on LiteMedSAM, merged, saved as a delta, loaded by LESIONSEG_SAM_PATH."""
+    from finetune.sam_lora import merge, train_lora
+    from finetune.sam_train import save_sam
+    from lesionseg.sam_models import load_sam
+    from lesionseg.segmenter import Segmenter
+    from lesionseg.settings import Settings
+
+    modules = load_sam("litemedsam", None)
+    train = lesion_samples(lits, "train", step=45)[:1]
+    model, rows = train_lora(modules, train, [], epochs=1, max_boxes=1, lr=1e-3)
+    trained, total = model.get_nb_trainable_parameters()
+    print(f"LoRA trainable: {trained} of {total} = {100 * trained / total:.2f} %")
+    assert 0.005 < trained / total < 0.06
+    assert np.isfinite(rows[0]["train_loss"])
+    factors = merge(modules, model)  # asserts our merge == peft's merge_and_unload
+    assert len(factors) == 72 and any(float(f["B"].abs().max()) > 0 for f in factors.values())
+    record = {"base": {"sha256": litemedsam.spec.sha256}}
+    path = save_sam(modules, tmp_path / "lora", record, [], tmp_path, lora=factors)
+    assert path.stat().st_size < 3_000_000
+    tuned = Segmenter.from_settings(Settings(backend="torch", sam_path=path))
+    assert tuned.spec.name == "LiteMedSAM+lora" and tuned.spec.sha256 != litemedsam.spec.sha256
+    sl = lits.slice(110)
+    base_pred = litemedsam.predict(litemedsam.embed([sl.image]), [sl.boxes])[0]
+    tuned_pred = tuned.predict(tuned.embed([sl.image]), [sl.boxes])[0]
+    assert np.abs(base_pred.low_res_logits - tuned_pred.low_res_logits).max() > 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_finetune_loads_matches_its_record_and_changes_masks(path, lits, litemedsam):
+    from lesionseg.checksums import file_sha256
+    from lesionseg.segmenter import Segmenter
+    from lesionseg.settings import Settings
+
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert record["checkpoint"]["sha256"] == file_sha256(path)
+    assert path.stat().st_size < 10_000_000
+    tuned = Segmenter.from_settings(Settings(backend="torch", sam_path=path))
+    slices = list(lits.slices("val", step=9))
+    base = litemedsam.predict(
+        litemedsam.embed([s.image for s in slices]), [s.boxes for s in slices]
+    )
+    ours = tuned.predict(tuned.embed([s.image for s in slices]), [s.boxes for s in slices])
+    assert any(not np.array_equal(a.masks, b.masks) for a, b in zip(base, ours, strict=True))
+
+
+@pytest.mark.slow
+def test_unet_step_changes_weights(lits):
+    from finetune.unet import build_unet, predict_unet, train_unet
+
+    torch.manual_seed(0)
+    model = build_unet()
+    before = _snapshot(model)
+    slices = list(lits.slices("train", step=40))
+    rows = train_unet(model, slices, slices[:1], epochs=1, batch=3, max_steps=1)
+    assert np.isfinite(rows[0]["train_loss"]) and 0 <= rows[0]["val_image_dice"] <= 1
+    assert _changed(before, model)
+    assert predict_unet(model, [slices[0].image]).shape == (1, 128, 128)
+
+
+class _FewSlices:
+    def __init__(self, lits):
+        self.lits = lits
+
+    def slices(self, split):
+        return (
+            [self.lits.slice(40), self.lits.slice(60)]
+            if split == "train"
+            else [self.lits.slice(110)]
+        )
+
+
+@pytest.mark.slow
+def test_detector_recipe_boxes_from_masks_and_one_tiny_epoch(lits, tmp_path):
+    from finetune.train_detector import train_yolo, write_training_log, write_yolo_dataset
+
+    yaml = write_yolo_dataset(_FewSlices(lits), tmp_path / "ds")
+    sl = lits.slice(110)
+    lines = (tmp_path / "ds/labels/val/lits117_z110.txt").read_text().splitlines()
+    assert len(lines) == len(sl.boxes)
+    for line, (x0, y0, x1, y1) in zip(lines, sl.boxes, strict=True):
+        cls, cx, cy, w, h = (float(v) for v in line.split())
+        assert cls == 0
+        np.testing.assert_allclose(
+            [cx, cy, w, h],
+            [(x0 + x1) / 256, (y0 + y1) / 256, (x1 - x0) / 128, (y1 - y0) / 128],
+            atol=1e-5,
+        )
+    model = train_yolo(yaml, tmp_path / "work", epochs=1, imgsz=64, batch=2, seed=0)
+    write_training_log(Path(model.trainer.save_dir) / "results.csv", tmp_path / "det")
+    log = json.loads((tmp_path / "det.training-log.json").read_text())
+    assert len(log) == 1 and log[0]["epoch"] == 1
