@@ -14,9 +14,9 @@ Push states: ``none`` (no push asked or no server configured), ``pending`` (due 
 ``pushed``, ``failed`` (the server refused it for good). A result is never deleted by a push
 outcome: it stays fetchable whatever happens to the push.
 
-Every connection is short-lived and every state change one transaction, so several threads or
-processes can share a store; claiming a job or a push is a conditional UPDATE, so only one
-claimant wins.
+Every connection is short-lived and every state change one transaction, so threads can share a
+store; claiming a job or a push is a conditional UPDATE, so only one claimant wins. ``recover``
+assumes that no other process is running jobs of the same store at that moment.
 """
 
 from __future__ import annotations

@@ -113,13 +113,13 @@ class Jobs:
     async def _loop(self, step: Callable, wake: asyncio.Event) -> None:
         """Run ``step`` until cancelled; it returns how long to sleep (a wake cuts it short)."""
         while True:
+            wake.clear()  # a wake-up during the step below cuts the next sleep
             try:
                 delay = await step()
             except Exception:  # a background task has no caller: log and keep serving
                 log.exception("%s failed; retrying in %.0f s", step.__name__, IDLE_POLL_S)
                 delay = IDLE_POLL_S
             if delay > 0:
-                wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), delay)
 

@@ -25,8 +25,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(env: dict[str, str], log: Path, *, timeout: float = 300) -> Iterator[str]:
-    """Serve on a free loopback port with ``env`` added; yield the base URL once /readyz is 200.
+def running_server(
+    env: dict[str, str], log: Path, *, timeout: float = 300, ready_path: str = "/readyz"
+) -> Iterator[str]:
+    """Serve on a free loopback port with ``env`` added; yield the base URL once ``ready_path``
+    answers 200 (``/livez`` to talk to the API before the models are loaded).
 
     The whole process group is stopped on exit; the server's output goes to ``log``.
     """
@@ -60,7 +63,7 @@ def running_server(env: dict[str, str], log: Path, *, timeout: float = 300) -> I
             if time.monotonic() > deadline:
                 raise TimeoutError(f"not ready in {timeout}s:\n{Path(log).read_text()[-3000:]}")
             with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{url}{ready_path}", timeout=2).status_code == 200:
                     break
             time.sleep(1)
         yield url
