@@ -18,20 +18,23 @@ import bentoml
 import numpy as np
 from bentoml.validators import ContentType
 from pydantic import Field
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from lesionseg.detector import Detector
-from lesionseg.errors import InputError
-from lesionseg.imaging import check_upload_size, decode_image
+from lesionseg.errors import ImageTooLargeError, InputError
+from lesionseg.imaging import check_upload_size
+from lesionseg.nifti import label_mask
 from lesionseg.pipeline import PROMPT_LABEL, build_result, filter_detections
-from lesionseg.report import draw_overlay, result_to_dict
+from lesionseg.report import draw_overlay, frame_source, result_to_dict
+from lesionseg.seg import build_seg, seg_to_bytes, segment_labels, source_frames
 from lesionseg.segmenter import Segmenter, validate_boxes
 from lesionseg.settings import Settings
 from lesionseg.types import Detections, MedicalImage, SegmentationResult
+from lesionseg.uploads import Upload, decode_upload, split_boxes
 from service.jobs import Jobs
 from service.metrics import STAGE_SECONDS, timed
 from service.model_store import DETECTOR_MODEL, EXPORTS_MODEL, SAM_MODEL, sam_path_in_store
-from service.schemas import SegmentResponse
+from service.schemas import FramesResponse, SegmentResponse
 
 log = logging.getLogger("lesionseg.service")
 
@@ -208,25 +211,63 @@ class LesionSeg(_StoreModels):
 
     # --- the pipeline, split across the two services -----------------------------------------
 
-    def _decode(self, path: Path) -> MedicalImage:
+    def _decode(self, path: Path, window: str | None = None) -> Upload:
         # Check the size on disk before reading a possibly huge upload into memory.
         check_upload_size(path.stat().st_size, self.settings.max_upload_bytes)
-        return decode_image(path.read_bytes(), max_pixels=self.settings.max_image_pixels)
+        return decode_upload(path.read_bytes(), self.settings, window=window)
 
     async def _run(
+        self, path: Path, *, window: str | None = None, **options
+    ) -> tuple[Upload, list[SegmentationResult]]:
+        """Decode an upload (image, DICOM or NIfTI) and segment each of its frames."""
+        timings: dict[str, float] = {}
+        with timed("decode_image", timings):
+            upload = await asyncio.to_thread(self._decode, path, window)
+        return upload, await self._segment_frames(upload.frames, timings=timings, **options)
+
+    async def _segment_frames(
         self,
-        path: Path,
+        frames: tuple[MedicalImage, ...],
         *,
         boxes: list | None = None,
+        timings: dict[str, float] | None = None,
+        **options,
+    ) -> list[SegmentationResult]:
+        """Frames in order; at most max_batch_size frames in flight, so that a volume does
+        not flood the batched runner past its latency budget."""
+        if boxes is None:
+            per_frame: list = [None] * len(frames)
+        else:
+            per_frame = [boxes] if len(frames) == 1 else split_boxes(boxes, len(frames))
+        gate = asyncio.Semaphore(self.settings.max_batch_size)
+
+        async def one(image: MedicalImage, frame_boxes: list | None) -> SegmentationResult:
+            async with gate:
+                return await self._segment_one(
+                    image,
+                    boxes=frame_boxes,
+                    timings=dict(timings or {}),
+                    frame_of_many=len(frames) > 1,
+                    **options,
+                )
+
+        return list(await asyncio.gather(*map(one, frames, per_frame)))
+
+    async def _segment_one(
+        self,
+        image: MedicalImage,
+        *,
+        boxes: list | None,
+        timings: dict[str, float],
         score_threshold: float | None = None,
         max_lesions: int | None = None,
         refine_iterations: int | None = None,
-    ) -> tuple[MedicalImage, SegmentationResult]:
-        timings: dict[str, float] = {}
-        with timed("decode_image", timings):
-            image = await asyncio.to_thread(self._decode, path)
+        frame_of_many: bool = False,
+    ) -> SegmentationResult:
         hw = (image.height, image.width)
-        if boxes is not None:
+        if boxes is not None and frame_of_many and not boxes:
+            prompts, labels, scores = np.zeros((0, 4), np.float32), [], np.zeros(0, np.float32)
+        elif boxes is not None:
             prompts = validate_boxes(boxes, hw)
             labels, scores = [PROMPT_LABEL] * len(prompts), np.ones(len(prompts), np.float32)
         else:
@@ -264,19 +305,24 @@ class LesionSeg(_StoreModels):
                 )
         else:
             prediction = self.segmenter.predict_empty(hw)
-        return image, build_result(image, prompts, labels, scores, prediction, timings)
+        return build_result(image, prompts, labels, scores, prediction, timings)
 
     async def _respond(self, make, **kwargs):
-        """Run one request: overload -> 503, bad input -> 400, else ``make(image, result)``."""
+        """Run one request: overload -> 503, bad input -> 400, else ``make(upload, results)``
+        (``make`` may be a coroutine function taking the request's options itself)."""
         if not self._ready.is_set():
             return _unavailable("the models are still loading; retry once /readyz answers 200")
         if self.pending >= self.settings.max_pending_requests:
             return _unavailable(f"overloaded: {self.pending} requests in flight; retry later")
         self.pending += 1
         try:
-            image, result = await self._run(**kwargs)
-            return await asyncio.to_thread(make, image, result)
+            if asyncio.iscoroutinefunction(make):
+                return await make(**kwargs)
+            upload, results = await self._run(**kwargs)
+            return await asyncio.to_thread(make, upload, results)
         except InputError as exc:
+            # Input messages never quote patient data (tests/service/test_privacy.py).
+            log.info("bad request (400): %s", exc)
             return _bad_request(exc)
         except bentoml.exceptions.ServiceUnavailable:
             # The runner sheds requests it cannot batch within max_latency_ms.
@@ -287,14 +333,143 @@ class LesionSeg(_StoreModels):
         finally:
             self.pending -= 1
 
-    def _json(self, image: MedicalImage, result: SegmentationResult) -> SegmentResponse:
-        timings = dict(result.timings_ms)
+    def _frame_dicts(self, upload: Upload, results: list[SegmentationResult]) -> list[dict]:
         start = time.perf_counter()
-        payload = result_to_dict(result, self.models)
-        timings["encode_response"] = (time.perf_counter() - start) * 1000
-        STAGE_SECONDS.labels("encode_response").observe(timings["encode_response"] / 1000)
-        payload["timings_ms"] = {k: round(v, 2) for k, v in timings.items()}
-        return SegmentResponse.model_validate(payload)
+        payloads = []
+        for index, result in enumerate(results):
+            payload = result_to_dict(result, self.models)
+            if (source := frame_source(upload.dicom, upload.nifti, index)) is not None:
+                payload["source"] = source
+            payloads.append(payload)
+        elapsed = time.perf_counter() - start
+        STAGE_SECONDS.labels("encode_response").observe(elapsed)
+        for payload, result in zip(payloads, results, strict=True):
+            timings = {**result.timings_ms, "encode_response": elapsed * 1000}
+            payload["timings_ms"] = {k: round(v, 2) for k, v in timings.items()}
+        return payloads
+
+    def _json(
+        self, upload: Upload, results: list[SegmentationResult]
+    ) -> SegmentResponse | JSONResponse:
+        """One image: the SegmentResponse; several frames / a volume: a FramesResponse."""
+        payloads = self._frame_dicts(upload, results)
+        if not upload.multi_frame:
+            return SegmentResponse.model_validate(payloads[0])
+        for index, payload in enumerate(payloads):
+            payload["frame"] = index
+            del payload["models"]
+        body = FramesResponse(number_of_frames=len(payloads), frames=payloads, models=self.models)
+        return JSONResponse(body.model_dump(mode="json"))
+
+    def _single(self, make):
+        """``make(image, result)`` of a one-frame upload; a volume gets a 400."""
+
+        def single(upload: Upload, results: list[SegmentationResult]):
+            if upload.multi_frame:
+                raise InputError(
+                    f"this endpoint takes one image, the upload has {len(upload.frames)} "
+                    "frames: use /segment (per-frame JSON) or /segment/dicom-seg"
+                )
+            return make(upload.frames[0], results[0])
+
+        return single
+
+    def _default_labels(self, boxes: list | None) -> list[str]:
+        return (
+            [PROMPT_LABEL]
+            if boxes is not None
+            else list(self.models["detector"]["classes"].values())
+        )
+
+    async def segment_to_seg(
+        self,
+        files: list[Path],
+        *,
+        boxes: list | None = None,
+        window: str | None = None,
+        **options,
+    ) -> tuple[bytes, dict]:
+        """DICOM files (one multi-frame object, or single-frame files of one series) -> (a
+        DICOM SEG as Part-10 bytes, a JSON-ready summary: the SEG's UIDs and segments, and
+        per frame the /segment result). ``boxes`` as in /segment/boxes (a fifth value names
+        the 0-based frame when there are several); without them the detector finds lesions.
+        Waits for the models to load. Raises InputError subclasses for bad input."""
+        await self._ready.wait()
+        if not files:
+            raise InputError("no DICOM file given (multipart field 'image')")
+        timings: dict[str, float] = {}
+        uploads = []
+        with timed("decode_image", timings):
+            for index, path in enumerate(files):
+                upload = await asyncio.to_thread(self._decode, path, window)
+                if upload.dicom is None:
+                    raise InputError(
+                        f"file {index} is not DICOM: /segment/dicom-seg takes DICOM input; "
+                        "use /segment for PNG/JPEG/TIFF and /segment/nifti for NIfTI"
+                    )
+                uploads.append(upload)
+        sources = [u.dicom.dataset for u in uploads]
+        n_frames = source_frames(sources)  # one series, before any model runs
+        if n_frames > self.settings.max_frames:
+            raise ImageTooLargeError(
+                f"{n_frames} frames; at most {self.settings.max_frames} per request "
+                "(LESIONSEG_MAX_FRAMES)"
+            )
+        frames = tuple(f for u in uploads for f in u.frames)
+        results = await self._segment_frames(frames, boxes=boxes, timings=timings, **options)
+        labels = self._default_labels(boxes)
+        seg = await asyncio.to_thread(
+            build_seg,
+            sources,
+            results,
+            labels=labels,
+            semiautomatic=boxes is not None,
+            algorithm_parameters={
+                "sam": self.models["sam"]["name"],
+                "detector": self.models["detector"]["weights"],
+            },
+        )
+        data = await asyncio.to_thread(seg_to_bytes, seg)
+        per_frame, start = [], 0
+        for upload in uploads:
+            per_frame += self._frame_dicts(upload, results[start : start + len(upload.frames)])
+            start += len(upload.frames)
+        for index, payload in enumerate(per_frame):
+            payload["frame"] = index
+            del payload["models"]
+        summary = {
+            "seg": {
+                "sop_instance_uid": str(seg.SOPInstanceUID),
+                "series_instance_uid": str(seg.SeriesInstanceUID),
+                "segments": [
+                    {"number": int(s.SegmentNumber), "label": str(s.SegmentLabel)}
+                    for s in seg.SegmentSequence
+                ],
+            },
+            "number_of_frames": len(per_frame),
+            "frames": per_frame,
+            "models": self.models,
+        }
+        return data, summary
+
+    async def _dicom_seg_response(self, path: list[Path], **options) -> Response:
+        data, summary = await self.segment_to_seg(path, **options)
+        uid = summary["seg"]["sop_instance_uid"]
+        return Response(data, media_type="application/dicom", headers={"X-SOP-Instance-UID": uid})
+
+    async def _nifti_response(
+        self, path: Path, *, window: str | None = None, **options
+    ) -> Response:
+        upload, results = await self._run(path, window=window, **options)
+        if upload.nifti is None:
+            raise InputError(
+                "/segment/nifti takes a NIfTI volume (.nii or .nii.gz); use /segment for "
+                "images and /segment/dicom-seg for DICOM"
+            )
+        labels = segment_labels(results, self._default_labels(options.get("boxes")))
+        data = await asyncio.to_thread(label_mask, upload.nifti, results, labels)
+        legend = ",".join(f"{i + 1}={name}" for i, name in enumerate(labels))
+        return Response(data, media_type="application/gzip", headers={"X-Labels": legend})
 
     # --- HTTP API -------------------------------------------------------------------------
 
@@ -305,14 +480,17 @@ class LesionSeg(_StoreModels):
         score_threshold: Annotated[float, Field(ge=0.0, le=1.0)] | None = None,
         max_lesions: Annotated[int, Field(ge=1, le=1000)] | None = None,
         refine_iterations: Annotated[int, Field(ge=0, le=10)] | None = None,
+        window: str | None = None,
     ) -> SegmentResponse:
-        """Find and outline every lesion: detector boxes -> SAM masks (COCO RLE)."""
+        """Find and outline every lesion: detector boxes -> SAM masks (COCO RLE). DICOM and
+        NIfTI volumes answer one result per frame (README: multi-frame response)."""
         return await self._respond(
             self._json,
             path=image,
             score_threshold=score_threshold,
             max_lesions=max_lesions,
             refine_iterations=refine_iterations,
+            window=window,
         )
 
     @bentoml.api(route="/segment/boxes")
@@ -321,10 +499,12 @@ class LesionSeg(_StoreModels):
         image: Path,
         boxes: list[list[float]],
         refine_iterations: Annotated[int, Field(ge=0, le=10)] | None = None,
+        window: str | None = None,
     ) -> SegmentResponse:
-        """One lesion per [x0, y0, x1, y1] box (original pixels), in the order given."""
+        """One lesion per [x0, y0, x1, y1] box (original pixels), in the order given; for
+        several frames [x0, y0, x1, y1, frame] (0-based)."""
         return await self._respond(
-            self._json, path=image, boxes=boxes, refine_iterations=refine_iterations
+            self._json, path=image, boxes=boxes, refine_iterations=refine_iterations, window=window
         )
 
     @bentoml.api(route="/segment/overlay")
@@ -334,12 +514,58 @@ class LesionSeg(_StoreModels):
         score_threshold: Annotated[float, Field(ge=0.0, le=1.0)] | None = None,
         max_lesions: Annotated[int, Field(ge=1, le=1000)] | None = None,
         refine_iterations: Annotated[int, Field(ge=0, le=10)] | None = None,
+        window: str | None = None,
     ) -> Annotated[bytes, ContentType("image/png")]:
         """As /segment, drawn on the image as a PNG (masks, outlines, boxes, labels)."""
         return await self._respond(
-            lambda im, res: draw_overlay(im.pixels, res),
+            self._single(lambda im, res: draw_overlay(im.pixels, res)),
             path=image,
             score_threshold=score_threshold,
             max_lesions=max_lesions,
             refine_iterations=refine_iterations,
+            window=window,
+        )
+
+    @bentoml.api(route="/segment/dicom-seg")
+    async def segment_dicom_seg(
+        self,
+        image: list[Path],
+        boxes: list[list[float]] | None = None,
+        score_threshold: Annotated[float, Field(ge=0.0, le=1.0)] | None = None,
+        max_lesions: Annotated[int, Field(ge=1, le=1000)] | None = None,
+        refine_iterations: Annotated[int, Field(ge=0, le=10)] | None = None,
+        window: str | None = None,
+    ) -> Annotated[bytes, ContentType("application/dicom")]:
+        """A DICOM Segmentation of one DICOM object or of the files of one series (repeat
+        the `image` field): one multi-frame SEG, one segment per lesion label."""
+        return await self._respond(
+            self._dicom_seg_response,
+            path=image,
+            boxes=boxes,
+            score_threshold=score_threshold,
+            max_lesions=max_lesions,
+            refine_iterations=refine_iterations,
+            window=window,
+        )
+
+    @bentoml.api(route="/segment/nifti")
+    async def segment_nifti(
+        self,
+        image: Path,
+        boxes: list[list[float]] | None = None,
+        score_threshold: Annotated[float, Field(ge=0.0, le=1.0)] | None = None,
+        max_lesions: Annotated[int, Field(ge=1, le=1000)] | None = None,
+        refine_iterations: Annotated[int, Field(ge=0, le=10)] | None = None,
+        window: str | None = None,
+    ) -> Annotated[bytes, ContentType("application/gzip")]:
+        """A NIfTI volume segmented slice by slice -> a gzipped NIfTI label mask with the
+        input's shape and affine (labels in the X-Labels header)."""
+        return await self._respond(
+            self._nifti_response,
+            path=image,
+            boxes=boxes,
+            score_threshold=score_threshold,
+            max_lesions=max_lesions,
+            refine_iterations=refine_iterations,
+            window=window,
         )

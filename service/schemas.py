@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_serializer
 
 
 class MaskRLE(BaseModel):
@@ -20,6 +22,15 @@ class LesionOut(BaseModel):
     mask: MaskRLE
 
 
+class FrameSource(BaseModel):
+    format: Literal["DICOM", "NIfTI"]
+    sop_instance_uid: str | None = Field(None, description="DICOM: the source instance")
+    frame_number: int | None = Field(None, description="DICOM: 1-based frame in that instance")
+    window: list[float] | None = Field(None, description="DICOM: [center, width] applied")
+    axis: int | None = Field(None, description="NIfTI: voxel axis of the slices")
+    slice: int | None = Field(None, description="NIfTI: slice index along that axis")
+
+
 class SegmentResponse(BaseModel):
     width: int
     height: int
@@ -27,6 +38,37 @@ class SegmentResponse(BaseModel):
     lesions: list[LesionOut]
     models: dict = Field(description="name, family, version and sha256 of each model")
     timings_ms: dict[str, float] = Field(description="wall time per stage")
+    pixel_spacing_source: (
+        Literal["pixel_spacing", "imager_pixel_spacing", "nifti_header"] | None
+    ) = Field(
+        None,
+        description="DICOM/NIfTI only, when the spacing is known: PixelSpacing, "
+        "ImagerPixelSpacing (detector plane, magnification not corrected) or the NIfTI "
+        "header; absent otherwise",
+    )
+    source: FrameSource | None = Field(None, description="DICOM/NIfTI only: the frame's origin")
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler) -> dict[str, Any]:
+        # Ordinary images keep the original schema: the DICOM/NIfTI keys are left out.
+        data = handler(self)
+        for key in ("pixel_spacing_source", "source"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+
+class FrameOut(SegmentResponse):
+    frame: int = Field(description="0-based frame (DICOM) or slice (NIfTI) index")
+    models: dict | None = Field(None, exclude=True)  # once, at the top level
+
+
+class FramesResponse(BaseModel):
+    """/segment and /segment/boxes for multi-frame DICOM and NIfTI volumes."""
+
+    number_of_frames: int
+    frames: list[FrameOut] = Field(description="per frame the /segment result, in frame order")
+    models: dict = Field(description="name, family, version and sha256 of each model")
 
 
 class ErrorOut(BaseModel):
