@@ -45,7 +45,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel
 
 from .data import window_ct
 from .errors import ImageTooLargeError, InputError, InvalidImageError
-from .imaging import check_pixels
+from .imaging import check_pixels, check_total_pixels
 from .types import MedicalImage
 
 # pydicom's default (WARN) logs invalid element values verbatim, a patient's name included.
@@ -212,7 +212,9 @@ def _modality(raw: np.ndarray, dataset: Dataset, frame: int) -> np.ndarray:
     return apply_modality_lut(raw, dataset).astype(np.float32)
 
 
-def _check_size(dataset: Dataset, max_pixels: int, max_frames: int) -> tuple[int, str]:
+def _check_size(
+    dataset: Dataset, max_pixels: int, max_frames: int, max_total: int | None
+) -> tuple[int, str]:
     for keyword in ("Rows", "Columns", "PhotometricInterpretation", "BitsAllocated"):
         if keyword not in dataset:
             kind = getattr(dataset.get("SOPClassUID"), "name", "unknown SOP class")
@@ -226,6 +228,7 @@ def _check_size(dataset: Dataset, max_pixels: int, max_frames: int) -> tuple[int
             f"the DICOM object has {frames} frames; 1 to {max_frames} are accepted "
             "(LESIONSEG_MAX_FRAMES)"
         )
+    check_total_pixels(frames, int(dataset.Rows), int(dataset.Columns), max_total)
     return frames, str(dataset.PhotometricInterpretation).strip().upper()
 
 
@@ -235,10 +238,11 @@ def decode_dicom(
     max_pixels: int,
     max_frames: int,
     window: tuple[float, float] | None = None,
+    max_total_pixels: int | None = None,
 ) -> DicomImage:
     """Decode every frame; sizes are checked from Rows/Columns/NumberOfFrames first."""
     dataset = read_dataset(data)
-    n_frames, photometric = _check_size(dataset, max_pixels, max_frames)
+    n_frames, photometric = _check_size(dataset, max_pixels, max_frames, max_total_pixels)
     if photometric not in _GRAY | _COLOUR | {"PALETTE COLOR"}:
         raise InvalidImageError(f"unsupported DICOM PhotometricInterpretation {photometric!r}")
     if window is not None and photometric not in _GRAY:

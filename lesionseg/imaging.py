@@ -65,6 +65,15 @@ def check_pixels(height: int, width: int, max_pixels: int) -> None:
         )
 
 
+def check_total_pixels(frames: int, height: int, width: int, max_total: int | None) -> None:
+    """Raise :class:`ImageTooLargeError` when frames x height x width is over ``max_total``."""
+    if max_total is not None and frames * height * width > max_total:
+        raise ImageTooLargeError(
+            f"{frames} frames of {width}x{height} are {frames * height * width} pixels, over "
+            f"the limit of {max_total} per request (LESIONSEG_MAX_TOTAL_PIXELS)"
+        )
+
+
 def check_upload_size(size: int, max_bytes: int | None) -> None:
     """Raise :class:`ImageTooLargeError` when an upload of ``size`` bytes is over the limit."""
     if max_bytes is not None and size > max_bytes:

@@ -25,7 +25,7 @@ import numpy as np
 
 from .data import window_ct
 from .errors import ImageTooLargeError, InputError, InvalidImageError
-from .imaging import check_pixels
+from .imaging import check_pixels, check_total_pixels
 from .types import MedicalImage, SegmentationResult
 
 _UNIT_TO_MM = {"mm": 1.0, "meter": 1000.0, "micron": 0.001}
@@ -98,6 +98,7 @@ def decode_nifti(
     max_frames: int,
     max_bytes: int,
     window: tuple[float, float] | None = None,
+    max_total_pixels: int | None = None,
 ) -> NiftiVolume:
     """Decode a NIfTI volume into axial slices; the shape is checked before the voxels."""
     raw = _gunzip(data, max_bytes)
@@ -118,6 +119,7 @@ def decode_nifti(
             f"the NIfTI volume has {spatial[axis]} slices; at most {max_frames} are accepted "
             "(LESIONSEG_MAX_FRAMES)"
         )
+    check_total_pixels(spatial[axis], plane[1], plane[0], max_total_pixels)
     try:
         values = np.asarray(image.get_fdata(dtype=np.float32)).reshape(spatial)
     except (ValueError, EOFError, OSError) as exc:

@@ -117,6 +117,13 @@ class Settings(BaseSettings):
         description="Most frames (DICOM multi-frame objects and series, NIfTI slices) one "
         "request may segment; each frame with a detection costs one SAM encoder pass.",
     )
+    max_total_pixels: int = Field(
+        100_000_000,
+        ge=1,
+        description="Largest pixel count of one request over all its frames (a DICOM "
+        "multi-frame object or series, a NIfTI volume): bounds the memory of decoding, about "
+        "7 bytes per pixel. 256 CT slices of 512 x 512 are 67 M.",
+    )
 
     # --- DICOM / NIfTI intensity windows ------------------------------------------------------
     window_presets: dict[str, tuple[float, float]] = Field(

@@ -39,13 +39,26 @@ class Upload:
         return len(self.frames) > 1 or self.nifti is not None
 
 
-def decode_upload(data: bytes, settings: Settings, *, window: str | None = None) -> Upload:
-    """Decode by content; ``window`` (a preset or "center,width") applies to DICOM and NIfTI."""
+def decode_upload(
+    data: bytes,
+    settings: Settings,
+    *,
+    window: str | None = None,
+    max_total_pixels: int | None = None,
+) -> Upload:
+    """Decode by content; ``window`` (a preset or "center,width") applies to DICOM and NIfTI.
+    ``max_total_pixels`` (default: the setting) bounds all frames together."""
     if not data:
         raise InputError("the uploaded image is empty (0 bytes)")
     check_upload_size(len(data), settings.max_upload_bytes)
     chosen = parse_window(window, settings.window_presets)
-    limits = {"max_pixels": settings.max_image_pixels, "max_frames": settings.max_frames}
+    limits = {
+        "max_pixels": settings.max_image_pixels,
+        "max_frames": settings.max_frames,
+        "max_total_pixels": (
+            settings.max_total_pixels if max_total_pixels is None else max_total_pixels
+        ),
+    }
     if is_dicom(data):
         dicom = decode_dicom(data, window=chosen, **limits)
         return Upload(dicom.frames, dicom=dicom)

@@ -211,10 +211,14 @@ class LesionSeg(_StoreModels):
 
     # --- the pipeline, split across the two services -----------------------------------------
 
-    def _decode(self, path: Path, window: str | None = None) -> Upload:
+    def _decode(
+        self, path: Path, window: str | None = None, max_total_pixels: int | None = None
+    ) -> Upload:
         # Check the size on disk before reading a possibly huge upload into memory.
         check_upload_size(path.stat().st_size, self.settings.max_upload_bytes)
-        return decode_upload(path.read_bytes(), self.settings, window=window)
+        return decode_upload(
+            path.read_bytes(), self.settings, window=window, max_total_pixels=max_total_pixels
+        )
 
     async def _run(
         self, path: Path, *, window: str | None = None, **options
@@ -398,10 +402,11 @@ class LesionSeg(_StoreModels):
         if not files:
             raise InputError("no DICOM file given (multipart field 'image')")
         timings: dict[str, float] = {}
-        uploads = []
+        uploads, budget = [], self.settings.max_total_pixels  # pixels, over all the files
         with timed("decode_image", timings):
             for index, path in enumerate(files):
-                upload = await asyncio.to_thread(self._decode, path, window)
+                upload = await asyncio.to_thread(self._decode, path, window, budget)
+                budget -= sum(f.height * f.width for f in upload.frames)
                 if upload.dicom is None:
                     raise InputError(
                         f"file {index} is not DICOM: /segment/dicom-seg takes DICOM input; "

@@ -178,6 +178,8 @@ def test_sizes_are_checked_before_decoding(monkeypatch):
         decode("RG1_UNCR.dcm", max_pixels=1_000_000)
     with pytest.raises(ImageTooLargeError, match="10 frames"):
         decode("emri_small.dcm", max_frames=4)
+    with pytest.raises(ImageTooLargeError, match="LESIONSEG_MAX_TOTAL_PIXELS"):
+        decode("emri_small.dcm", max_total_pixels=64 * 64 * 9)  # 10 frames of 64 x 64
 
 
 @pytest.mark.parametrize(

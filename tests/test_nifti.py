@@ -75,6 +75,8 @@ def test_nifti_limits_and_errors(volume):
     gz, _ = volume
     with pytest.raises(ImageTooLargeError, match="LESIONSEG_MAX_FRAMES"):
         decode_nifti(gz, **{**LIMITS, "max_frames": 3})
+    with pytest.raises(ImageTooLargeError, match="LESIONSEG_MAX_TOTAL_PIXELS"):
+        decode_nifti(gz, **LIMITS, max_total_pixels=128 * 128 * 3)
     with pytest.raises(ImageTooLargeError, match="uncompressed"):
         decode_nifti(gz, **{**LIMITS, "max_bytes": 1000})
     with pytest.raises(InvalidImageError):
