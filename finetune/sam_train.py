@@ -10,6 +10,7 @@ has no dropout), gradients flow all the same.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -54,13 +55,23 @@ def embed(modules: SamModules, images: Sequence[np.ndarray], *, batch: int = 4) 
     return torch.cat(out)
 
 
-def cached_embeddings(modules: SamModules, samples: Sequence[Sample], cache: Path) -> torch.Tensor:
-    """:func:`embed` of the samples' images (B, C, h, w), cached per slice and model checksum.
+def encoder_key(modules: SamModules) -> str:
+    """16 hex digits of a sha256 over the encoder's tensors (names, shapes and values)."""
+    digest = hashlib.sha256()
+    for name, tensor in modules.encoder.state_dict().items():
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
-    One file per slice (``<cache>/embeddings-<sha256[:16]>/z<index>.pt``), so an interrupted
-    run and every later recipe or benchmark on the same model reuse what was computed.
+
+def cached_embeddings(modules: SamModules, samples: Sequence[Sample], cache: Path) -> torch.Tensor:
+    """:func:`embed` of the samples' images (B, C, h, w), cached per slice and encoder.
+
+    One file per slice (``<cache>/embeddings-<key>/z<index>.pt``), the key a checksum of the
+    encoder's weights, so an interrupted run, and every recipe or benchmark that uses the same
+    encoder (a decoder-only fine-tune shares the base's), reuse what was computed.
     """
-    folder = Path(cache) / f"embeddings-{modules.spec.sha256[:16]}"
+    folder = Path(cache) / f"embeddings-{encoder_key(modules)}"
     missing = [s for s in samples if not (folder / f"z{s.index:03d}.pt").is_file()]
     folder.mkdir(parents=True, exist_ok=True)
     for start in tqdm(range(0, len(missing), 4), desc="embed (cached)", leave=False):

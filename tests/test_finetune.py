@@ -122,7 +122,8 @@ def test_lora_step_hf_saves_a_merged_samodel(lits, tiny_hf_sam_dir, tmp_path):
     assert json.loads(path.with_suffix(".json").read_text())["checkpoint"]["sha256"]
     before = load_sam("hf", tiny_hf_sam_dir).decoder.model.state_dict()
     after = reloaded.decoder.model.state_dict()
-    assert any(not torch.equal(before[k], after[k]) for k in before if "qkv" in k)
+    # A random tiny model passes almost no gradient to its encoder; the decoder's LoRA moves.
+    assert any(not torch.equal(before[k], after[k]) for k in before if "v_proj" in k)
 
 
 @pytest.mark.slow
