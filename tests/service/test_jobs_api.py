@@ -4,6 +4,7 @@ Orthanc: a job accepted by one server process is done and pushed by the next one
 from __future__ import annotations
 
 import io
+import json
 import time
 from pathlib import Path
 
@@ -18,6 +19,15 @@ from service.launcher import running_server
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CT = Path(get_testdata_file("CT_small.dcm"))
+
+
+def study_file() -> bytes:
+    """CT_small.dcm with a birth date added: every patient identifier the logs must not show."""
+    ds = pydicom.dcmread(CT)
+    ds.PatientBirthDate = "19420817"
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()
 
 
 def submit(url: str, data: bytes, **fields) -> httpx.Response:
@@ -45,18 +55,18 @@ def restarted(model_store, orthanc, tmp_path_factory):
         "LESIONSEG_PUSH_MAX_DELAY_S": "2",
     }
     with running_server(env, root / "first.log", ready_path="/livez") as url:
-        response = submit(url, CT.read_bytes(), transaction_id="study-1")
+        response = submit(url, study_file(), transaction_id="study-1")
         assert response.status_code == 202, response.text
         accepted = response.json()
         # still loading the models: the job waits in the queue when the server stops
         assert httpx.get(f"{url}{accepted['location']}").json()["state"] == "queued"
     restart_time = time.time()
     with running_server(env, root / "second.log") as url:
-        yield url, accepted, restart_time
+        yield url, accepted, restart_time, root
 
 
 def test_job_accepted_before_a_restart_is_done_and_pushed_after_it(restarted, orthanc):
-    url, accepted, restart_time = restarted
+    url, accepted, restart_time, _ = restarted
     assert (accepted["transaction_id"], accepted["push_state"]) == ("study-1", "pending")
     status = poll(url, accepted["location"], lambda s: s["state"] in ("done", "failed"))
     assert status["state"] == "done", status
@@ -79,7 +89,7 @@ def test_job_accepted_before_a_restart_is_done_and_pushed_after_it(restarted, or
 
 
 def test_duplicate_transaction_id_is_409(restarted):
-    url, accepted, _ = restarted
+    url, accepted, *_ = restarted
     duplicate = submit(url, CT.read_bytes(), transaction_id="study-1")
     assert duplicate.status_code == 409
     assert duplicate.json()["job_id"] == accepted["id"]
@@ -129,3 +139,17 @@ def test_readme_jobs_example_works(restarted, tmp_path, monkeypatch):
     assert sorted(r.ReferencedSOPInstanceUID for r in referenced) == [
         f"{pydicom.dcmread(CT).SOPInstanceUID}.{i}" for i in (1, 2)
     ]
+
+
+def test_no_patient_identifiers_in_job_status_or_server_logs(restarted):
+    url, accepted, _, root = restarted
+    status = poll(url, accepted["location"], lambda s: s["state"] in ("done", "failed"))
+    source = pydicom.dcmread(io.BytesIO(study_file()))
+    identifiers = [str(source.PatientName), str(source.PatientID), str(source.PatientBirthDate)]
+    assert all(identifiers), identifiers
+    texts = {"status": json.dumps(status)}
+    texts |= {log.name: log.read_text() for log in root.glob("*.log")}
+    assert len(texts) == 3
+    for name, text in texts.items():
+        for identifier in identifiers:
+            assert identifier not in text, f"{identifier!r} appears in {name}"
