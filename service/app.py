@@ -10,7 +10,6 @@ to HTTP and maps errors: bad input -> 400, overload -> 503.
 import asyncio
 import logging
 import threading
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -18,23 +17,22 @@ import bentoml
 import numpy as np
 from bentoml.validators import ContentType
 from pydantic import Field
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 
 from lesionseg.detector import Detector
-from lesionseg.errors import ImageTooLargeError, InputError
+from lesionseg.errors import InputError
 from lesionseg.imaging import check_upload_size
-from lesionseg.nifti import label_mask
 from lesionseg.pipeline import PROMPT_LABEL, build_result, filter_detections
-from lesionseg.report import draw_overlay, frame_source, result_to_dict
-from lesionseg.seg import build_seg, seg_to_bytes, segment_labels, source_frames
+from lesionseg.report import draw_overlay
 from lesionseg.segmenter import Segmenter, validate_boxes
 from lesionseg.settings import Settings
 from lesionseg.types import Detections, MedicalImage, SegmentationResult
 from lesionseg.uploads import Upload, decode_upload, split_boxes
 from service.jobs import Jobs
-from service.metrics import STAGE_SECONDS, timed
+from service.metrics import timed
 from service.model_store import DETECTOR_MODEL, EXPORTS_MODEL, SAM_MODEL, sam_path_in_store
 from service.schemas import FramesResponse, SegmentResponse
+from service.volumes import VolumeOutputs
 
 log = logging.getLogger("lesionseg.service")
 
@@ -164,9 +162,10 @@ JOBS = Jobs(SETTINGS, bentoml.get_current_service)
 
 @bentoml.asgi_app(JOBS.app, path="/")
 @bentoml.service(name="lesionseg", traffic={"timeout": 600})
-class LesionSeg(_StoreModels):
+class LesionSeg(VolumeOutputs, _StoreModels):
     """Automatic lesion segmentation over HTTP: ``/segment``, ``/segment/boxes``,
-    ``/segment/overlay``; health at ``/livez`` and ``/readyz``, metrics at ``/metrics``."""
+    ``/segment/overlay``, ``/segment/dicom-seg``, ``/segment/nifti``, async ``/jobs``; health
+    at ``/livez`` and ``/readyz``, metrics at ``/metrics``."""
 
     runner = bentoml.depends(ModelRunner)
 
@@ -337,21 +336,6 @@ class LesionSeg(_StoreModels):
         finally:
             self.pending -= 1
 
-    def _frame_dicts(self, upload: Upload, results: list[SegmentationResult]) -> list[dict]:
-        start = time.perf_counter()
-        payloads = []
-        for index, result in enumerate(results):
-            payload = result_to_dict(result, self.models)
-            if (source := frame_source(upload.dicom, upload.nifti, index)) is not None:
-                payload["source"] = source
-            payloads.append(payload)
-        elapsed = time.perf_counter() - start
-        STAGE_SECONDS.labels("encode_response").observe(elapsed)
-        for payload, result in zip(payloads, results, strict=True):
-            timings = {**result.timings_ms, "encode_response": elapsed * 1000}
-            payload["timings_ms"] = {k: round(v, 2) for k, v in timings.items()}
-        return payloads
-
     def _json(
         self, upload: Upload, results: list[SegmentationResult]
     ) -> SegmentResponse | JSONResponse:
@@ -377,104 +361,6 @@ class LesionSeg(_StoreModels):
             return make(upload.frames[0], results[0])
 
         return single
-
-    def _default_labels(self, boxes: list | None) -> list[str]:
-        return (
-            [PROMPT_LABEL]
-            if boxes is not None
-            else list(self.models["detector"]["classes"].values())
-        )
-
-    async def segment_to_seg(
-        self,
-        files: list[Path],
-        *,
-        boxes: list | None = None,
-        window: str | None = None,
-        **options,
-    ) -> tuple[bytes, dict]:
-        """DICOM files (one multi-frame object, or single-frame files of one series) -> (a
-        DICOM SEG as Part-10 bytes, a JSON-ready summary: the SEG's UIDs and segments, and
-        per frame the /segment result). ``boxes`` as in /segment/boxes (a fifth value names
-        the 0-based frame when there are several); without them the detector finds lesions.
-        Waits for the models to load. Raises InputError subclasses for bad input."""
-        await self._ready.wait()
-        if not files:
-            raise InputError("no DICOM file given (multipart field 'image')")
-        timings: dict[str, float] = {}
-        uploads, budget = [], self.settings.max_total_pixels  # pixels, over all the files
-        with timed("decode_image", timings):
-            for index, path in enumerate(files):
-                upload = await asyncio.to_thread(self._decode, path, window, budget)
-                budget -= sum(f.height * f.width for f in upload.frames)
-                if upload.dicom is None:
-                    raise InputError(
-                        f"file {index} is not DICOM: /segment/dicom-seg takes DICOM input; "
-                        "use /segment for PNG/JPEG/TIFF and /segment/nifti for NIfTI"
-                    )
-                uploads.append(upload)
-        sources = [u.dicom.dataset for u in uploads]
-        n_frames = source_frames(sources)  # one series, before any model runs
-        if n_frames > self.settings.max_frames:
-            raise ImageTooLargeError(
-                f"{n_frames} frames; at most {self.settings.max_frames} per request "
-                "(LESIONSEG_MAX_FRAMES)"
-            )
-        frames = tuple(f for u in uploads for f in u.frames)
-        results = await self._segment_frames(frames, boxes=boxes, timings=timings, **options)
-        labels = self._default_labels(boxes)
-        seg = await asyncio.to_thread(
-            build_seg,
-            sources,
-            results,
-            labels=labels,
-            semiautomatic=boxes is not None,
-            algorithm_parameters={
-                "sam": self.models["sam"]["name"],
-                "detector": self.models["detector"]["weights"],
-            },
-        )
-        data = await asyncio.to_thread(seg_to_bytes, seg)
-        per_frame, start = [], 0
-        for upload in uploads:
-            per_frame += self._frame_dicts(upload, results[start : start + len(upload.frames)])
-            start += len(upload.frames)
-        for index, payload in enumerate(per_frame):
-            payload["frame"] = index
-            del payload["models"]
-        summary = {
-            "seg": {
-                "sop_instance_uid": str(seg.SOPInstanceUID),
-                "series_instance_uid": str(seg.SeriesInstanceUID),
-                "segments": [
-                    {"number": int(s.SegmentNumber), "label": str(s.SegmentLabel)}
-                    for s in seg.SegmentSequence
-                ],
-            },
-            "number_of_frames": len(per_frame),
-            "frames": per_frame,
-            "models": self.models,
-        }
-        return data, summary
-
-    async def _dicom_seg_response(self, path: list[Path], **options) -> Response:
-        data, summary = await self.segment_to_seg(path, **options)
-        uid = summary["seg"]["sop_instance_uid"]
-        return Response(data, media_type="application/dicom", headers={"X-SOP-Instance-UID": uid})
-
-    async def _nifti_response(
-        self, path: Path, *, window: str | None = None, **options
-    ) -> Response:
-        upload, results = await self._run(path, window=window, **options)
-        if upload.nifti is None:
-            raise InputError(
-                "/segment/nifti takes a NIfTI volume (.nii or .nii.gz); use /segment for "
-                "images and /segment/dicom-seg for DICOM"
-            )
-        labels = segment_labels(results, self._default_labels(options.get("boxes")))
-        data = await asyncio.to_thread(label_mask, upload.nifti, results, labels)
-        legend = ",".join(f"{i + 1}={name}" for i, name in enumerate(labels))
-        return Response(data, media_type="application/gzip", headers={"X-Labels": legend})
 
     # --- HTTP API -------------------------------------------------------------------------
 
