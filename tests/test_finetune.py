@@ -157,7 +157,11 @@ def test_lora_step_litemedsam_and_delta_round_trip_through_settings(lits, liteme
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
-def test_shipped_finetune_loads_matches_its_record_and_changes_masks(path, lits, litemedsam):
+def test_shipped_finetune_loads_matches_its_record_and_changes_masks(
+    path, lits, litemedsam, tmp_path
+):
+    import shutil
+
     from lesionseg.checksums import file_sha256
     from lesionseg.segmenter import Segmenter
     from lesionseg.settings import Settings
@@ -165,7 +169,11 @@ def test_shipped_finetune_loads_matches_its_record_and_changes_masks(path, lits,
     record = json.loads(path.with_suffix(".json").read_text())
     assert record["checkpoint"]["sha256"] == file_sha256(path)
     assert path.stat().st_size < 10_000_000
-    tuned = Segmenter.from_settings(Settings(backend="torch", sam_path=path))
+    # The model store keeps the file as weights.pth: a delta is recognised by its content.
+    stored = tmp_path / "weights.pth"
+    shutil.copyfile(path, stored)
+    tuned = Segmenter.from_settings(Settings(backend="torch", sam_path=stored))
+    assert tuned.spec.name == f"LiteMedSAM+{path.stem}"
     slices = list(lits.slices("val", step=9))
     base = litemedsam.predict(
         litemedsam.embed([s.image for s in slices]), [s.boxes for s in slices]
