@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +137,31 @@ class EpochLog:
             writer.writeheader()
             writer.writerows(self.rows)
         self.json.write_text(json.dumps(self.rows, indent=1) + "\n")
+
+
+def optimise(optimiser: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    """One gradient step on ``loss``; its value as a float."""
+    optimiser.zero_grad()
+    loss.backward()
+    optimiser.step()
+    return float(loss.detach())
+
+
+def end_epoch(
+    rows: list[dict],
+    log: EpochLog | None,
+    epoch: int,
+    losses: Sequence[float],
+    started: float,
+    **metrics: float,
+) -> dict:
+    """Append (and log, and print) the epoch's row: mean loss, seconds, validation metrics."""
+    row = {"epoch": epoch, "train_loss": mean(losses), "seconds": time.time() - started, **metrics}
+    print(row)
+    rows.append(row)
+    if log is not None:
+        log.add(**row)
+    return row
 
 
 def mean(values: Sequence[float]) -> float:

@@ -28,7 +28,15 @@ from lesionseg.data import SPLITS, LitsCase
 from lesionseg.sam_models import SamModules, load_sam
 from lesionseg.settings import Settings
 
-from .common import EpochLog, Sample, lesion_samples, mean, seed_everything, trainable_parameters
+from .common import (
+    EpochLog,
+    Sample,
+    end_epoch,
+    lesion_samples,
+    optimise,
+    seed_everything,
+    trainable_parameters,
+)
 from .sam_train import cached_embeddings, evaluate_gt_boxes, sample_loss, save_sam
 
 DEFAULT_MAX_SHIFT = 0.05  # fraction of the longest image side
@@ -73,17 +81,9 @@ def train_decoder(
         order = rng.permutation(len(train))[:max_steps]
         for i in tqdm(order, desc=f"epoch {epoch}/{epochs}", leave=False):
             loss = sample_loss(modules, train_emb[i : i + 1], train[i], rng, max_shift, max_boxes)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            losses.append(float(loss.detach()))
-        row = {"epoch": epoch, "train_loss": mean(losses), "seconds": time.time() - started}
-        if val_emb is not None:
-            row |= evaluate_gt_boxes(modules, val, val_emb)
-        print(row)
-        rows.append(row)
-        if log is not None:
-            log.add(**row)
+            losses.append(optimise(optimiser, loss))
+        metrics = evaluate_gt_boxes(modules, val, val_emb) if val_emb is not None else {}
+        end_epoch(rows, log, epoch, losses, started, **metrics)
     return rows
 
 

@@ -30,7 +30,7 @@ from lesionseg.sam_delta import apply_delta
 from lesionseg.sam_models import SamModules, load_sam
 from lesionseg.settings import Settings
 
-from .common import EpochLog, Sample, lesion_samples, mean, seed_everything
+from .common import EpochLog, Sample, end_epoch, lesion_samples, optimise, seed_everything
 from .sam_train import embed, evaluate_gt_boxes, images_tensor, sam_state, sample_loss, save_sam
 
 LORA_TARGETS = (
@@ -132,17 +132,11 @@ def train_lora(
         for i in tqdm(rng.permutation(len(train))[:steps_per_epoch], desc=f"epoch {epoch}"):
             embedding = modules.encoder(images_tensor(modules, [train[i].image]))  # (1, C, h, w)
             loss = sample_loss(modules, embedding, train[i], rng, max_shift, max_boxes)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            losses.append(float(loss.detach()))
-        row = {"epoch": epoch, "train_loss": mean(losses), "seconds": time.time() - started}
-        if val:
-            row |= evaluate_gt_boxes(modules, val, embed(modules, [s.image for s in val]))
-        print(row)
-        rows.append(row)
-        if log is not None:
-            log.add(**row)
+            losses.append(optimise(optimiser, loss))
+        metrics = (
+            evaluate_gt_boxes(modules, val, embed(modules, [s.image for s in val])) if val else {}
+        )
+        end_epoch(rows, log, epoch, losses, started, **metrics)
     return model, rows
 
 

@@ -26,7 +26,15 @@ from lesionseg.data import SPLITS, LitsCase, LitsSlice
 from lesionseg.evaluation import dice
 from lesionseg.settings import Settings
 
-from .common import EpochLog, dice_bce_loss, mean, seed_everything, write_record
+from .common import (
+    EpochLog,
+    dice_bce_loss,
+    end_epoch,
+    mean,
+    optimise,
+    seed_everything,
+    write_record,
+)
 
 CONFIG = {"channels": (16, 32, 64, 128), "strides": (2, 2, 2), "num_res_units": 2}
 
@@ -96,17 +104,9 @@ def train_unet(
             if rng.random() < 0.5:
                 x, y = x.flip(-2), y.flip(-2)
             loss = dice_bce_loss(model(x)[:, 0], y)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            losses.append(float(loss.detach()))
-        row = {"epoch": epoch, "train_loss": mean(losses), "seconds": time.time() - started}
-        if val:
-            row["val_image_dice"] = image_dice(model, val)
-        print(row)
-        rows.append(row)
-        if log is not None:
-            log.add(**row)
+            losses.append(optimise(optimiser, loss))
+        metrics = {"val_image_dice": image_dice(model, val)} if val else {}
+        end_epoch(rows, log, epoch, losses, started, **metrics)
     return rows
 
 
