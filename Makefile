@@ -9,6 +9,7 @@ HOST   ?= 0.0.0.0
 BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_HOME
 EXAMPLE := data/examples/lits117-z110.png
+EXAMPLES := data/examples/lits117.nii.gz
 EXPORTS := .cache/exports/export.json
 LOCK_HASH := $(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
 STAMP  := $(VENV)/.installed-$(LOCK_HASH)
@@ -36,11 +37,11 @@ $(STAMP): requirements.lock pyproject.toml
 
 setup: $(STAMP) ## create .venv from requirements.lock (cached)
 
-$(EXAMPLE): $(STAMP)
+$(EXAMPLES): $(STAMP) lesionseg/examples.py
 	$(PY) -m lesionseg.cli fetch-data
-	$(PY) -m lesionseg.cli example --slice 110 --out $(EXAMPLE)
+	$(PY) -m lesionseg.cli example --slice 110 --out data/examples
 
-data: $(EXAMPLE) ## fetch the LiTS case (checksummed) and write the example image
+data: $(EXAMPLES) ## fetch the LiTS case (checksummed); write the PNG, DICOM and NIfTI examples
 
 $(EXPORTS): $(STAMP) models/detector/lesion-yolov8n.pt export/onnx_sam.py
 	$(PY) -m export onnx

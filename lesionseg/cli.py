@@ -56,16 +56,13 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _example(args: argparse.Namespace) -> int:
-    from PIL import Image
-
     from .data import LitsCase
+    from .examples import write_examples
     from .settings import Settings
 
     case = LitsCase(Settings().cache_dir)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(case.slice(args.slice).image).save(out)
-    print(out)
+    for path in write_examples(case, Path(args.out), args.slice):
+        print(path)
     return 0
 
 
@@ -92,9 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--refine-iterations", type=int)
     p.add_argument("--device", choices=["cpu", "cuda"])
     p.set_defaults(func=_predict)
-    e = sub.add_parser("example", help="write a LiTS validation slice as a PNG example")
+    e = sub.add_parser(
+        "example", help="write a LiTS validation slice as PNG, a 3-slice CT DICOM series, NIfTI"
+    )
     e.add_argument("--slice", type=int, default=110)
-    e.add_argument("--out", default="data/examples/lits117-z110.png")
+    e.add_argument("--out", default="data/examples", help="directory")
     e.set_defaults(func=_example)
     f = sub.add_parser("fetch-data", help="fetch and verify the LiTS case into the cache")
     f.set_defaults(func=_fetch)

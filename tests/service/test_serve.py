@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import shlex
@@ -9,12 +10,15 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from pycocotools import mask as mask_utils
 
 from benchmarks.load import run_locust, scrape
 from lesionseg.evaluation import dice
+from lesionseg.examples import write_examples
 from lesionseg.masks import decode_rle
 from lesionseg.settings import REPO_ROOT
 from service.launcher import running_server
@@ -29,11 +33,8 @@ EXAMPLE = REPO_ROOT / "data" / "examples" / "lits117-z110.png"
 @pytest.fixture(scope="module")
 def server(model_store, lits, tmp_path_factory):
     """`bentoml serve` on a free loopback port, as `make serve` runs it."""
-    if not EXAMPLE.exists():  # `make data` writes it; make sure a bare pytest run has it too
-        from PIL import Image
-
-        EXAMPLE.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(lits.slice(110).image).save(EXAMPLE)
+    if not (EXAMPLE.parent / "lits117.nii.gz").exists():  # `make data` writes the examples;
+        write_examples(lits, EXAMPLE.parent, 110)  # a bare pytest run needs them too
     # The torch backend here; the in-process tests cover the default, onnxruntime.
     env = {
         "LESIONSEG_MAX_BATCH_SIZE": "4",
@@ -57,17 +58,29 @@ def test_readme_curl_examples_work(server, tmp_path):
         command = command.replace("localhost:3000", f"127.0.0.1:{port}")
         command = command.replace("@data/", f"@{REPO_ROOT}/data/")
         proc = subprocess.run(shlex.split(command), cwd=tmp_path, capture_output=True, check=True)
-        if "-o " in command:  # the overlay example writes a PNG
-            written = tmp_path / re.search(r"-o (\S+)", command).group(1)
-            assert written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        if "-o " in command:  # an overlay PNG, a DICOM SEG or a NIfTI mask
+            check_written_file(tmp_path / re.search(r"-o (\S+)", command).group(1))
             continue
         body = json.loads(proc.stdout)
         assert (body["width"], body["height"]) == (128, 128), body
         assert body["lesions"], body
         assert body["models"]["backend"] == "torch"
+        dicom = ".dcm" in command  # the CT example has 0.66 mm pixels; the PNG has no spacing
         for lesion in body["lesions"]:
             rle = {"size": lesion["mask"]["size"], "counts": lesion["mask"]["counts"].encode()}
             assert mask_utils.decode(rle).shape == (128, 128)
+            assert (lesion["area_mm2"] is not None) == dicom, (command, lesion)
+
+
+def check_written_file(path) -> None:
+    data = path.read_bytes()
+    if path.suffix == ".png":
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    elif path.suffix == ".dcm":
+        assert pydicom.dcmread(path).Modality == "SEG"
+    else:
+        assert path.name.endswith(".nii.gz")
+        assert nib.Nifti1Image.from_bytes(gzip.decompress(data)).shape == (128, 128, 3)
 
 
 def test_bad_input_over_http(server):
