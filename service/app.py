@@ -31,6 +31,7 @@ from lesionseg.uploads import Upload, decode_upload, split_boxes
 from service.jobs import Jobs
 from service.metrics import timed
 from service.model_store import DETECTOR_MODEL, EXPORTS_MODEL, SAM_MODEL, sam_path_in_store
+from service.retry import RunnerConnectionError, call_runner
 from service.schemas import FramesResponse, SegmentResponse
 from service.volumes import VolumeOutputs
 
@@ -283,7 +284,9 @@ class LesionSeg(VolumeOutputs, _StoreModels):
                     f"{self.settings.detector_score_floor} (LESIONSEG_DETECTOR_SCORE_FLOOR)"
                 )
             with timed("detect", timings):
-                rows = (await self.runner.to_async.detect([image.pixels]))[0]
+                rows = (
+                    await call_runner(lambda: self.runner.to_async.detect([image.pixels]), "detect")
+                )[0]
             names = self.models["detector"]["classes"]
             classes = rows[:, 5].astype(np.int64)
             detections = Detections(
@@ -298,7 +301,9 @@ class LesionSeg(VolumeOutputs, _StoreModels):
             prompts, labels, scores = kept.boxes, kept.labels, kept.scores
         if len(prompts):
             with timed("embed", timings):
-                features = (await self.runner.to_async.embed([image.pixels]))[0]
+                features = (
+                    await call_runner(lambda: self.runner.to_async.embed([image.pixels]), "embed")
+                )[0]
             with timed("mask_decode", timings):
                 (prediction,) = await asyncio.to_thread(
                     self.segmenter.predict,
@@ -333,6 +338,8 @@ class LesionSeg(VolumeOutputs, _StoreModels):
                 "overloaded: the model queue is over its latency budget "
                 "(LESIONSEG_MAX_LATENCY_MS); retry later"
             )
+        except RunnerConnectionError as exc:
+            return _unavailable(f"{exc}; retry later")
         finally:
             self.pending -= 1
 
