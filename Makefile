@@ -63,7 +63,7 @@ demo: setup data export ## run the pipeline once from the command line on the ex
 build: export models ## bentoml build: a bento with the service, the library and the models
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/bentoml build
 
-bench: setup data export models ## Locust load benchmark over real servers (~10 min on 2 cores)
+bench: setup data export models ## Locust load benchmark over real servers (~11 min on 2 cores)
 	$(PY) -m benchmarks.load
 
 bench-encoder: setup export ## SAM encoder ms/img: torch vs onnxruntime, side by side
