@@ -44,8 +44,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel_array
 
 from .data import window_ct
-from .errors import ImageTooLargeError, InputError, InvalidImageError
-from .imaging import check_pixels, check_total_pixels
+from .errors import InputError, InvalidImageError
+from .imaging import check_frames, check_pixels, check_total_pixels
 from .types import MedicalImage
 
 # pydicom's default (WARN) logs invalid element values verbatim, a patient's name included.
@@ -223,11 +223,7 @@ def _check_size(
         raise InvalidImageError("the DICOM object has no Pixel Data")
     frames = int(dataset.get("NumberOfFrames") or 1)
     check_pixels(int(dataset.Rows), int(dataset.Columns), max_pixels)
-    if frames < 1 or frames > max_frames:
-        raise ImageTooLargeError(
-            f"the DICOM object has {frames} frames; 1 to {max_frames} are accepted "
-            "(LESIONSEG_MAX_FRAMES)"
-        )
+    check_frames(frames, max_frames)
     check_total_pixels(frames, int(dataset.Rows), int(dataset.Columns), max_total)
     return frames, str(dataset.PhotometricInterpretation).strip().upper()
 

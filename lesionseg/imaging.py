@@ -65,6 +65,15 @@ def check_pixels(height: int, width: int, max_pixels: int) -> None:
         )
 
 
+def check_frames(frames: int, max_frames: int, what: str = "frames") -> None:
+    """Raise :class:`ImageTooLargeError` unless 1 <= frames <= max_frames (``what``: "frames",
+    "slices", ... as the caller's input names them)."""
+    if frames < 1 or frames > max_frames:
+        raise ImageTooLargeError(
+            f"{frames} {what}; 1 to {max_frames} are accepted per request (LESIONSEG_MAX_FRAMES)"
+        )
+
+
 def check_total_pixels(frames: int, height: int, width: int, max_total: int | None) -> None:
     """Raise :class:`ImageTooLargeError` when frames x height x width is over ``max_total``."""
     if max_total is not None and frames * height * width > max_total:

@@ -25,7 +25,7 @@ import numpy as np
 
 from .data import window_ct
 from .errors import ImageTooLargeError, InputError, InvalidImageError
-from .imaging import check_pixels, check_total_pixels
+from .imaging import check_frames, check_pixels, check_total_pixels
 from .types import MedicalImage, SegmentationResult
 
 _UNIT_TO_MM = {"mm": 1.0, "meter": 1000.0, "micron": 0.001}
@@ -114,11 +114,7 @@ def decode_nifti(
     axis = slice_axis(image.affine)
     plane = [s for i, s in enumerate(spatial) if i != axis]
     check_pixels(plane[1], plane[0], max_pixels)  # rows = second in-plane axis
-    if spatial[axis] > max_frames:
-        raise ImageTooLargeError(
-            f"the NIfTI volume has {spatial[axis]} slices; at most {max_frames} are accepted "
-            "(LESIONSEG_MAX_FRAMES)"
-        )
+    check_frames(spatial[axis], max_frames, "NIfTI slices")
     check_total_pixels(spatial[axis], plane[1], plane[0], max_total_pixels)
     try:
         values = np.asarray(image.get_fdata(dtype=np.float32)).reshape(spatial)

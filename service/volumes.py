@@ -10,7 +10,8 @@ from pathlib import Path
 
 from starlette.responses import Response
 
-from lesionseg.errors import ImageTooLargeError, InputError
+from lesionseg.errors import InputError
+from lesionseg.imaging import check_frames
 from lesionseg.nifti import label_mask
 from lesionseg.pipeline import PROMPT_LABEL
 from lesionseg.report import frame_source, result_to_dict
@@ -75,11 +76,7 @@ class VolumeOutputs:
                 uploads.append(upload)
         sources = [u.dicom.dataset for u in uploads]
         n_frames = source_frames(sources)  # one series, before any model runs
-        if n_frames > self.settings.max_frames:
-            raise ImageTooLargeError(
-                f"{n_frames} frames; at most {self.settings.max_frames} per request "
-                "(LESIONSEG_MAX_FRAMES)"
-            )
+        check_frames(n_frames, self.settings.max_frames)
         frames = tuple(f for u in uploads for f in u.frames)
         results = await self._segment_frames(frames, boxes=boxes, timings=timings, **options)
         labels = self._default_labels(boxes)
