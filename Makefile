@@ -21,7 +21,7 @@ export YOLO_AUTOINSTALL := false
 .DEFAULT_GOAL := help
 .PHONY: help setup data export engines models serve demo build bench bench-encoder test test-fast \
 	lint format train-detector clean pacs-deps finetune-decoder finetune-lora train-unet \
-	bench-accuracy
+	bench-accuracy browser-deps
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -78,7 +78,15 @@ pacs-deps: ## install Orthanc and orthanc-dicomweb (Debian packages) if missing
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 			orthanc orthanc-dicomweb; }
 
-test: setup data pacs-deps ## run the whole test suite (unit, slow, integration, bentoml build)
+# Headless Chromium and its WebDriver from Debian, for the viewer's browser tests (Selenium
+# drives them; nothing is downloaded at test time).
+browser-deps: ## install chromium and chromium-driver (Debian packages) if missing
+	@dpkg -s chromium chromium-driver >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			chromium chromium-driver; }
+
+test: setup data pacs-deps browser-deps ## run the whole test suite (unit, slow, integration, bentoml build)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup ## unit tests only (no slow real-model checks)
