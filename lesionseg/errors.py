@@ -35,6 +35,10 @@ class DataFetchError(LesionSegError):
     """A data package could not be fetched or failed its checksum."""
 
 
+class DatasetError(LesionSegError):
+    """A training dataset is unreadable or inconsistent; the message names the file."""
+
+
 class JobNotFoundError(LesionSegError, KeyError):
     """No job with this id in the job store (maps to HTTP 404)."""
 

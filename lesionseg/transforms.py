@@ -81,6 +81,27 @@ def clip_boxes(boxes: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return out
 
 
+def expand_boxes(boxes: np.ndarray, margin: float, hw: tuple[int, int]) -> np.ndarray:
+    """Grow (N, 4) XYXY boxes by ``margin`` x their own width/height on every side, clipped.
+
+    ``margin`` 0.1 makes a 20 x 10 px box 24 x 12 px. Negative margins shrink (never below
+    1 px). A detector trained on tight boxes may prompt SAM better with a small margin; the
+    training command tunes it on validation cases (``model.json`` ``detector.box_margin``).
+    """
+    out = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
+    if margin == 0 or out.size == 0:
+        return out
+    dw = (out[:, 2] - out[:, 0]) * margin
+    dh = (out[:, 3] - out[:, 1]) * margin
+    grown = out + np.stack([-dw, -dh, dw, dh], axis=1)
+    cx, cy = (out[:, 0] + out[:, 2]) / 2, (out[:, 1] + out[:, 3]) / 2
+    grown[:, 0] = np.minimum(grown[:, 0], cx - 0.5)
+    grown[:, 2] = np.maximum(grown[:, 2], cx + 0.5)
+    grown[:, 1] = np.minimum(grown[:, 1], cy - 0.5)
+    grown[:, 3] = np.maximum(grown[:, 3], cy + 0.5)
+    return clip_boxes(grown, hw)
+
+
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pairwise IoU of (N, 4) and (M, 4) XYXY boxes -> (N, M) float32."""
     a = np.asarray(a, np.float32).reshape(-1, 4)
