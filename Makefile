@@ -43,7 +43,7 @@ $(EXAMPLES): $(STAMP) lesionseg/examples.py
 
 data: $(EXAMPLES) ## fetch the LiTS case (checksummed); write the PNG, DICOM and NIfTI examples
 
-$(EXPORTS): $(STAMP) models/detector/lesion-yolov8n.pt export/onnx_sam.py
+$(EXPORTS): $(STAMP) models/lits117/detector.pt export/onnx_sam.py
 	$(PY) -m export onnx
 
 export: $(EXPORTS) ## ONNX: SAM encoder/decoder + detector, parity-checked, into the store (CPU)

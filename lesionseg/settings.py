@@ -8,13 +8,15 @@ override only the fields the user passed on the command line.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .bundle import RECORD_FILE, SHIPPED_BUNDLE, Bundle, export_key
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DETECTOR = REPO_ROOT / "models" / "detector" / "lesion-yolov8n.pt"
+DEFAULT_DETECTOR = SHIPPED_BUNDLE / "detector.pt"
 
 
 class Settings(BaseSettings):
@@ -27,8 +29,9 @@ class Settings(BaseSettings):
         None,
         description="A model bundle written by `lesionseg train` (model.json, detector.pt, "
         "optional sam.pt). It supplies the detector weights, the SAM checkpoint, the classes, "
-        "score_threshold, box_margin and default_window, unless those are set explicitly. "
-        "Default: the shipped LiTS bundle (models/lits117).",
+        "score_threshold, box_margin, nms_iou_threshold, detector_image_size and "
+        "default_window, unless those are set explicitly. Default: the shipped LiTS bundle "
+        "(models/lits117), when present.",
     )
     sam_family: Literal["litemedsam", "hf"] = Field(
         "litemedsam",
@@ -58,7 +61,9 @@ class Settings(BaseSettings):
         "`make export` / `make engines` wrote to export_dir; torch runs the checkpoints.",
     )
     export_dir: Path | None = Field(
-        None, description="Exported ONNX files and TensorRT engines (default: cache_dir/exports)."
+        None,
+        description="Exported ONNX files and TensorRT engines (default: "
+        "cache_dir/exports/<bundle name>-<digest of the models and export options>).",
     )
     precision: Literal["fp32", "fp16", "bf16"] = Field(
         "fp32", description="SAM compute precision; fp16/bf16 need device 'cuda'."
@@ -191,6 +196,57 @@ class Settings(BaseSettings):
         300.0, gt=0, description="Longest wait (s) between push retries (back-off cap)."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _bundle_defaults(cls, data: Any) -> Any:
+        """The bundle in force (model_dir, else the shipped one) supplies every model field
+        absent from the input, i.e. not set in the environment or the constructor. SAM family
+        and path go together: setting either one keeps the bundle's SAM out."""
+        if not isinstance(data, dict):
+            return data
+        directory = data.get("model_dir")
+        if directory is None or str(directory) == "":
+            if not (SHIPPED_BUNDLE / RECORD_FILE).is_file():  # e.g. a bento: no repo models
+                return data
+            directory = SHIPPED_BUNDLE
+        bundle = Bundle.load(directory)
+        values = bundle.settings_values()
+        if "sam_family" in data or "sam_path" in data:
+            del values["sam_family"], values["sam_path"]
+        return {**values, **data, "model_dir": bundle.directory}
+
+    @model_validator(mode="after")
+    def _check_default_window(self) -> Settings:
+        # Fail at start-up, not with a 400 on every DICOM request.
+        if self.default_window:
+            from .dicom import parse_window
+            from .errors import InputError
+
+            try:
+                parse_window(self.default_window, self.window_presets)
+            except InputError as exc:
+                raise ValueError(
+                    f"default_window (LESIONSEG_DEFAULT_WINDOW or model.json 'window'): {exc}"
+                ) from exc
+        return self
+
+    def bundle(self) -> Bundle | None:
+        """The model bundle in force (None when there is none, e.g. in a bento before the
+        service points model_dir at the store)."""
+        return Bundle.load(self.model_dir) if self.model_dir else None
+
     def exports(self) -> Path:
-        """Directory of exported models: :attr:`export_dir` or ``cache_dir/exports``."""
-        return self.export_dir or self.cache_dir / "exports"
+        """Directory of exported models: :attr:`export_dir`, else
+        ``cache_dir/exports/<export key>`` (:func:`lesionseg.bundle.export_key`)."""
+        return self.export_dir or self.cache_dir / "exports" / self.export_key()
+
+    def export_key(self) -> str:
+        """Names the export of the models in force (bundle, weights, baked-in options)."""
+        return export_key(
+            self.bundle(),
+            detector_weights=self.detector_weights,
+            sam_family=self.sam_family,
+            sam_path=self.sam_path,
+            multimask=self.multimask_output,
+            detector_image_size=self.detector_image_size,
+        )

@@ -1,8 +1,7 @@
-import json
-
 import numpy as np
 import pytest
 
+from lesionseg.bundle import SHIPPED_BUNDLE, Bundle
 from lesionseg.detector import Detector
 from lesionseg.errors import ModelLoadError
 from lesionseg.settings import DEFAULT_DETECTOR
@@ -33,13 +32,13 @@ def test_missing_weights_never_download(tmp_path):
         Detector(tmp_path / "yolov8n.pt")  # a bare ultralytics name would trigger a download
 
 
-def test_committed_detector_has_a_record():
-    record = json.loads(DEFAULT_DETECTOR.with_suffix(".json").read_text())
-    ours = record["validation"]["lesionseg"]
+def test_shipped_bundle_has_a_record():
+    bundle = Bundle.load(SHIPPED_BUNDLE)
+    assert bundle.detector.weights == DEFAULT_DETECTOR
+    ours = bundle.record["metrics"]["detector"]
     assert ours["match_iou"] == 0.3 and ours["min_lesion_px"] == 50
     assert ours["recall"] >= 0.7
-    assert record["split"] == {"train": [0, 89], "val": [100, 127]}
-    assert "finetune.train_detector" in record["command"]
+    assert bundle.record["split"]["val"] == [100, 127]
 
 
 def test_loading_the_detector_leaves_pillow_alone(detector):

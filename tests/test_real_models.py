@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 
 from finetune.train_detector import evaluate_detector
+from lesionseg.bundle import SHIPPED_BUNDLE, Bundle
 from lesionseg.cli import main as cli_main
 from lesionseg.evaluation import dice
 from lesionseg.masks import decode_rle
-from lesionseg.settings import DEFAULT_DETECTOR
 
 pytestmark = pytest.mark.slow
 
@@ -45,9 +45,7 @@ def test_litemedsam_with_ground_truth_boxes_reaches_dice(lits, litemedsam):
 
 
 def test_committed_detector_record_holds_on_validation(lits, detector):
-    record = json.loads(DEFAULT_DETECTOR.with_suffix(".json").read_text())["validation"][
-        "lesionseg"
-    ]
+    record = Bundle.load(SHIPPED_BUNDLE).record["metrics"]["detector"]
     detector_conf = detector.score_threshold
     assert detector_conf == record["score_threshold"]
     counts = evaluate_detector(detector, lits, "val", iou=0.3, min_area=50)
