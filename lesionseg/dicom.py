@@ -234,9 +234,12 @@ def decode_dicom(
     max_pixels: int,
     max_frames: int,
     window: tuple[float, float] | None = None,
+    default_window: tuple[float, float] | None = None,
     max_total_pixels: int | None = None,
 ) -> DicomImage:
-    """Decode every frame; sizes are checked from Rows/Columns/NumberOfFrames first."""
+    """Decode every frame; sizes are checked from Rows/Columns/NumberOfFrames first.
+    ``default_window`` stands in for a missing ``window`` on grayscale images only (the
+    window a model was trained with); colour images ignore it."""
     dataset = read_dataset(data)
     n_frames, photometric = _check_size(dataset, max_pixels, max_frames, max_total_pixels)
     if photometric not in _GRAY | _COLOUR | {"PALETTE COLOR"}:
@@ -254,7 +257,9 @@ def decode_dicom(
         ) from exc
     spacing = [pixel_spacing(dataset, i) for i in range(n_frames)]
     if photometric in _GRAY:
-        pixels, window = _grayscale(raw, dataset, window, photometric == "MONOCHROME1")
+        pixels, window = _grayscale(
+            raw, dataset, window or default_window, photometric == "MONOCHROME1"
+        )
     else:
         pixels = [_colour(a, dataset, photometric) for a in raw]
     source = f"DICOM {dataset.get('Modality', '')} {photometric}".replace("  ", " ")

@@ -10,23 +10,33 @@ import numpy as np
 from .detector import Detector
 from .segmenter import Segmenter, validate_boxes
 from .settings import Settings
-from .transforms import clip_boxes
+from .transforms import clip_boxes, expand_boxes
 from .types import Detections, Lesion, MaskPrediction, MedicalImage, SegmentationResult
 
 PROMPT_LABEL = "lesion"  # label of caller-supplied boxes
 
 
 def filter_detections(
-    det: Detections, image_hw: tuple[int, int], *, score_threshold: float, max_lesions: int
+    det: Detections,
+    image_hw: tuple[int, int],
+    *,
+    score_threshold: float,
+    max_lesions: int,
+    box_margin: float = 0.0,
 ) -> Detections:
-    """Keep boxes with score >= threshold, clipped to the image and non-empty, best first."""
+    """Keep boxes with score >= threshold, clipped to the image and non-empty, best first;
+    then grow the kept boxes by ``box_margin`` (:func:`lesionseg.transforms.expand_boxes`):
+    they are SAM's prompts and the boxes reported."""
     boxes = clip_boxes(det.boxes, image_hw)
     keep = (
         (det.scores >= score_threshold) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     )
     idx = np.flatnonzero(keep)[:max_lesions]  # scores are sorted descending
     return Detections(
-        boxes[idx], det.scores[idx], det.class_ids[idx], tuple(det.labels[i] for i in idx)
+        expand_boxes(boxes[idx], box_margin, image_hw),
+        det.scores[idx],
+        det.class_ids[idx],
+        tuple(det.labels[i] for i in idx),
     )
 
 
@@ -75,7 +85,7 @@ class LesionPipeline:
     Args:
         detector: the YOLO stage (None for a prompt-only pipeline).
         segmenter: the SAM stage.
-        score_threshold, max_lesions: defaults of the filter stage.
+        score_threshold, max_lesions, box_margin: settings of the filter stage.
     """
 
     def __init__(
@@ -85,11 +95,13 @@ class LesionPipeline:
         *,
         score_threshold: float = 0.25,
         max_lesions: int = 50,
+        box_margin: float = 0.0,
     ):
         self.detector = detector
         self.segmenter = segmenter
         self.score_threshold = score_threshold
         self.max_lesions = max_lesions
+        self.box_margin = box_margin
 
     @classmethod
     def from_settings(cls, settings: Settings, *, with_detector: bool = True) -> LesionPipeline:
@@ -99,6 +111,7 @@ class LesionPipeline:
             Segmenter.from_settings(settings),
             score_threshold=settings.score_threshold,
             max_lesions=settings.max_lesions,
+            box_margin=settings.box_margin,
         )
 
     def segment(
@@ -120,7 +133,11 @@ class LesionPipeline:
         t1 = time.perf_counter()
         dets = [
             filter_detections(
-                d, (im.height, im.width), score_threshold=threshold, max_lesions=limit
+                d,
+                (im.height, im.width),
+                score_threshold=threshold,
+                max_lesions=limit,
+                box_margin=self.box_margin,
             )
             for d, im in zip(raw, images, strict=True)
         ]

@@ -44,14 +44,18 @@ def decode_upload(
     settings: Settings,
     *,
     window: str | None = None,
+    default_window: str | None = None,
     max_total_pixels: int | None = None,
 ) -> Upload:
     """Decode by content; ``window`` (a preset or "center,width") applies to DICOM and NIfTI.
-    ``max_total_pixels`` (default: the setting) bounds all frames together."""
+    ``default_window`` (the service passes ``settings.default_window``, the bundle's) is used
+    when ``window`` names none, on grayscale DICOM and NIfTI only: 2-D images and colour DICOM
+    ignore it. ``max_total_pixels`` (default: the setting) bounds all frames together."""
     if not data:
         raise InputError("the uploaded image is empty (0 bytes)")
     check_upload_size(len(data), settings.max_upload_bytes)
     chosen = parse_window(window, settings.window_presets)
+    fallback = parse_window(default_window, settings.window_presets) if chosen is None else None
     limits = {
         "max_pixels": settings.max_image_pixels,
         "max_frames": settings.max_frames,
@@ -60,10 +64,12 @@ def decode_upload(
         ),
     }
     if is_dicom(data):
-        dicom = decode_dicom(data, window=chosen, **limits)
+        dicom = decode_dicom(data, window=chosen, default_window=fallback, **limits)
         return Upload(dicom.frames, dicom=dicom)
     if is_nifti(data):
-        volume = decode_nifti(data, window=chosen, max_bytes=settings.max_upload_bytes, **limits)
+        volume = decode_nifti(
+            data, window=chosen or fallback, max_bytes=settings.max_upload_bytes, **limits
+        )
         return Upload(volume.frames, nifti=volume)
     if chosen is not None:
         raise InputError("window applies to DICOM and NIfTI input only; send this image as is")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -114,3 +115,27 @@ def test_split_boxes():
     ]:
         with pytest.raises(InvalidBoxesError, match=message):
             split_boxes(bad, 3)
+
+
+def test_default_window_stands_in_where_a_window_applies(volume):
+    """The bundle's window (default_window) for grayscale DICOM and NIfTI without a window;
+    an explicit window wins; PNG and colour DICOM ignore it."""
+    from pydicom.data import get_testdata_file
+
+    from tests.service.conftest import png_bytes
+
+    settings = Settings()
+    ct = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    defaulted = decode_upload(ct, settings, default_window="abdomen")
+    assert defaulted.dicom.window == (40.0, 400.0)
+    assert decode_upload(ct, settings).dicom.window != (40.0, 400.0)  # the file's own
+    explicit = decode_upload(ct, settings, window="lung", default_window="abdomen")
+    assert explicit.dicom.window == (-600.0, 1500.0)
+    gz, _ = volume
+    nifti = decode_upload(gz, settings, default_window="abdomen").frames
+    same = decode_upload(gz, settings, window="abdomen").frames
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(nifti, same, strict=True))
+    colour = Path(get_testdata_file("US1_UNCR.dcm")).read_bytes()
+    assert decode_upload(colour, settings, default_window="abdomen").dicom.window is None
+    png = png_bytes(np.zeros((8, 8), np.uint8))
+    assert decode_upload(png, settings, default_window="abdomen").frames[0].width == 8

@@ -79,4 +79,17 @@ def test_filter_stage():
     assert kept.labels == ("a", "b")  # c lies outside the image, d is below the threshold
     np.testing.assert_array_equal(kept.boxes[0], [0, 0, 10, 10])
     assert filter_detections(det, (40, 40), score_threshold=0.0, max_lesions=1).labels == ("a",)
+    grown = filter_detections(det, (40, 40), score_threshold=0.2, max_lesions=10, box_margin=0.2)
+    assert grown.labels == kept.labels  # the margin applies to the kept boxes only
+    np.testing.assert_allclose(grown.boxes, [[0, 0, 12, 12], [0, 0, 6, 6]])
     assert area_mm2(10, None) is None and area_mm2(10, (0.5, 2.0)) == 10.0
+
+
+def test_box_margin_grows_the_detector_boxes(pipeline):
+    image = MedicalImage(disk(100, 80, 20, 20, 6))
+    wide = LesionPipeline(pipeline.detector, pipeline.segmenter, box_margin=0.5)
+    (plain_result,) = pipeline.segment([image])
+    (wide_result,) = wide.segment([image])
+    x0, y0, x1, y1 = plain_result.lesions[0].box
+    dw, dh = (x1 - x0) / 2, (y1 - y0) / 2
+    np.testing.assert_allclose(wide_result.lesions[0].box, [x0 - dw, y0 - dh, x1 + dw, y1 + dh])
