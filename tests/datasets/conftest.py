@@ -6,12 +6,23 @@ import pytest
 
 from . import fixtures
 
+# layout -> (writer, its keyword arguments, the tumour's class name in that layout)
+LAYOUTS = {
+    "nnunet": (fixtures.write_nnunet, {}, "tumour"),
+    "msd": (fixtures.write_nnunet, {"msd": True}, "tumour"),
+    "folders": (fixtures.write_folders, {}, "tumour"),
+    "folders-binary": (fixtures.write_folders, {"binary": True}, "lesion"),
+    "busi": (fixtures.write_busi, {}, "tumour"),
+    "coco": (fixtures.write_coco, {}, "tumour"),
+    "coco-polygons": (fixtures.write_coco, {"rle": False}, "tumour"),
+}
+
 
 @pytest.fixture(scope="session")
 def layouts(lits, tmp_path_factory) -> dict:
-    """layout name -> (path, open_dataset keyword arguments) of the LiTS slabs in that layout."""
+    """layout name -> (path to open, the tumour's class name) of the LiTS slabs."""
     root = tmp_path_factory.mktemp("layouts")
     return {
-        "nnunet": (fixtures.write_nnunet(lits, root / "nnunet"), {}),
-        "msd": (fixtures.write_nnunet(lits, root / "msd", msd=True), {}),
+        name: (writer(lits, root / name, **options), tumour)
+        for name, (writer, options, tumour) in LAYOUTS.items()
     }

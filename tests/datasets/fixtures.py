@@ -95,3 +95,143 @@ def write_nnunet(
 def windowed(case: LitsCase, index: int) -> np.ndarray:
     """(H, W) uint8: slice ``index`` in the abdomen window, as the 2-D layouts store it."""
     return window_ct(case.ct[index])
+
+
+def _png(array: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _slices(slabs: Sequence[tuple[int, int]]) -> list[int]:
+    return [z for a, b in slabs for z in range(a, b)]
+
+
+def _file(z: int) -> str:
+    return f"lits117_z{z:03d}"
+
+
+def write_folders(
+    case: LitsCase, root: Path, *, slabs: Sequence[tuple[int, int]] = SLABS, binary: bool = False
+) -> Path:
+    """images/ + masks/ PNGs, one per slice (abdomen window). Masks hold the LiTS labels with
+    classes.txt naming them (liver, tumour), or with ``binary`` 0/255 tumour masks ("lesion")."""
+    root = Path(root)
+    for z in _slices(slabs):
+        _png(windowed(case, z), root / "images" / f"{_file(z)}.png")
+        labels = case.labels[z].astype(np.uint8)
+        mask = np.where(labels == 2, 255, 0).astype(np.uint8) if binary else labels
+        _png(mask, root / "masks" / f"{_file(z)}.png")
+    if not binary:
+        (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    return root
+
+
+def write_busi(
+    case: LitsCase, root: Path, *, slabs: Sequence[tuple[int, int]] = SLABS, normal: int = 0
+) -> Path:
+    """BUSI layout: tumour/NAME.png with one mask file per tumour outline (NAME_mask.png,
+    NAME_mask_1.png, ...), as BUSI splits lesions; ``normal`` images with an empty mask in
+    normal/ (slab 0's pixels, named normal_N)."""
+    from scipy import ndimage
+
+    root = Path(root)
+    for z in _slices(slabs):
+        folder = root / CLASSES[1]
+        _png(windowed(case, z), folder / f"{_file(z)}.png")
+        outlines, k = ndimage.label(case.labels[z] == 2, structure=np.ones((3, 3)))
+        for i in range(1, k + 1):
+            suffix = "_mask" if i == 1 else f"_mask_{i - 1}"
+            _png(
+                np.where(outlines == i, 255, 0).astype(np.uint8), folder / f"{_file(z)}{suffix}.png"
+            )
+    for n, z in enumerate(_slices(slabs)[:normal]):
+        _png(windowed(case, z), root / "normal" / f"normal_{n}.png")
+        _png(np.zeros(case.labels[z].shape, np.uint8), root / "normal" / f"normal_{n}_mask.png")
+    return root
+
+
+def outline(mask: np.ndarray) -> list[np.ndarray]:
+    """Closed loops along the pixel edges of a (H, W) bool mask, as (N, 2) float (x, y) corner
+    coordinates (pixel (r, c) covers [c, c+1) x [r, r+1)); foreground on the right (clockwise
+    on screen). Holes are loops too: filled even-odd, the loops give back the mask exactly."""
+    m = np.pad(mask.astype(bool), 1)
+    core = m[1:-1, 1:-1]
+    nxt = {}
+    sides = (
+        (-1, 0, (0, 0), (1, 0)),
+        (0, 1, (1, 0), (1, 1)),
+        (1, 0, (1, 1), (0, 1)),
+        (0, -1, (0, 1), (0, 0)),
+    )
+    for dr, dc, a, b in sides:  # neighbour offset, the edge's corners (x, y) from the pixel's
+        border = core & ~m[1 + dr : m.shape[0] - 1 + dr, 1 + dc : m.shape[1] - 1 + dc]
+        for r, c in zip(*np.nonzero(border), strict=True):
+            start, end = (c + a[0], r + a[1]), (c + b[0], r + b[1])
+            nxt.setdefault(start, []).append(end)
+    loops = []
+    while nxt:
+        start = next(iter(nxt))
+        loop, point = [start], start
+        while True:
+            ends = nxt[point]
+            end = ends.pop()
+            if not ends:
+                del nxt[point]
+            point = end
+            if point == start:
+                break
+            loop.append(point)
+        pts = np.array(loop, float)
+        d_in, d_out = pts - np.roll(pts, 1, 0), np.roll(pts, -1, 0) - pts
+        turns = d_in[:, 0] * d_out[:, 1] - d_in[:, 1] * d_out[:, 0]
+        loops.append(pts[turns != 0])  # corners only
+    return loops
+
+
+def write_coco(
+    case: LitsCase, root: Path, *, slabs: Sequence[tuple[int, int]] = SLABS, rle: bool = True
+) -> Path:
+    """images/NAME.png + annotations.json: one annotation per 8-connected outline of liver and
+    tumour on each slice, as compressed RLE or, with ``rle=False``, polygons along the pixel
+    edges (pycocotools fills them back exactly; COCO polygons have no holes, so they are
+    filled)."""
+    from pycocotools import mask as coco_mask
+    from scipy import ndimage
+
+    root = Path(root)
+    spec = {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": c + 1, "name": name} for c, name in enumerate(CLASSES)],
+    }
+    for image_id, z in enumerate(_slices(slabs), start=1):
+        _png(windowed(case, z), root / "images" / f"{_file(z)}.png")
+        spec["images"].append(
+            {"id": image_id, "file_name": f"{_file(z)}.png", "height": 128, "width": 128}
+        )
+        for category in (1, 2):
+            outlines, k = ndimage.label(case.labels[z] == category, structure=np.ones((3, 3)))
+            for i in range(1, k + 1):
+                mask = outlines == i
+                encoded = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+                segmentation = (
+                    {"size": encoded["size"], "counts": encoded["counts"].decode()}
+                    if rle
+                    else [p.ravel().tolist() for p in outline(ndimage.binary_fill_holes(mask))]
+                )
+                x0, y0, w, h = coco_mask.toBbox(encoded).tolist()
+                spec["annotations"].append(
+                    {
+                        "id": len(spec["annotations"]) + 1,
+                        "image_id": image_id,
+                        "category_id": category,
+                        "segmentation": segmentation,
+                        "area": int(mask.sum()),
+                        "bbox": [x0, y0, w, h],
+                        "iscrowd": 0,
+                    }
+                )
+    (root / "annotations.json").write_text(json.dumps(spec))
+    return root

@@ -10,15 +10,19 @@ from lesionseg.data import TUMOUR_LABEL, window_ct
 from lesionseg.datasets import open_dataset
 
 from . import fixtures
+from .conftest import LAYOUTS
 
 VOLUMES = ("nnunet", "msd")
-LAYOUTS = VOLUMES
+TWO_D = ("folders", "folders-binary", "busi", "coco", "coco-polygons")
+EXPECTED_FORMAT = {"msd": "nnunet", "folders-binary": "folders", "coco-polygons": "coco"}
 
 
-def _components(mask: np.ndarray) -> list[bytes]:
-    """Sorted 8-connected components of a (H, W) bool mask, each as its pixel indices."""
+def _components(mask: np.ndarray, filled: bool = False) -> list[bytes]:
+    """Sorted 8-connected components of a (H, W) bool mask, each as its pixel indices; with
+    ``filled``, holes filled (COCO polygons cannot hold holes)."""
     labelled, k = ndimage.label(mask, structure=np.ones((3, 3)))
-    return sorted(np.flatnonzero(labelled == i).tobytes() for i in range(1, k + 1))
+    fill = ndimage.binary_fill_holes if filled else np.asarray
+    return sorted(np.flatnonzero(fill(labelled == i)).tobytes() for i in range(1, k + 1))
 
 
 def _instances(frame, label: int) -> list[bytes]:
@@ -27,37 +31,57 @@ def _instances(frame, label: int) -> list[bytes]:
 
 def _frames(dataset) -> dict[int, object]:
     frames = {fixtures.slice_of(f.name): f for case in dataset.cases for f in case.frames()}
-    expected = {z for a, b in fixtures.SLABS for z in range(a, b)}
-    assert set(frames) == expected
+    assert set(frames) == {z for a, b in fixtures.SLABS for z in range(a, b)}
     return frames
+
+
+def _window(layout: str) -> str | None:
+    return "abdomen" if layout in VOLUMES else None
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_format_detected(layouts, layout):
+    path, _ = layouts[layout]
+    assert open_dataset(path).format == EXPECTED_FORMAT.get(layout, layout)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_tumours_are_the_source_lesions(layouts, lits, layout):
-    path, options = layouts[layout]
-    dataset = open_dataset(path, labels=["tumour"], window="abdomen", **options)
-    assert dataset.classes == ("tumour",)
-    assert len(dataset.cases) == len(fixtures.SLABS)
+    path, tumour = layouts[layout]
+    dataset = open_dataset(path, labels=[tumour], window=_window(layout))
+    assert dataset.classes == (tumour,)
+    n_slices = sum(b - a for a, b in fixtures.SLABS)
+    assert len(dataset.cases) == (len(fixtures.SLABS) if layout in VOLUMES else n_slices)
     for z, frame in _frames(dataset).items():
         assert set(frame.labels.tolist()) <= {0}
-        assert _instances(frame, 0) == _components(lits.labels[z] == TUMOUR_LABEL), frame.name
+        expected = _components(lits.labels[z] == TUMOUR_LABEL, filled=layout == "coco-polygons")
+        assert _instances(frame, 0) == expected, frame.name
         assert len(frame.masks) == len(lits.slice(z).areas)
 
 
-@pytest.mark.parametrize("layout", VOLUMES)
+@pytest.mark.parametrize("layout", [*VOLUMES, "folders", "coco"])
 def test_liver_and_tumour_classes(layouts, lits, layout):
-    path, options = layouts[layout]
-    dataset = open_dataset(path, **options)
+    path, _ = layouts[layout]
+    dataset = open_dataset(path)
     assert dataset.classes == fixtures.CLASSES
     for z, frame in _frames(dataset).items():
         for c in range(2):
             assert _instances(frame, c) == _components(lits.labels[z] == c + 1), (frame.name, c)
 
 
+@pytest.mark.parametrize("layout", TWO_D)
+def test_2d_pixels(layouts, lits, layout):
+    path, _ = layouts[layout]
+    for z, frame in _frames(open_dataset(path)).items():
+        assert frame.spacing is None
+        for channel in range(3):
+            np.testing.assert_array_equal(frame.image[:, :, channel], window_ct(lits.ct[z]))
+
+
 @pytest.mark.parametrize("layout", VOLUMES)
 def test_volume_pixels_labels_and_spacing(layouts, lits, layout):
-    path, options = layouts[layout]
-    dataset = open_dataset(path, window="abdomen", **options)
+    path, _ = layouts[layout]
+    dataset = open_dataset(path, window="abdomen")
     case = dataset.cases[0]
     a, b = fixtures.SLABS[0]
     assert case.name == fixtures.case_name(a)
@@ -70,3 +94,11 @@ def test_volume_pixels_labels_and_spacing(layouts, lits, layout):
     frame = next(case.frames())
     np.testing.assert_array_equal(frame.image[:, :, 1], volume.image[0])
     assert frame.spacing == pytest.approx((fixtures.PIXEL_MM,) * 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("layout", TWO_D)
+def test_2d_cases_have_no_volume(layouts, layout):
+    path, _ = layouts[layout]
+    case = open_dataset(path).cases[0]
+    assert case.volume() is None
+    assert [f.name for f in case.frames()] == [case.name]
