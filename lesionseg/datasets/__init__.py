@@ -35,7 +35,7 @@ from pathlib import Path
 from ..dicom import parse_window
 from ..errors import DatasetError
 from ..settings import Settings
-from . import busi, coco, folders, nnunet
+from . import busi, coco, dicom, folders, nnunet
 from .base import FORMATS, Case, Dataset, Frame, Volume, instances
 
 __all__ = [
@@ -49,7 +49,13 @@ __all__ = [
     "open_dataset",
 ]
 
-_READERS = {"nnunet": nnunet, "coco": coco, "folders": folders, "busi": busi}
+_READERS = {
+    "nnunet": nnunet,
+    "coco": coco,
+    "folders": folders,
+    "busi": busi,
+    "dicom": dicom,
+}
 _HINTS = {
     "nnunet": "dataset.json + imagesTr/ + labelsTr/",
     "folders": "images/ + masks/",

@@ -10,6 +10,13 @@ from . import fixtures
 LAYOUTS = {
     "nnunet": (fixtures.write_nnunet, {}, "tumour"),
     "msd": (fixtures.write_nnunet, {"msd": True}, "tumour"),
+    "dicom-seg": (fixtures.write_dicom, {}, "tumour"),
+    "dicom-rtstruct": (fixtures.write_dicom, {"truth": "rtstruct"}, "tumour"),
+    "dicom-rtstruct-centers": (
+        fixtures.write_dicom,
+        {"truth": "rtstruct", "style": "centers"},
+        "tumour",
+    ),
     "folders": (fixtures.write_folders, {}, "tumour"),
     "folders-binary": (fixtures.write_folders, {"binary": True}, "lesion"),
     "busi": (fixtures.write_busi, {}, "tumour"),

@@ -9,6 +9,7 @@ case ``lits117_z010`` is the slab from slice 10; 2-D files ``lits117_z013.png`` 
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Sequence
@@ -234,4 +235,184 @@ def write_coco(
                     }
                 )
     (root / "annotations.json").write_text(json.dumps(spec))
+    return root
+
+
+def lits_series(case: LitsCase, start: int, stop: int) -> list:
+    """The CT series of slices start..stop-1 as pydicom datasets (lesionseg.examples.lits_ct),
+    with 0.7 mm pixels and a study and frame of reference of its own."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from lesionseg.examples import lits_ct
+
+    study, frame = generate_uid(), generate_uid()
+    series = []
+    for data in lits_ct(case, range(start, stop), patient=("Lits^Slab", case_name(start))):
+        ds = pydicom.dcmread(io.BytesIO(data))
+        ds.PixelSpacing = [PIXEL_MM, PIXEL_MM]
+        ds.SliceThickness = SLICE_MM
+        ds.StudyInstanceUID, ds.FrameOfReferenceUID = study, frame
+        series.append(ds)
+    return series
+
+
+def _seg(series: list, labels: np.ndarray):
+    """A highdicom BINARY SEG of ``labels`` (Z, H, W) on ``series``: segment "liver" (labels
+    >= 1, tumours inside it as drawn in practice) and "tumour" (labels == 2)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    masks = np.stack([labels >= 1, labels == 2], axis=-1)  # (Z, H, W, S)
+    types = (codes.SCT.Liver, codes.SCT.Tumor)
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=i + 1,
+            segment_label=name,
+            segmented_property_category=codes.SCT.Organ
+            if i == 0
+            else codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=types[i],
+            algorithm_type="MANUAL",
+        )
+        for i, name in enumerate(CLASSES)
+    ]
+    return hd.seg.Segmentation(
+        source_images=series,
+        pixel_array=masks,
+        segmentation_type="BINARY",
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=300,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="lesionseg tests",
+        manufacturer_model_name="fixtures",
+        software_versions="1",
+        device_serial_number="1",
+    )
+
+
+def _contours(mask: np.ndarray, style: str) -> list[np.ndarray]:
+    """(N, 2) x, y pixel-centre coordinates of contours of a (H, W) bool mask: along the pixel
+    edges ("edges") or through the boundary pixels' centres ("centers", OpenCV's)."""
+    import cv2
+
+    if style == "edges":
+        return [loop - 0.5 for loop in outline(mask)]
+    found, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+    return [c.reshape(-1, 2).astype(float) for c in found]
+
+
+def _item(**elements):
+    """A pydicom sequence item with these keyword elements."""
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    for keyword, value in elements.items():
+        setattr(item, keyword, value)
+    return item
+
+
+def rtstruct(series: list, labels: np.ndarray, *, style: str = "edges", names=CLASSES):
+    """An RT Structure Set (pydicom) of ``labels`` on ``series`` (in slice order): ROI "liver"
+    (labels >= 1) and "tumour" (labels == 2), contours in patient mm on each slice."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
+
+    first = series[0]
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = RTStructureSetStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = RTStructureSetStorage
+    ds.Modality = "RTSTRUCT"
+    for keyword in ("PatientName", "PatientID", "StudyInstanceUID", "StudyDate", "StudyID"):
+        setattr(ds, keyword, first.get(keyword, ""))
+    ds.SeriesInstanceUID, ds.SeriesNumber = generate_uid(), 301
+    ds.StructureSetLabel, ds.StructureSetDate, ds.StructureSetTime = "LiTS", "20240101", "120000"
+    images = [
+        _item(ReferencedSOPClassUID=s.SOPClassUID, ReferencedSOPInstanceUID=s.SOPInstanceUID)
+        for s in series
+    ]
+    ds.ReferencedFrameOfReferenceSequence = [
+        _item(
+            FrameOfReferenceUID=first.FrameOfReferenceUID,
+            RTReferencedStudySequence=[
+                _item(
+                    ReferencedSOPClassUID="1.2.840.10008.3.1.2.3.1",
+                    ReferencedSOPInstanceUID=first.StudyInstanceUID,
+                    RTReferencedSeriesSequence=[
+                        _item(
+                            SeriesInstanceUID=first.SeriesInstanceUID, ContourImageSequence=images
+                        )
+                    ],
+                )
+            ],
+        )
+    ]
+    masks = (labels >= 1, labels == 2)
+    ds.StructureSetROISequence, ds.ROIContourSequence, ds.RTROIObservationsSequence = [], [], []
+    for number, (name, mask) in enumerate(zip(names, masks, strict=True), start=1):
+        ds.StructureSetROISequence.append(
+            _item(
+                ROINumber=number,
+                ReferencedFrameOfReferenceUID=first.FrameOfReferenceUID,
+                ROIName=name,
+                ROIGenerationAlgorithm="MANUAL",
+            )
+        )
+        contours = []
+        for k, source in enumerate(series):
+            origin = np.array([float(v) for v in source.ImagePositionPatient])
+            row_mm, col_mm = (float(v) for v in source.PixelSpacing)
+            for xy in _contours(mask[k], style):
+                points = origin + np.stack([xy[:, 0] * col_mm, xy[:, 1] * row_mm, 0 * xy[:, 0]], 1)
+                contours.append(
+                    _item(
+                        ContourImageSequence=[images[k]],
+                        ContourGeometricType="CLOSED_PLANAR",
+                        NumberOfContourPoints=len(points),
+                        ContourData=[f"{v:.4f}" for v in points.ravel()],
+                    )
+                )
+        ds.ROIContourSequence.append(
+            _item(ReferencedROINumber=number, ROIDisplayColor=[255, 0, 0], ContourSequence=contours)
+        )
+        ds.RTROIObservationsSequence.append(
+            _item(
+                ObservationNumber=number,
+                ReferencedROINumber=number,
+                RTROIInterpretedType="ORGAN" if number == 1 else "GTV",
+                ROIInterpreter="",
+            )
+        )
+    return ds
+
+
+def write_dicom(
+    case: LitsCase,
+    root: Path,
+    *,
+    slabs: Sequence[tuple[int, int]] = SLABS,
+    truth: str = "seg",
+    style: str = "edges",
+) -> Path:
+    """One folder per slab as a PACS exports it: ``CASE/ct/<SOP UID>.dcm`` (file names in no
+    slice order) and ``CASE/seg.dcm`` (highdicom SEG) or, with ``truth="rtstruct"``,
+    ``CASE/rtstruct.dcm`` with contours of the given ``style`` ("edges" or "centers")."""
+    assert truth in ("seg", "rtstruct"), truth
+    root = Path(root)
+    for a, b in slabs:
+        folder = root / case_name(a)
+        (folder / "ct").mkdir(parents=True, exist_ok=True)
+        series = lits_series(case, a, b)
+        for ds in series:
+            ds.save_as(folder / "ct" / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+        if truth == "seg":
+            _seg(series, case.labels[a:b]).save_as(folder / "seg.dcm")
+        else:
+            ds = rtstruct(series, case.labels[a:b], style=style)
+            ds.save_as(folder / "rtstruct.dcm", enforce_file_format=True)
     return root

@@ -12,9 +12,16 @@ from lesionseg.datasets import open_dataset
 from . import fixtures
 from .conftest import LAYOUTS
 
-VOLUMES = ("nnunet", "msd")
+VOLUMES = ("nnunet", "msd", "dicom-seg", "dicom-rtstruct", "dicom-rtstruct-centers")
 TWO_D = ("folders", "folders-binary", "busi", "coco", "coco-polygons")
-EXPECTED_FORMAT = {"msd": "nnunet", "folders-binary": "folders", "coco-polygons": "coco"}
+EXPECTED_FORMAT = {
+    "msd": "nnunet",
+    "folders-binary": "folders",
+    "coco-polygons": "coco",
+    "dicom-seg": "dicom",
+    "dicom-rtstruct": "dicom",
+    "dicom-rtstruct-centers": "dicom",
+}
 
 
 def _components(mask: np.ndarray, filled: bool = False) -> list[bytes]:
