@@ -10,8 +10,9 @@ Layout::
 
 A folder of DICOM files with no case subfolders is one case. Slices are ordered by position
 along the normal of ImageOrientationPatient; images are decoded by the service's own
-:func:`lesionseg.dicom.decode_dicom` with the dataset's window (else each file's window, else
-min-max per file, as the service does). Classes are the segment / ROI names in the order they
+:func:`lesionseg.dicom.decode_dicom` with the dataset's window as the default window, as the
+service applies a bundle's (grayscale images; colour ones ignore it), else each file's window,
+else min-max per file. Classes are the segment / ROI names in the order they
 first appear (cases in name order); where two classes overlap, the later one wins the pixel.
 """
 
@@ -65,9 +66,12 @@ def looks_like(root: Path) -> bool:
 
 def _header(path: Path) -> Dataset:
     try:
-        return pydicom.dcmread(io.BytesIO(read_bytes(path)), stop_before_pixels=True)
+        ds = pydicom.dcmread(io.BytesIO(read_bytes(path)), stop_before_pixels=True)
     except (pydicom.errors.InvalidDicomError, ValueError, EOFError, OSError, KeyError) as exc:
         raise DatasetError(f"{path}: not a readable DICOM file ({type(exc).__name__})") from exc
+    if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
+        raise DatasetError(f"{path}: not a readable DICOM file (truncated header, no SOP UIDs)")
+    return ds
 
 
 @dataclass(frozen=True)
@@ -223,7 +227,10 @@ def _load(series: _Series, classes: tuple[str, ...], window, settings: Settings)
     for path in series.files:
         try:
             decoded = decode_dicom(
-                read_bytes(path), max_pixels=settings.max_image_pixels, max_frames=1, window=window
+                read_bytes(path),
+                max_pixels=settings.max_image_pixels,
+                max_frames=1,
+                default_window=window,  # as the service applies a bundle's window
             )
         except LesionSegError as exc:
             raise DatasetError(f"{path}: {exc}") from exc
