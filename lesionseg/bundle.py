@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 FORMAT = "lesionseg-bundle/1"
 RECORD_FILE = "model.json"
+BUNDLE_SUBDIR = "bundle"  # where an export or a BentoML store model keeps its bundle's copy
 SHIPPED_BUNDLE = Path(__file__).resolve().parent.parent / "models" / "lits117"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -11,14 +12,16 @@ from .errors import LesionSegError
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .imaging import decode_image
+    from .bundle import served_bundle
     from .pipeline import LesionPipeline
-    from .report import draw_overlay, result_to_dict
+    from .report import draw_overlay, frame_source, result_to_dict
     from .settings import Settings
+    from .uploads import decode_upload, split_boxes
 
     overrides = {
         k: v
         for k, v in {
+            "model_dir": args.model,
             "score_threshold": args.score_threshold,
             "refine_iterations": args.refine_iterations,
             "device": args.device,
@@ -26,33 +29,72 @@ def _predict(args: argparse.Namespace) -> int:
         if v is not None
     }
     settings = Settings(**overrides)
-    image = decode_image(
+    upload = decode_upload(
         Path(args.image).read_bytes(),
-        max_pixels=settings.max_image_pixels,
-        max_bytes=settings.max_upload_bytes,
+        settings,
+        window=args.window,
+        default_window=settings.default_window,
     )
+    frames = upload.frames
+    _ensure_export(settings)
     pipeline = LesionPipeline.from_settings(settings, with_detector=args.boxes is None)
     if args.boxes is None:
-        result = pipeline.segment([image])[0]
+        results = pipeline.segment(frames)
     else:
         boxes = json.loads(
             Path(args.boxes).read_text() if Path(args.boxes).is_file() else args.boxes
         )
-        result = pipeline.segment_boxes([image], [boxes])[0]
+        per_frame = [boxes] if len(frames) == 1 else split_boxes(boxes, len(frames))
+        results = pipeline.segment_boxes(frames, per_frame)
     spec = pipeline.segmenter.spec
-    models = {"sam": {"family": spec.family, "name": spec.name, "sha256": spec.sha256}}
+    models = {
+        "bundle": served_bundle(settings),
+        "sam": {"family": spec.family, "name": spec.name, "sha256": spec.sha256},
+    }
     if pipeline.detector is not None:
-        models["detector"] = {"weights": pipeline.detector.weights.name}
+        names = pipeline.detector.names
+        models["detector"] = {"weights": pipeline.detector.weights.name, "classes": names}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = Path(args.image).stem
-    (out / f"{stem}.json").write_text(json.dumps(result_to_dict(result, models), indent=1))
-    (out / f"{stem}.overlay.png").write_bytes(draw_overlay(image.pixels, result))
-    print(
-        f"{len(result.lesions)} lesion(s) -> {out / (stem + '.json')}, "
-        f"{out / (stem + '.overlay.png')}"
-    )
+    stem = Path(Path(args.image).name.removesuffix(".gz")).stem
+    payloads = []
+    for index, result in enumerate(results):
+        payload = result_to_dict(result, models)
+        if (source := frame_source(upload.dicom, upload.nifti, index)) is not None:
+            payload["source"] = source
+        payloads.append(payload)
+    if upload.multi_frame:  # the service's multi-frame response; overlays of frames with lesions
+        for index, payload in enumerate(payloads):
+            payload["frame"] = index
+            del payload["models"]
+        body = {"number_of_frames": len(payloads), "frames": payloads, "models": models}
+        overlays = {
+            out / f"{stem}.frame{i:03d}.overlay.png": i for i, r in enumerate(results) if r.lesions
+        }
+    else:
+        body, overlays = payloads[0], {out / f"{stem}.overlay.png": 0}
+    (out / f"{stem}.json").write_text(json.dumps(body, indent=1))
+    for path, index in overlays.items():
+        path.write_bytes(draw_overlay(frames[index].pixels, results[index]))
+    found = sum(len(r.lesions) for r in results)
+    where = f" in {len(frames)} frames" if upload.multi_frame else ""
+    print(f"{found} lesion(s){where} -> {out / (stem + '.json')}, {len(overlays)} overlay PNG(s)")
     return 0
+
+
+def _ensure_export(settings) -> None:
+    """The onnxruntime backend runs the ONNX export of the models in force: on a fresh set-up
+    (or a new bundle) export it now, once, and say so."""
+    from .backends.onnx_runner import export_is_current
+
+    if settings.backend != "onnxruntime" or export_is_current(
+        settings.exports(), settings.export_key()
+    ):
+        return
+    from export.__main__ import ensure_onnx
+
+    with contextlib.redirect_stdout(sys.stderr):  # stdout is the result line
+        ensure_onnx(settings, announce=lambda message: print(f"lesionseg: {message}"))
 
 
 def _example(args: argparse.Namespace) -> int:
@@ -78,11 +120,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lesionseg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("predict", help="segment one image; write result JSON and overlay PNG")
-    p.add_argument("image", help="PNG, JPEG or TIFF file")
+    p.add_argument("image", help="PNG, JPEG, TIFF, DICOM or NIfTI file (told apart by content)")
+    p.add_argument(
+        "--model",
+        type=Path,
+        help="model bundle directory written by `lesionseg train` (default: LESIONSEG_MODEL_DIR, "
+        "else the shipped bundle)",
+    )
+    p.add_argument(
+        "--window",
+        help="DICOM/NIfTI intensity window, a preset or 'center,width' (default: the bundle's)",
+    )
     p.add_argument(
         "--boxes",
-        help="JSON list of [x0, y0, x1, y1] (or a file holding it): "
-        "segment these boxes instead of running the detector",
+        help="JSON list of [x0, y0, x1, y1] (or a file holding it; [x0, y0, x1, y1, frame] for "
+        "volumes): segment these boxes instead of running the detector",
     )
     p.add_argument("--out", default="out", help="output directory (default: out)")
     p.add_argument("--score-threshold", type=float)

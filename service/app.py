@@ -19,6 +19,7 @@ from bentoml.validators import ContentType
 from pydantic import Field
 from starlette.responses import JSONResponse
 
+from lesionseg.bundle import served_bundle
 from lesionseg.detector import Detector
 from lesionseg.errors import InputError
 from lesionseg.imaging import check_upload_size
@@ -30,7 +31,13 @@ from lesionseg.types import Detections, MedicalImage, SegmentationResult
 from lesionseg.uploads import Upload, decode_upload, split_boxes
 from service.jobs import Jobs
 from service.metrics import timed
-from service.model_store import DETECTOR_MODEL, EXPORTS_MODEL, SAM_MODEL, sam_path_in_store
+from service.model_store import (
+    DETECTOR_MODEL,
+    EXPORTS_MODEL,
+    SAM_MODEL,
+    bundle_in_store,
+    sam_path_in_store,
+)
 from service.retry import RunnerConnectionError, call_runner
 from service.schemas import FramesResponse, SegmentResponse
 from service.volumes import VolumeOutputs
@@ -68,22 +75,32 @@ class _StoreModels:
 
 
 def runtime_settings(models: dict) -> Settings:
-    """The process settings, with the model paths pointing into the BentoML store."""
+    """The process settings, with the model paths pointing into the BentoML store and the
+    stored bundle in force (its thresholds and window, unless set in the environment)."""
     if "exports" in models:
-        return Settings(export_dir=Path(models["exports"].path))
+        root = Path(models["exports"].path)
+        return Settings(export_dir=root, **_stored_bundle(root))
     family = models["sam"].info.labels["family"]
+    root = Path(models["detector"].path)
     return Settings(
         sam_family=family,
         sam_path=sam_path_in_store(Path(models["sam"].path), family),
-        detector_weights=Path(models["detector"].path) / "weights.pt",
+        detector_weights=root / "weights.pt",
+        **_stored_bundle(root),
     )
 
 
-def model_info(models: dict, segmenter: Segmenter, detector: Detector) -> dict:
+def _stored_bundle(model_path: Path) -> dict:
+    bundle = bundle_in_store(model_path)
+    return {} if bundle is None else {"model_dir": bundle}
+
+
+def model_info(models: dict, settings: Settings, segmenter: Segmenter, detector: Detector) -> dict:
     spec = segmenter.spec
     return {
-        "backend": SETTINGS.backend,
+        "backend": settings.backend,
         "store": {name: str(model.tag) for name, model in models.items()},
+        "bundle": served_bundle(settings),
         "sam": {"family": spec.family, "name": spec.name, "sha256": spec.sha256},
         "detector": {"weights": detector.weights.name, "classes": detector.names},
     }
@@ -113,7 +130,7 @@ class ModelRunner(_StoreModels):
             log.exception("loading the models failed; the runner stays unready")
 
     def _load(self) -> None:
-        settings = runtime_settings(self.store)
+        self.settings = settings = runtime_settings(self.store)
         self.segmenter = Segmenter.from_settings(settings)
         self.detector = Detector.from_settings(settings)
         self.detector.score_threshold = settings.detector_score_floor
@@ -146,7 +163,7 @@ class ModelRunner(_StoreModels):
         return self._models()
 
     def _models(self) -> dict:
-        return model_info(self.store, self.segmenter, self.detector)
+        return model_info(self.store, self.settings, self.segmenter, self.detector)
 
 
 def _bad_request(exc: InputError) -> JSONResponse:
@@ -188,6 +205,7 @@ class LesionSeg(VolumeOutputs, _StoreModels):
             settings = runtime_settings(self.store)
             # Only the prompt encoder and mask decoder of this copy are used.
             self.segmenter = await asyncio.to_thread(Segmenter.from_settings, settings)
+            self.settings = settings  # the stored bundle's thresholds, margin and window
             self.models = await self._describe_runner()
             if self.settings.warmup:
                 embedding = (await self.runner.to_async.embed([WARMUP_IMAGE]))[0]
@@ -217,7 +235,11 @@ class LesionSeg(VolumeOutputs, _StoreModels):
         # Check the size on disk before reading a possibly huge upload into memory.
         check_upload_size(path.stat().st_size, self.settings.max_upload_bytes)
         return decode_upload(
-            path.read_bytes(), self.settings, window=window, max_total_pixels=max_total_pixels
+            path.read_bytes(),
+            self.settings,
+            window=window,
+            default_window=self.settings.default_window,
+            max_total_pixels=max_total_pixels,
         )
 
     async def _run(
@@ -297,6 +319,7 @@ class LesionSeg(VolumeOutputs, _StoreModels):
                 hw,
                 score_threshold=threshold,
                 max_lesions=max_lesions or self.settings.max_lesions,
+                box_margin=self.settings.box_margin,
             )
             prompts, labels, scores = kept.boxes, kept.labels, kept.scores
         if len(prompts):

@@ -1,9 +1,12 @@
 """Import the models the service runs into the BentoML model store.
 
 ``python -m service.model_store`` (run by ``make serve``) stores the SAM checkpoint and the
-detector named by the settings as ``lesionseg-sam`` and ``lesionseg-detector``. A new version
-is created only when the weights' sha256 differs from the latest stored one, so the command is
-idempotent. The service loads ``:latest`` of both, and ``bentoml build`` packages them.
+detector named by the settings as ``lesionseg-sam`` and ``lesionseg-detector``, and the ONNX
+export of those models as ``lesionseg-exports``. The detector and the exports carry a copy of
+the model bundle in force (``bundle/``: model.json and its weights), so that a bento or a
+container serves the bundle's classes, thresholds and window without the repository. A new
+version is created only when the sha256 over the files differs from the latest stored one, so
+the command is idempotent. The service loads ``:latest``, and ``bentoml build`` packages them.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from pathlib import Path
 
 import bentoml
 
+from lesionseg.backends.onnx_runner import export_is_current
+from lesionseg.bundle import BUNDLE_SUBDIR
 from lesionseg.checksums import file_sha256
 from lesionseg.sam_models import load_sam
 from lesionseg.settings import Settings
@@ -52,36 +57,66 @@ def import_sam(settings: Settings) -> str:
     return str(model.tag)
 
 
+def _digest(files: dict[str, Path]) -> str:
+    """sha256 over the stored names and contents of ``files`` (stored name -> source)."""
+    lines = (f"{name}\0{file_sha256(path)}\n" for name, path in sorted(files.items()))
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def _store(name: str, files: dict[str, Path], labels: dict, metadata: dict) -> str:
+    """A new version of ``name`` holding ``files``, unless :latest holds the same ones."""
+    digest = _digest(files)
+    if _latest_sha(name) == digest:
+        return str(bentoml.models.get(f"{name}:latest").tag)
+    with bentoml.models.create(name, labels={"sha256": digest, **labels}, metadata=metadata) as m:
+        for stored, source in files.items():
+            (Path(m.path) / stored).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, Path(m.path) / stored)
+    return str(m.tag)
+
+
+def _bundle_files(settings: Settings) -> tuple[dict[str, Path], dict[str, str]]:
+    """The bundle in force as stored files under bundle/, and labels naming it."""
+    bundle = settings.bundle()
+    if bundle is None:
+        return {}, {}
+    files = {f"{BUNDLE_SUBDIR}/{p.relative_to(bundle.directory)}": p for p in bundle.files()}
+    return files, {"bundle": bundle.name, "bundle_fingerprint": bundle.fingerprint[:16]}
+
+
 def import_detector(settings: Settings) -> str:
-    """Store the configured detector weights (and their training record if any)."""
+    """Store the configured detector weights, with the bundle in force."""
     weights = Path(settings.detector_weights)
-    digest = file_sha256(weights)
-    if _latest_sha(DETECTOR_MODEL) == digest:
-        return str(bentoml.models.get(f"{DETECTOR_MODEL}:latest").tag)
-    labels = {"sha256": digest, "stage": "detector"}
-    with bentoml.models.create(
-        DETECTOR_MODEL, labels=labels, metadata={"source": weights.name}
-    ) as model:
-        shutil.copyfile(weights, Path(model.path) / "weights.pt")
-        record = weights.with_suffix(".json")
-        if record.is_file():
-            shutil.copyfile(record, Path(model.path) / "record.json")
-    return str(model.tag)
+    files, labels = _bundle_files(settings)
+    return _store(
+        DETECTOR_MODEL,
+        {"weights.pt": weights, **files},
+        {"stage": "detector", **labels},
+        {"source": weights.name},
+    )
 
 
 def import_exports(export_dir: Path) -> str:
-    """Store a `python -m export` directory (ONNX files, engines, export.json record)."""
+    """Store a `python -m export` directory (ONNX files, engines, export.json record, the
+    bundle's copy)."""
     export_dir = Path(export_dir)
     record = json.loads((export_dir / "export.json").read_text())
-    files = sorted(p for p in export_dir.iterdir() if p.suffix in (".onnx", ".engine", ".json"))
-    digest = hashlib.sha256("".join(file_sha256(p) for p in files).encode()).hexdigest()
-    if _latest_sha(EXPORTS_MODEL) == digest:
-        return str(bentoml.models.get(f"{EXPORTS_MODEL}:latest").tag)
-    labels = {"sha256": digest, "family": record["sam"]["family"], "stage": "exports"}
-    with bentoml.models.create(EXPORTS_MODEL, labels=labels, metadata=record) as model:
-        for path in files:
-            shutil.copyfile(path, Path(model.path) / path.name)
-    return str(model.tag)
+    files = {p.name: p for p in export_dir.iterdir() if p.suffix in (".onnx", ".engine", ".json")}
+    files |= {
+        str(p.relative_to(export_dir)): p
+        for p in (export_dir / BUNDLE_SUBDIR).rglob("*")
+        if p.is_file()
+    }
+    labels = {"family": record["sam"]["family"], "stage": "exports"}
+    if "bundle" in record:
+        labels |= {"bundle": record["bundle"]["name"]}
+    return _store(EXPORTS_MODEL, files, labels, record)
+
+
+def bundle_in_store(model_path: Path) -> Path | None:
+    """The bundle copy inside a stored detector or exports model (None in older versions)."""
+    directory = Path(model_path) / BUNDLE_SUBDIR
+    return directory if (directory / "model.json").is_file() else None
 
 
 def sam_path_in_store(model_path: Path, family: str) -> Path:
@@ -93,12 +128,12 @@ def main() -> None:
     settings = Settings()
     print(import_sam(settings))
     print(import_detector(settings))
-    if (settings.exports() / "export.json").is_file():
+    if export_is_current(settings.exports(), settings.export_key()):
         print(import_exports(settings.exports()))
     elif settings.backend != "torch":
         raise SystemExit(
             f"LESIONSEG_BACKEND={settings.backend} serves exported models, but "
-            f"{settings.exports()} has none: run `make export`"
+            f"{settings.exports()} holds no export of the models in force: run `make export`"
         )
 
 

@@ -23,6 +23,13 @@ def read_export_record(directory: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def export_is_current(directory: Path, key: str) -> bool:
+    """True when ``directory`` holds a finished export (its record, written last, names the
+    export ``key`` of the models in force: :meth:`lesionseg.settings.Settings.export_key`)."""
+    path = Path(directory) / RECORD_FILE
+    return path.is_file() and json.loads(path.read_text()).get("key") == key
+
+
 def spec_from_record(record: dict) -> SamSpec:
     sam = record["sam"]
     return SamSpec(
