@@ -10,7 +10,6 @@ BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_HOME
 EXAMPLE := data/examples/lits117-z110.png
 EXAMPLES := data/examples/lits117.nii.gz
-EXPORTS := .cache/exports/export.json
 LOCK_HASH := $(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
 STAMP  := $(VENV)/.installed-$(LOCK_HASH)
 PYTEST_ARGS ?=
@@ -43,24 +42,24 @@ $(EXAMPLES): $(STAMP) lesionseg/examples.py
 
 data: $(EXAMPLES) ## fetch the LiTS case (checksummed); write the PNG, DICOM and NIfTI examples
 
-$(EXPORTS): $(STAMP) models/lits117/detector.pt export/onnx_sam.py
-	$(PY) -m export onnx
-
-export: $(EXPORTS) ## ONNX: SAM encoder/decoder + detector, parity-checked, into the store (CPU)
+# Whether the export is current depends on LESIONSEG_MODEL_DIR and the model settings, which
+# make cannot see: python decides (--if-stale), keyed by the bundle's fingerprint.
+export: setup ## ONNX of the bundle in force, parity-checked, into the store (only when stale)
+	$(PY) -m export onnx --if-stale
 
 engines: export ## TensorRT engines from the ONNX files (NVIDIA GPU + pip install tensorrt)
 	$(PY) -m export tensorrt
 
-models: setup ## import SAM, detector and exports into the BentoML store (idempotent)
+models: setup ## import SAM, detector, exports and the bundle into the BentoML store (idempotent)
 	$(PY) -m service.model_store
 
-serve: setup data export models ## serve the API on $(HOST):$(PORT) (bentoml serve)
+serve: setup data export models ## serve on $(HOST):$(PORT); LESIONSEG_MODEL_DIR=DIR serves that bundle
 	$(VENV)/bin/bentoml serve service.app:LesionSeg --host $(HOST) --port $(PORT)
 
 demo: setup data export ## run the pipeline once from the command line on the example image
 	$(PY) -m lesionseg.cli predict $(EXAMPLE) --out out/demo
 
-build: export models ## bentoml build: a bento with the service, the library and the models
+build: export models ## bentoml build: a bento with the service, the library and the served bundle
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/bentoml build
 
 bench: setup data export models ## Locust load benchmark over real servers (~11 min on 2 cores)
