@@ -94,6 +94,11 @@ def draw_overlay(pixels: np.ndarray, result: SegmentationResult, *, alpha: float
         x0, y0, x1, y1 = lesion.box
         draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=colour, width=1)
         draw.text((x0, max(0, y0 - 11)), f"{lesion.label} {lesion.score:.2f}", fill=colour)
+    return encode_png(np.asarray(pil))
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """PNG bytes of an (H, W, 3) uint8 RGB image, e.g. a frame as the models see it."""
     buffer = io.BytesIO()
-    pil.save(buffer, format="PNG")
+    Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()

@@ -40,6 +40,7 @@ from service.model_store import (
 )
 from service.retry import RunnerConnectionError, call_runner
 from service.schemas import FramesResponse, SegmentResponse
+from service.viewer import Viewer, ViewerRoutes
 from service.volumes import VolumeOutputs
 
 log = logging.getLogger("lesionseg.service")
@@ -176,13 +177,17 @@ def _unavailable(message: str) -> JSONResponse:
 
 # /jobs: persistent async studies; its lifespan runs the job worker and the DICOMweb pusher.
 JOBS = Jobs(SETTINGS, bentoml.get_current_service)
+# /viewer: the page (and / redirects to it; BentoML's API page moves to /docs).
+VIEWER = Viewer(SETTINGS)
 
 
+@bentoml.asgi_app(VIEWER.app, path="/")
 @bentoml.asgi_app(JOBS.app, path="/")
 @bentoml.service(name="lesionseg", traffic={"timeout": 600})
-class LesionSeg(VolumeOutputs, _StoreModels):
+class LesionSeg(ViewerRoutes, VolumeOutputs, _StoreModels):
     """Automatic lesion segmentation over HTTP: ``/segment``, ``/segment/boxes``,
-    ``/segment/overlay``, ``/segment/dicom-seg``, ``/segment/nifti``, async ``/jobs``; health
+    ``/segment/overlay``, ``/segment/dicom-seg``, ``/segment/nifti``, async ``/jobs``, the
+    ``/viewer`` page and its ``/segment/preview``; health
     at ``/livez`` and ``/readyz``, metrics at ``/metrics``."""
 
     runner = bentoml.depends(ModelRunner)

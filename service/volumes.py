@@ -39,6 +39,29 @@ class VolumeOutputs:
             payload["timings_ms"] = {k: round(v, 2) for k, v in timings.items()}
         return payloads
 
+    async def _decode_dicom_files(
+        self, files: list[Path], window: str | None, timings: dict[str, float]
+    ) -> list[Upload]:
+        """One DICOM object, or the single-frame files of one series, decoded within the
+        request's pixel budget (``LESIONSEG_MAX_TOTAL_PIXELS`` over all the files)."""
+        if not files:
+            raise InputError("no DICOM file given (multipart field 'image')")
+        uploads, budget = [], self.settings.max_total_pixels  # pixels, over all the files
+        with timed("decode_image", timings):
+            for index, path in enumerate(files):
+                upload = await asyncio.to_thread(self._decode, path, window, budget)
+                budget -= sum(f.height * f.width for f in upload.frames)
+                if upload.dicom is None:
+                    raise InputError(
+                        f"file {index} is not DICOM: a series (and /segment/dicom-seg) takes DICOM "
+                        "files only; "
+                        "use /segment for PNG/JPEG/TIFF and /segment/nifti for NIfTI"
+                    )
+                uploads.append(upload)
+        n_frames = source_frames([u.dicom.dataset for u in uploads])  # one series
+        check_frames(n_frames, self.settings.max_frames)
+        return uploads
+
     def _default_labels(self, boxes: list | None) -> list[str]:
         return (
             [PROMPT_LABEL]
@@ -60,23 +83,9 @@ class VolumeOutputs:
         the 0-based frame when there are several); without them the detector finds lesions.
         Waits for the models to load. Raises InputError subclasses for bad input."""
         await self._ready.wait()
-        if not files:
-            raise InputError("no DICOM file given (multipart field 'image')")
         timings: dict[str, float] = {}
-        uploads, budget = [], self.settings.max_total_pixels  # pixels, over all the files
-        with timed("decode_image", timings):
-            for index, path in enumerate(files):
-                upload = await asyncio.to_thread(self._decode, path, window, budget)
-                budget -= sum(f.height * f.width for f in upload.frames)
-                if upload.dicom is None:
-                    raise InputError(
-                        f"file {index} is not DICOM: /segment/dicom-seg takes DICOM input; "
-                        "use /segment for PNG/JPEG/TIFF and /segment/nifti for NIfTI"
-                    )
-                uploads.append(upload)
+        uploads = await self._decode_dicom_files(files, window, timings)
         sources = [u.dicom.dataset for u in uploads]
-        n_frames = source_frames(sources)  # one series, before any model runs
-        check_frames(n_frames, self.settings.max_frames)
         frames = tuple(f for u in uploads for f in u.frames)
         results = await self._segment_frames(frames, boxes=boxes, timings=timings, **options)
         labels = self._default_labels(boxes)

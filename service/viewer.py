@@ -1,0 +1,153 @@
+"""The viewer page: its static files, its settings, and the frames as the models see them.
+
+- ``Viewer.app``, a small Starlette app mounted on ``LesionSeg``: ``/viewer`` (the page, plain
+  files from ``service/viewer/``), ``/viewer/config.json`` (window presets and the score
+  threshold's default and floor), ``/`` (a redirect to ``/viewer``) and ``/docs`` (BentoML's own
+  API page, which ``/`` used to be: the same file, its assets and ``/docs.json`` unchanged).
+- ``ViewerRoutes``, a mixin of ``LesionSeg``: ``POST /segment/preview`` decodes an upload as
+  ``/segment`` does and answers each frame's pixels after the intensity mapping (DICOM/NIfTI
+  window included) as a PNG, so that the page shows exactly what the models saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from pathlib import Path
+
+import bentoml
+from pydantic import BaseModel, Field
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from lesionseg.report import encode_png, frame_source
+from lesionseg.settings import Settings
+from lesionseg.uploads import Upload
+from service.metrics import timed
+from service.schemas import FrameSource
+
+STATIC_DIR = Path(__file__).parent / "viewer"
+MEDIA_TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript"}
+
+
+class PreviewFrame(BaseModel):
+    frame: int = Field(description="0-based frame (DICOM frame, series file, NIfTI slice)")
+    width: int
+    height: int
+    png: str = Field(description="base64 PNG of the (H, W, 3) pixels the models see")
+    pixel_spacing_mm: list[float] | None = Field(description="[row, column] spacing or null")
+    source: FrameSource | None = Field(None, description="DICOM/NIfTI only: the frame's origin")
+
+
+class PreviewResponse(BaseModel):
+    """POST /segment/preview: the upload's frames after the intensity mapping."""
+
+    kind: str = Field(description="'image', 'dicom' or 'nifti'")
+    number_of_frames: int
+    frames: list[PreviewFrame]
+
+
+class ViewerRoutes:
+    """``/segment/preview``, as a mixin of ``LesionSeg`` (which provides ``settings``,
+    ``_decode``, ``_decode_dicom_files`` and ``_respond``)."""
+
+    @bentoml.api(route="/segment/preview")
+    async def segment_preview(
+        self, image: list[Path], window: str | None = None
+    ) -> PreviewResponse:
+        """The frames of an upload as the models see them (PNG, base64), decoded as /segment
+        decodes them: one image, DICOM object or NIfTI volume, or the files of one DICOM
+        series (repeat `image`; frame k = the k-th file). No model runs."""
+        return await self._respond(self._preview, path=image, window=window)
+
+    async def _preview(self, path: list[Path], window: str | None) -> JSONResponse:
+        timings: dict[str, float] = {}
+        if len(path) == 1:
+            with timed("decode_image", timings):
+                uploads = [await asyncio.to_thread(self._decode, path[0], window)]
+        else:
+            uploads = await self._decode_dicom_files(path, window, timings)
+        body = await asyncio.to_thread(preview_body, uploads)
+        return JSONResponse(body.model_dump(mode="json", exclude_none=True))
+
+
+def preview_body(uploads: list[Upload]) -> PreviewResponse:
+    frames = []
+    for upload in uploads:
+        for index, image in enumerate(upload.frames):
+            spacing = image.pixel_spacing_mm
+            frames.append(
+                PreviewFrame(
+                    frame=len(frames),
+                    width=image.width,
+                    height=image.height,
+                    png=base64.b64encode(encode_png(image.pixels)).decode("ascii"),
+                    pixel_spacing_mm=None if spacing is None else [float(s) for s in spacing],
+                    source=frame_source(upload.dicom, upload.nifti, index),
+                )
+            )
+    first = uploads[0]
+    kind = "dicom" if first.dicom is not None else "nifti" if first.nifti is not None else "image"
+    return PreviewResponse(kind=kind, number_of_frames=len(frames), frames=frames)
+
+
+def _bentoml_api_page() -> Path:
+    """The HTML BentoML serves at ``/`` (it loads its assets and ``docs.json`` relatively, so
+    it works from ``/docs`` as well)."""
+    from _bentoml_impl.server import app as bentoml_app
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    name = "main-ui.html" if BentoMLContainer.new_index else "main-openapi.html"
+    return Path(bentoml_app.__file__).parent / name
+
+
+class Viewer:
+    """The page's routes; ``settings`` supplies what the page offers (window presets, the
+    score threshold)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.files = {p.name: p for p in STATIC_DIR.iterdir() if p.suffix in MEDIA_TYPES}
+        self.app = Starlette(
+            routes=[
+                Route("/", self.home, methods=["GET"]),
+                Route("/docs", self.docs, methods=["GET"]),
+                Route("/viewer", self.page, methods=["GET"]),
+                Route("/viewer/config.json", self.config, methods=["GET"]),
+                Route("/viewer/{name}", self.static, methods=["GET"]),
+            ]
+        )
+
+    async def home(self, _request: Request) -> Response:
+        return RedirectResponse("/viewer", status_code=307)
+
+    async def docs(self, _request: Request) -> Response:
+        return FileResponse(_bentoml_api_page(), media_type="text/html")
+
+    async def page(self, _request: Request) -> Response:
+        return self._file("index.html")
+
+    async def static(self, request: Request) -> Response:
+        return self._file(request.path_params["name"])
+
+    async def config(self, _request: Request) -> Response:
+        s = self.settings
+        return JSONResponse(
+            {
+                "window_presets": {k: list(v) for k, v in s.window_presets.items()},
+                "score_threshold": s.score_threshold,
+                "score_floor": s.detector_score_floor,
+            }
+        )
+
+    def _file(self, name: str) -> Response:
+        path = self.files.get(name)
+        if path is None:
+            return JSONResponse({"error": f"no viewer file {name!r}"}, status_code=404)
+        # no-cache: a browser revalidates, so a new version of the page is never mixed with
+        # an old script.
+        return FileResponse(
+            path, media_type=MEDIA_TYPES[path.suffix], headers={"Cache-Control": "no-cache"}
+        )
