@@ -49,11 +49,11 @@ class Frame:
         assert self.labels.shape == (len(self.masks),), (self.labels.shape, self.masks.shape)
 
 
-def instances(class_map: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def instances(class_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(H, W) class map (0 background, c + 1 = class c) -> masks (K, H, W) bool and labels (K,)
     int64: the 8-connected components of each class, by class, then in raster order."""
     masks, labels = [], []
-    for c in range(n_classes):
+    for c in range(int(class_map.max(initial=0))):
         components, k = ndimage.label(class_map == c + 1, structure=_EIGHT)
         masks += [components == i for i in range(1, k + 1)]
         labels += [c] * k
@@ -73,7 +73,6 @@ class Volume:
     Attributes:
         image: (Z, H, W) uint8 gray after the window.
         labels: (Z, H, W) uint16 class map: 0 background, c + 1 = ``Dataset.classes[c]``.
-        n_classes: ``len(Dataset.classes)``.
         spacing: (z, row, column) mm, or None when unknown.
 
     Axis 0 is the slice axis the service uses: the axis closest to superior-inferior for
@@ -83,7 +82,6 @@ class Volume:
 
     image: np.ndarray
     labels: np.ndarray
-    n_classes: int
     spacing: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
@@ -108,7 +106,7 @@ class Volume:
             spacing = tuple(s for i, s in enumerate(self.spacing) if i != axis)
         offset = start if axis == 0 else 0
         for i in range(image.shape[axis]):
-            masks, ids = instances(np.take(labels, i, axis=axis), self.n_classes)
+            masks, ids = instances(np.take(labels, i, axis=axis))
             yield Frame(
                 f"{prefix}/a{axis}_{i + offset:03d}",
                 gray_to_rgb(np.take(image, i, axis=axis)),

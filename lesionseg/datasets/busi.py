@@ -91,8 +91,6 @@ def read(
         value = classes.index(folder) + 1 if folder in classes else 0
         for image, masks in groups.items():
             name = f"{folder}/{image.stem}"
-            load = partial(
-                load_frame, name, image, partial(_union, masks, value), len(classes), settings
-            )
+            load = partial(load_frame, name, image, partial(_union, masks, value), settings)
             cases.append(Case(name, image, (image, *masks), load_frame=load))
     return classes, tuple(cases)

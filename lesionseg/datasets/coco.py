@@ -20,11 +20,9 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as coco_mask
 
-from ..errors import LesionSegError
-from ..imaging import decode_image
 from ..settings import Settings
 from .base import Case, DatasetError, Frame, instances, read_bytes, select_classes
-from .folders import image_size
+from .folders import decode, image_size
 
 _KEYS = ("images", "annotations", "categories")
 
@@ -99,13 +97,9 @@ def _load(
     source: Path,
     annotations: list[dict],
     to_class: dict[int, int],
-    n_classes: int,
     settings: Settings,
 ) -> Frame:
-    try:
-        decoded = decode_image(read_bytes(image), max_pixels=settings.max_image_pixels)
-    except LesionSegError as exc:
-        raise DatasetError(f"{image}: {exc}") from exc
+    decoded = decode(image, settings)
     height, width = decoded.height, decoded.width
     masks, labels = [], []
     for annotation in annotations:
@@ -124,7 +118,7 @@ def _load(
                 f"{source}: annotation {annotation.get('id')} is not {width}x{height}"
             )
         if annotation.get("iscrowd"):
-            parts, _ = instances(mask.astype(np.uint16), 1)
+            parts, _ = instances(mask.astype(np.uint16))
             masks += list(parts)
             labels += [label] * len(parts)
         elif mask.any():
@@ -183,8 +177,6 @@ def read(
         if name in seen:
             raise DatasetError(f"{source}: two images are named {name!r}")
         seen.add(name)
-        load = partial(
-            _load, name, path, source, by_image[image_id], to_class, len(classes), settings
-        )
+        load = partial(_load, name, path, source, by_image[image_id], to_class, settings)
         cases.append(Case(name, path, (source, path), load_frame=load))
     return classes, tuple(cases)

@@ -255,7 +255,7 @@ def _load(series: _Series, classes: tuple[str, ...], window, settings: Settings)
     positions = series.geometry.positions
     z = float(np.median(np.diff(positions))) if len(positions) > 1 else 0.0
     spacing = (abs(z), *series.geometry.spacing) if z else None
-    return Volume(np.stack(gray), labels, len(classes), spacing)
+    return Volume(np.stack(gray), labels, spacing)
 
 
 def _seg_masks(series: _Series, numbers: list[int]) -> np.ndarray:
@@ -276,4 +276,5 @@ def _seg_masks(series: _Series, numbers: list[int]) -> np.ndarray:
         raise DatasetError(f"{series.truth}: cannot read the SEG's frames ({exc})") from exc
     if pixels.shape[1:3] != series.geometry.shape[1:]:
         raise DatasetError(f"{series.truth}: SEG frames are not the size of the images")
-    return np.moveaxis(pixels > 0, 3, 0)
+    present = pixels >= 0.5 if pixels.dtype.kind == "f" else pixels > 0  # FRACTIONAL: >= half
+    return np.moveaxis(present, 3, 0)

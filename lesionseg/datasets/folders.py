@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import LesionSegError
 from ..imaging import decode_image
 from ..settings import Settings
+from ..types import MedicalImage
 from .base import Case, DatasetError, Frame, instances, read_bytes, select_classes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
@@ -85,25 +86,29 @@ def check_size(image: Path, mask: Path, shape: tuple[int, ...]) -> None:
         )
 
 
+def decode(image: Path, settings: Settings) -> MedicalImage:
+    """A 2-D image file decoded as the service decodes an upload (min-max for > 8 bits)."""
+    try:
+        return decode_image(read_bytes(image), max_pixels=settings.max_image_pixels)
+    except LesionSegError as exc:
+        raise DatasetError(f"{image}: {exc}") from exc
+
+
 def load_frame(
     name: str,
     image: Path,
     class_map: Callable[[], np.ndarray],
-    n_classes: int,
     settings: Settings,
 ) -> Frame:
     """A 2-D case's frame: the image decoded as the service does, instances of the class map."""
-    try:
-        decoded = decode_image(read_bytes(image), max_pixels=settings.max_image_pixels)
-    except LesionSegError as exc:
-        raise DatasetError(f"{image}: {exc}") from exc
+    decoded = decode(image, settings)
     labels = class_map()
     if labels.shape != (decoded.height, decoded.width):  # e.g. EXIF rotation of a JPEG
         raise DatasetError(
             f"{image}: decoded to {decoded.width}x{decoded.height}, its mask is "
             f"{labels.shape[1]}x{labels.shape[0]} (an EXIF-rotated JPEG?)"
         )
-    masks, ids = instances(labels, n_classes)
+    masks, ids = instances(labels)
     return Frame(name, decoded.pixels, masks, ids, None)
 
 
@@ -184,8 +189,6 @@ def read(
     cases = []
     for image, mask in pairs:
         name = image.relative_to(root / "images").with_suffix("").as_posix()
-        load = partial(
-            load_frame, name, image, partial(_mapped, mask, table), len(classes), settings
-        )
+        load = partial(load_frame, name, image, partial(_mapped, mask, table), settings)
         cases.append(Case(name, image, (image, mask, *extra), load_frame=load))
     return classes, tuple(cases)

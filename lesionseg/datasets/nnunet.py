@@ -158,7 +158,7 @@ def read(
     cases = []
     for name, image, label in _pairs(root, spec, ending):
         _check_geometry(image, label)
-        load = partial(_load, image, label, lut, known, len(classes), window, settings)
+        load = partial(_load, image, label, lut, known, window, settings)
         cases.append(Case(name, image, (spec_path, image, label), load_volume=load))
     return classes, tuple(cases)
 
@@ -177,7 +177,6 @@ def _load(
     label_path: Path,
     lut: dict[int, int],
     known: set[int],
-    n_classes: int,
     window: tuple[float, float] | None,
     settings: Settings,
 ) -> Volume:
@@ -219,4 +218,4 @@ def _load(
         unit = _UNIT_TO_MM[header.header.get_xyzt_units()[0]]
         zoom = float(header.header.get_zooms()[decoded.axis]) * unit
         spacing = (zoom, *decoded.frames[0].pixel_spacing_mm)
-    return Volume(image, labels, n_classes, spacing)
+    return Volume(image, labels, spacing)

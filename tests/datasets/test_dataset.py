@@ -24,7 +24,7 @@ def test_instances_are_8_connected_per_class():
     class_map[4, 4] = 1
     class_map[0, 5] = class_map[1, 5] = 2  # touching lesions of two classes stay apart
     class_map[0, 4] = 1  # touches class 2 only
-    masks, labels = instances(class_map, 2)
+    masks, labels = instances(class_map)
     assert labels.tolist() == [0, 0, 0, 1]  # by class, then in raster order
     assert [m.sum() for m in masks] == [2, 1, 1, 2]
     assert masks[0][0, 0] and masks[0][1, 1] and masks[1][0, 4] and masks[3][1, 5]
@@ -34,7 +34,7 @@ def test_volume_frames_along_every_axis():
     labels = np.zeros((4, 5, 6), np.uint16)
     labels[1:3, 2, 3] = 1
     image = np.arange(4 * 5 * 6, dtype=np.uint8).reshape(4, 5, 6)
-    volume = Volume(image, labels, 1, (2.5, 0.7, 0.8))
+    volume = Volume(image, labels, (2.5, 0.7, 0.8))
     axial = list(volume.frames(prefix="c"))
     assert [f.name for f in axial] == [f"c/a0_{i:03d}" for i in range(4)]
     assert [len(f.masks) for f in axial] == [0, 1, 1, 0]
@@ -83,7 +83,7 @@ def test_nnunet_labels_pick_classes_in_dataset_order(layouts):
     assert open_dataset(path, labels=["tumour", "liver"]).classes == ("liver", "tumour")
     liver = open_dataset(path, labels=["liver"])
     volume = liver.cases[0].volume()
-    assert volume.labels.max() == 1 and volume.n_classes == 1  # tumour is background now
+    assert volume.labels.max() == 1  # tumour is background now
 
 
 def test_integer_masks_without_classes_txt(lits, tmp_path):
