@@ -14,17 +14,21 @@ Layouts, told apart by the folder (``format=`` / ``--format`` overrides):
   (BUSI's ``normal``) gives negative images, not a class.
 * ``dicom`` — as a PACS exports it: one folder per case holding the files of one series and
   its ground truth, a DICOM SEG (segment labels are the classes) or an RTSTRUCT (ROI names are
-  the classes; contours filled on the slice they lie on, even-odd). Slices in order along the
-  normal.
+  the classes; contours filled on the slice they lie on, even-odd). Single-frame files; slices
+  in order along the normal. A folder of DICOM files without case subfolders is one case.
 * ``coco`` — a COCO instance JSON (polygons or RLE; categories are the classes, in id order),
   images found next to the JSON or in an ``images/`` folder; each annotation is one instance.
 
 Every 2-D image is its own case; a volume (nnU-Net, DICOM) is one case. Lesion instances are
-the 8-connected components of each class on each slice (COCO: the annotations). Intensities:
-NIfTI and DICOM images are decoded by the service's own code with ``window`` (a preset or
-"center,width"; None = the file's window, else min-max), 2-D images by
-:func:`lesionseg.imaging.decode_image`, so training pixels equal serving pixels. Bad data raises
-:class:`lesionseg.errors.DatasetError` naming the file; a case without lesions is a negative.
+the 8-connected components of each class on each slice (COCO: the annotations); the
+``labels`` option picks lesion classes by name in every layout (the others count as
+background). Intensities: NIfTI and DICOM images are decoded by the service's own code with
+``window`` (a preset or "center,width"; None = the file's window, else min-max), as the service
+decodes an upload under a bundle with that window; 2-D images by
+:func:`lesionseg.imaging.decode_image` (a window is refused). So training pixels equal serving
+pixels. Bad data raises :class:`lesionseg.errors.DatasetError` naming the file: headers and
+masks are checked by :func:`open_dataset`, voxel data when a case is read; a case without
+lesions is a negative.
 """
 
 from __future__ import annotations
