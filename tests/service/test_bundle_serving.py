@@ -1,0 +1,147 @@
+"""A bundle other than the shipped one, served: its classes, box margin and window.
+
+The test bundle is the shipped detector with its class renamed "tumour", window "liver" and a
+box margin, exported and imported into a private BentoML store; the service runs in-process in
+an interpreter of its own (tests/service/inprocess.py), so that the session's service and
+store keep the shipped bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lesionseg.bundle import SHIPPED_BUNDLE, Bundle
+from lesionseg.examples import lits_ct
+from lesionseg.pipeline import filter_detections
+from lesionseg.settings import REPO_ROOT, Settings
+
+from .conftest import png_bytes
+
+pytestmark = pytest.mark.slow
+
+MARGIN = 0.1
+LIVER = [30.0, 150.0]  # the "liver" preset (center, width)
+
+
+@pytest.fixture(scope="module")
+def tumour_bundle(tmp_path_factory):
+    """The shipped bundle with its detector's class renamed: a bundle `lesionseg train` could
+    have written for another dataset."""
+    import torch
+
+    from lesionseg.detector import import_yolo
+
+    import_yolo()  # ultralytics' classes, to load the checkpoint
+    directory = tmp_path_factory.mktemp("tumour-bundle")
+    checkpoint = torch.load(SHIPPED_BUNDLE / "detector.pt", map_location="cpu", weights_only=False)
+    checkpoint["model"].names = {0: "tumour"}
+    torch.save(checkpoint, directory / "detector.pt")
+    record = json.loads((SHIPPED_BUNDLE / "model.json").read_text())
+    record |= {"name": "tumour-test", "classes": ["tumour"], "window": "liver"}
+    record["detector"] |= {"box_margin": MARGIN}
+    if record["sam"]["weights"]:
+        shutil.copyfile(SHIPPED_BUNDLE / record["sam"]["weights"], directory / "sam.pt")
+        record["sam"]["weights"] = "sam.pt"
+    (directory / "model.json").write_text(json.dumps(record))
+    return Bundle.load(directory)
+
+
+@pytest.fixture(scope="module")
+def served(tumour_bundle, exported, lits, tmp_path_factory):
+    """Responses of the service serving the tumour bundle, keyed by request name."""
+    from export.__main__ import export_onnx
+
+    tmp = tmp_path_factory.mktemp("bundle-serving")
+    settings = Settings(backend="torch", model_dir=tumour_bundle.directory)
+    record = export_onnx(settings, tmp / "exports", int8=False, sam_from=[exported[0]])
+    assert "reused_from" in record["sam"]  # same SAM as the session's export: not re-exported
+    (tmp / "slice.png").write_bytes(png_bytes(lits.slice(110).image))
+    (ct,) = lits_ct(lits, [110])
+    (tmp / "ct.dcm").write_bytes(ct)
+    requests = {
+        "png": {"route": "/segment", "files": {"image": tmp / "slice.png"}},
+        "dicom": {"route": "/segment", "files": {"image": tmp / "ct.dcm"}},
+        "dicom-liver": {
+            "route": "/segment",
+            "files": {"image": tmp / "ct.dcm"},
+            "data": {"window": "liver"},
+        },
+        "dicom-abdomen": {
+            "route": "/segment",
+            "files": {"image": tmp / "ct.dcm"},
+            "data": {"window": "abdomen"},
+        },
+        "job": {"route": "/jobs", "files": {"files": tmp / "ct.dcm"}, "poll": True},
+    }
+    (tmp / "requests.json").write_text(json.dumps(list(requests.values()), default=str))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LESIONSEG_")}
+    env |= {
+        "BENTOML_HOME": str(tmp / "bentoml"),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prometheus"),
+        "LESIONSEG_JOBS_DIR": str(tmp / "jobs"),
+        "LESIONSEG_MODEL_DIR": str(tumour_bundle.directory),  # as `make serve` has it
+    }
+    (tmp / "prometheus").mkdir()
+    command = [sys.executable, "-m", "tests.service.inprocess", str(tmp / "exports")]
+    command += [str(tmp / "requests.json"), str(tmp / "responses.json")]
+    proc = subprocess.run(
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    responses = json.loads((tmp / "responses.json").read_text())
+    for name, response in zip(requests, responses, strict=True):
+        assert response["status"] == 200, (name, response)
+    return dict(zip(requests, (r["body"] for r in responses), strict=True))
+
+
+def test_segment_answers_with_the_bundle_classes_and_names_it(served, tumour_bundle):
+    body = served["png"]
+    assert body["lesions"] and {lesion["label"] for lesion in body["lesions"]} == {"tumour"}
+    assert body["models"]["bundle"] == {
+        "name": "tumour-test",
+        "fingerprint": tumour_bundle.fingerprint,
+        "classes": ["tumour"],
+        "score_threshold": tumour_bundle.detector.score_threshold,
+        "box_margin": MARGIN,
+        "window": "liver",
+    }
+    assert body["models"]["detector"]["classes"] == {"0": "tumour"}
+
+
+def test_detector_boxes_grow_by_the_bundle_margin(served, tumour_bundle, detector, lits):
+    image = lits.slice(110).image
+    threshold = tumour_bundle.detector.score_threshold
+    (raw,) = detector.detect([image], score_threshold=threshold)  # the same weights, in torch
+    expected = filter_detections(
+        raw, image.shape[:2], score_threshold=threshold, max_lesions=50, box_margin=MARGIN
+    )
+    boxes = [lesion["box"] for lesion in served["png"]["lesions"]]
+    np.testing.assert_allclose(boxes, expected.boxes, atol=0.05)
+    plain = filter_detections(raw, image.shape[:2], score_threshold=threshold, max_lesions=50)
+    assert not np.allclose(plain.boxes, expected.boxes, atol=0.05)  # the margin shows
+
+
+def test_dicom_without_window_gets_the_bundle_window(served):
+    defaulted, liver, abdomen = served["dicom"], served["dicom-liver"], served["dicom-abdomen"]
+    assert defaulted["source"]["window"] == liver["source"]["window"] == LIVER
+    assert abdomen["source"]["window"] == [40.0, 400.0]  # a request's window wins
+    same = ("box", "label", "area_px")
+    assert [{k: x[k] for k in same} for x in defaulted["lesions"]] == [
+        {k: x[k] for k in same} for x in liver["lesions"]
+    ]
+
+
+def test_jobs_without_window_get_the_bundle_window(served):
+    status = served["job"]
+    assert status["state"] == "done", status
+    (frame,) = status["summary"]["frames"]
+    assert frame["source"]["window"] == LIVER
+    labels = {segment["label"] for segment in status["summary"]["seg"]["segments"]}
+    assert labels == {"tumour"}
