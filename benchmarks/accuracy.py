@@ -36,6 +36,7 @@ from lesionseg.backends.torch_runner import TorchSamRunner
 from lesionseg.data import LitsCase, LitsSlice
 from lesionseg.detector import Detector
 from lesionseg.evaluation import DetectionCounts, dice, match_detections
+from lesionseg.pipeline import filter_detections
 from lesionseg.sam_models import load_sam
 from lesionseg.segmenter import Segmenter
 from lesionseg.settings import REPO_ROOT, Settings
@@ -143,8 +144,14 @@ def main(argv: list[str] | None = None) -> None:
     case = LitsCase(settings.cache_dir)
     slices = list(case.slices("val"))
     detector = Detector.from_settings(settings)
-    detections = {
-        sl.index: det.boxes
+    detections = {  # the boxes /segment prompts SAM with: the bundle's threshold and margin
+        sl.index: filter_detections(
+            det,
+            sl.image.shape[:2],
+            score_threshold=settings.score_threshold,
+            max_lesions=settings.max_lesions,
+            box_margin=settings.box_margin,
+        ).boxes
         for sl, det in zip(slices, detector.detect([s.image for s in slices]), strict=True)
     }
     sams = {"zero-shot": None, "decoder-only FT": args.decoder, "LoRA FT": args.lora}
@@ -177,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         add(
             f"detector + SAM {name}",
             "detector boxes (automatic)",
-            f"lesion-yolov8n.pt + {ckpt}",
+            f"{settings.bundle().name} detector + {ckpt}",
             lambda sl, s=segmenter, e=embeddings: (
                 s.predict([s.wrap(e[sl.index], sl.instances.shape)], [detections[sl.index]])[
                     0
