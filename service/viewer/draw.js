@@ -88,13 +88,15 @@ export function drawFrame(ctx, frame, lesions, { zoom, colourOf, hover, selected
   }
   for (const axis of axes) {
     const [[ax, ay], [bx, by]] = axis.points.map(([x, y]) => [x * zoom, y * zoom]);
-    ctx.strokeStyle = "#fff";
-    ctx.lineWidth = axis.which === "long" ? 2 : 1.5;
     ctx.setLineDash(axis.which === "long" ? [] : [5, 3]);
-    ctx.beginPath();
-    ctx.moveTo(ax, ay);
-    ctx.lineTo(bx, by);
-    ctx.stroke();
+    for (const [colour, width] of [["#000", 4], ["#fff", 2]]) { // white on a dark edge
+      ctx.strokeStyle = colour;
+      ctx.lineWidth = axis.which === "long" ? width : width - 0.5;
+      ctx.beginPath();
+      ctx.moveTo(ax, ay);
+      ctx.lineTo(bx, by);
+      ctx.stroke();
+    }
     ctx.setLineDash([]);
     if (axis.mm != null) {
       label(ctx, `${axis.which === "long" ? "L" : "S"} ${axis.mm.toFixed(1)} mm`, bx + 4, by + 8, by + 8, axis.colour);

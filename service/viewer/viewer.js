@@ -2,7 +2,9 @@
 // and edit lesions, step through slices, download. Plain ES modules, no build step.
 
 import { getJson, post, postJson, rememberKey } from "./api.js";
-import { PALETTE, drawFrame, maskOf } from "./draw.js";
+import { PALETTE, drawFrame } from "./draw.js";
+import { wireCanvas } from "./mouse.js";
+import { highlight, listLesions, resultJson } from "./panel.js";
 
 const $ = (id) => document.getElementById(id);
 const PLAIN_IMAGE = /\.(png|jpe?g|tiff?|bmp|gif|webp)$/i; // no `window` for these
@@ -27,7 +29,7 @@ const state = {
 let nextId = 1;
 
 // For tests and for the curious: window.lesionViewer.state.
-window.lesionViewer = { state, colourOf, render };
+window.lesionViewer = { state, colourOf, render, refresh: () => refresh() };
 
 // --- helpers ----------------------------------------------------------------------------------
 
@@ -43,9 +45,12 @@ function windowValue() {
   return chosen === "custom" ? $("window-custom").value.trim() || null : chosen || null;
 }
 
-function adopt(lesion, frame, manual) {
-  return Object.assign(lesion, { _id: nextId++, _frame: frame, _manual: manual });
+/** A lesion from the service joins the page: an id, its frame, and a colour that stays. */
+function adopt(lesion, frame, manual, colour) {
+  return Object.assign(lesion, { _id: nextId++, _frame: frame, _manual: manual, _colour: colour });
 }
+
+const freeColour = (lesions) => Math.max(-1, ...lesions.map((l) => l._colour)) + 1;
 
 function colourOf(lesion) {
   const id = lesion.lesion_id;
@@ -54,8 +59,8 @@ function colourOf(lesion) {
     k = (state.lesions3d ?? []).findIndex((l) => (l.id ?? l.lesion_id) === id);
     if (k < 0 && Number.isInteger(id)) k = id;
   }
-  if (k < 0) k = state.frames[lesion._frame].lesions.indexOf(lesion);
-  return PALETTE[Math.max(k, 0) % PALETTE.length];
+  if (k < 0) k = lesion._colour;
+  return PALETTE[k % PALETTE.length];
 }
 
 function setStatus(text) {
@@ -167,7 +172,10 @@ async function findLesions() {
       const frame = state.frames[i];
       const drawn = frame.lesions.filter((l) => l._manual);
       frame.result = result;
-      frame.lesions = [...result.lesions.map((l) => adopt(l, i, false)), ...drawn];
+      const found = result.lesions.map((l, k) => adopt(l, i, false, k));
+      // drawn boxes keep theirs unless a found lesion now has it
+      for (const l of drawn) if (l._colour < found.length) l._colour = freeColour([...found, ...drawn]);
+      frame.lesions = [...found, ...drawn];
     });
     state.edited = false;
     state.hover = state.selected = null;
@@ -209,8 +217,8 @@ async function boxDrawn(box) {
     lesions.find((l) => iou(l.box, box) >= 0.5);
   await task("Outlining the box", async () => {
     const [found] = await segmentBoxes([{ frame: index, box }]);
-    const lesion = adopt(found, index, true);
     const at = target ? lesions.indexOf(target) : -1;
+    const lesion = adopt(found, index, true, at >= 0 ? target._colour : freeColour(lesions));
     if (at >= 0) lesions.splice(at, 1, lesion);
     else lesions.push(lesion);
     state.selected = lesion;
@@ -228,7 +236,10 @@ async function windowChanged() {
   if (!drawn.length) return;
   await task("Outlining the drawn boxes", async () => {
     const found = await segmentBoxes(drawn);
-    found.forEach((l, i) => state.frames[drawn[i].frame].lesions.push(adopt(l, drawn[i].frame, true)));
+    found.forEach((l, i) => {
+      const lesions = state.frames[drawn[i].frame].lesions;
+      lesions.push(adopt(l, drawn[i].frame, true, freeColour(lesions)));
+    });
     state.edited = true;
   });
   refresh();
@@ -255,26 +266,6 @@ function save(blob, name) {
   link.download = name;
   link.click();
   setTimeout(() => URL.revokeObjectURL(link.href), 10000);
-}
-
-const plain = (lesion) => Object.fromEntries(Object.entries(lesion).filter(([k]) => !k.startsWith("_")));
-
-/** The current lesions in the service's JSON layout (edits included). */
-function resultJson() {
-  const frames = state.frames.map((f, i) => {
-    const { models, ...result } = f.result ?? {
-      width: f.width, height: f.height, pixel_spacing_mm: f.spacing,
-    };
-    return { ...result, frame: i, lesions: f.lesions.map(plain) };
-  });
-  if (frames.length === 1 && state.kind !== "nifti") {
-    const { frame, ...single } = frames[0];
-    return { ...single, models: state.models };
-  }
-  const body = { number_of_frames: frames.length, frames, models: state.models };
-  // lesions_3d describes what the service found; after edits it would no longer match.
-  if (state.lesions3d && !state.edited) body.lesions_3d = state.lesions3d;
-  return body;
 }
 
 async function downloadSeg() {
@@ -329,99 +320,29 @@ function render() {
   });
 }
 
-function fmt(value, digits) {
-  return value === null || value === undefined ? "–" : Number(value).toFixed(digits);
-}
-
-function listLesions() {
-  const frame = state.frames[state.frame];
-  const lesions = frame ? frame.lesions : [];
-  const items = lesions.map((lesion) => {
-    const li = document.createElement("li");
-    li.dataset.id = lesion._id;
-    const swatch = document.createElement("span");
-    swatch.className = "swatch";
-    swatch.style.background = `rgb(${colourOf(lesion).join(",")})`;
-    const text = document.createElement("span");
-    text.className = "lesion-text";
-    const area = lesion.area_mm2 != null ? `${fmt(lesion.area_mm2, 1)} mm²` : "mm² unknown";
-    const extra = [
-      lesion._manual ? "drawn box" : `score ${fmt(lesion.score, 2)}`,
-      lesion.lesion_id != null ? `3-D #${lesion.lesion_id}` : null,
-    ].filter(Boolean);
-    text.innerHTML = `<b></b><small></small><small></small>`;
-    text.children[0].textContent = lesion.label;
-    text.children[1].textContent = `${lesion.area_px} px · ${area}`;
-    text.children[2].textContent = extra.join(" · ");
-    const remove = document.createElement("button");
-    remove.className = "delete";
-    remove.type = "button";
-    remove.title = "delete this lesion";
-    remove.textContent = "×";
-    remove.addEventListener("click", (event) => {
-      event.stopPropagation();
-      deleteLesion(lesion);
-    });
-    li.append(swatch, text, remove);
-    li.addEventListener("mouseenter", () => hoverOn(lesion));
-    li.addEventListener("mouseleave", () => hoverOn(null));
-    li.addEventListener("click", () => select(state.selected === lesion ? null : lesion));
-    return li;
-  });
-  $("lesions").replaceChildren(...items);
-  const total = allLesions().length;
-  $("lesion-count").textContent =
-    state.frames.length > 1 ? `${lesions.length} on this slice, ${total} in all` : `${total}`;
-  list3d();
-  highlight();
-}
-
-function list3d() {
-  const lesions3d = state.lesions3d ?? [];
-  $("lesions-3d-panel").hidden = !lesions3d.length;
-  $("lesions-3d").replaceChildren(
-    ...lesions3d.map((l, k) => {
-      const li = document.createElement("li");
-      const swatch = document.createElement("span");
-      swatch.className = "swatch";
-      swatch.style.background = `rgb(${PALETTE[k % PALETTE.length].join(",")})`;
-      const text = document.createElement("span");
-      text.className = "lesion-text";
-      const frames = Array.isArray(l.frames) ? l.frames : [];
-      const span = frames.length ? `frames ${frames[0]}–${frames.at(-1)}` : "";
-      text.textContent = `#${l.id ?? l.lesion_id} ${span} · ${fmt(l.volume_mm3, 0)} mm³ · long ${fmt(l.long_axis_mm, 1)} mm · short ${fmt(l.short_axis_mm, 1)} mm`;
-      li.append(swatch, text, document.createElement("span"));
-      li.addEventListener("click", () => frames.length && showFrame(frames[0]));
-      return li;
-    }),
-  );
-}
-
-function highlight() {
-  for (const li of $("lesions").children) {
-    li.classList.toggle("hover", state.hover?._id === Number(li.dataset.id));
-    li.classList.toggle("selected", state.selected?._id === Number(li.dataset.id));
-  }
-}
-
 function refresh() {
   $("slice").value = String(state.frame);
   $("slice-label").textContent = `${state.frame + 1} / ${state.frames.length}`;
   render();
-  listLesions();
+  listLesions(state, colourOf, {
+    hover: hoverOn,
+    select: (lesion) => select(state.selected === lesion ? null : lesion),
+    remove: deleteLesion,
+    frame: showFrame,
+  });
 }
 
 function hoverOn(lesion) {
   if (state.hover === lesion) return;
   state.hover = lesion;
   render();
-  highlight();
+  highlight(state);
 }
 
 function select(lesion) {
   state.selected = lesion;
   render();
-  highlight();
+  highlight(state);
 }
 
 function deleteLesion(lesion) {
@@ -440,80 +361,6 @@ function showFrame(index) {
   state.frame = clamped;
   state.hover = null;
   refresh();
-}
-
-// --- mouse and keyboard ------------------------------------------------------------------------
-
-function imagePoint(event) {
-  const rect = $("view").getBoundingClientRect();
-  const frame = state.frames[state.frame];
-  const clamp = (v, max) => Math.max(0, Math.min(max, v));
-  return [
-    clamp((event.clientX - rect.left) / state.zoom, frame.width),
-    clamp((event.clientY - rect.top) / state.zoom, frame.height),
-  ];
-}
-
-function lesionAt([x, y]) {
-  const frame = state.frames[state.frame];
-  const at = Math.floor(y) * frame.width + Math.floor(x);
-  return [...frame.lesions].reverse().find((l) => maskOf(l)[at] === 1) ?? null;
-}
-
-function wireCanvas() {
-  const canvas = $("view");
-  canvas.addEventListener("mousedown", (event) => {
-    if (event.button !== 0 || !state.frames.length) return;
-    const [x, y] = imagePoint(event);
-    state.drag = { x0: x, y0: y, x1: x, y1: y, sx: event.clientX, sy: event.clientY, moved: false };
-  });
-  canvas.addEventListener("mousemove", (event) => {
-    if (!state.frames.length) return;
-    const d = state.drag;
-    if (!d) {
-      hoverOn(lesionAt(imagePoint(event)));
-      return;
-    }
-    [d.x1, d.y1] = imagePoint(event);
-    d.moved ||= Math.hypot(event.clientX - d.sx, event.clientY - d.sy) > 3;
-    render();
-  });
-  window.addEventListener("mouseup", (event) => {
-    const d = state.drag;
-    if (!d) return;
-    state.drag = null;
-    if (!d.moved) {
-      if (event.target === canvas) select(lesionAt(imagePoint(event)));
-      return;
-    }
-    const box = [
-      Math.floor(Math.min(d.x0, d.x1)), Math.floor(Math.min(d.y0, d.y1)),
-      Math.ceil(Math.max(d.x0, d.x1)), Math.ceil(Math.max(d.y0, d.y1)),
-    ];
-    render();
-    if (box[2] - box[0] >= 2 && box[3] - box[1] >= 2) boxDrawn(box);
-  });
-  canvas.addEventListener("mouseleave", () => hoverOn(null));
-  canvas.addEventListener(
-    "wheel",
-    (event) => {
-      if (state.frames.length < 2) return;
-      event.preventDefault();
-      showFrame(state.frame + Math.sign(event.deltaY));
-    },
-    { passive: false },
-  );
-  document.addEventListener("keydown", (event) => {
-    if (["INPUT", "SELECT", "TEXTAREA"].includes(event.target.tagName)) return;
-    if ((event.key === "Delete" || event.key === "Backspace") && state.selected) {
-      deleteLesion(state.selected);
-    } else if (event.key === "ArrowUp" || event.key === "PageUp") {
-      showFrame(state.frame - 1);
-    } else if (event.key === "ArrowDown" || event.key === "PageDown") {
-      showFrame(state.frame + 1);
-    }
-  });
-  window.addEventListener("resize", render);
 }
 
 function wireFiles() {
@@ -548,7 +395,7 @@ function wireControls() {
   $("window-custom").addEventListener("change", () => state.files.length && windowChanged());
   $("slice").addEventListener("input", () => showFrame(Number($("slice").value)));
   $("download-json").addEventListener("click", () => {
-    const text = JSON.stringify(resultJson(), null, 1);
+    const text = JSON.stringify(resultJson(state), null, 1);
     save(new Blob([text], { type: "application/json" }), "lesionseg.json");
   });
   $("download-seg").addEventListener("click", downloadSeg);
@@ -581,5 +428,12 @@ async function loadConfig() {
 rememberKey();
 wireFiles();
 wireControls();
-wireCanvas();
+wireCanvas(state, {
+  render,
+  hover: hoverOn,
+  select,
+  box: boxDrawn,
+  frame: showFrame,
+  remove: deleteLesion,
+});
 loadConfig();
