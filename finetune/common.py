@@ -1,8 +1,8 @@
-"""Shared pieces of the SAM and U-Net recipes: samples, box perturbation, loss, seed, logs.
+"""Shared pieces of the SAM recipes: samples, box perturbation, loss, seed, logs.
 
-A *sample* is one axial LiTS slice with its tumour outlines (8-connected components of the
-tumour label, :class:`lesionseg.data.LitsSlice`): every outline of at least ``min_area`` px
-gives one (box, mask) prompt/target pair. Boxes are XYXY in original pixels.
+A *sample* is one dataset frame (:class:`lesionseg.datasets.Frame`) with its lesion instances:
+every instance of at least ``min_area`` px gives one (box, mask) prompt/target pair. Boxes are
+XYXY in original pixels.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import csv
 import json
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lesionseg.data import LitsCase
-from lesionseg.transforms import clip_boxes, resized_hw
+from lesionseg.datasets import Frame
+from lesionseg.transforms import clip_boxes, mask_to_box, resized_hw
 
-TRAIN_MIN_AREA = 10  # px: outlines of a few pixels are label noise at 128 x 128
+TRAIN_MIN_AREA = 10  # px: outlines of a few pixels are label noise
 
 
 @dataclass(frozen=True)
@@ -31,28 +31,26 @@ class Sample:
     """One slice and its lesions.
 
     Attributes:
-        index: axial slice index.
-        image: (H, W, 3) uint8 RGB (CT window L40/W400).
+        name: the frame's name in its dataset.
+        image: (H, W, 3) uint8 RGB, as the service sees it.
         boxes: (K, 4) float32 XYXY in original pixels, lesions of >= min_area px.
         masks: (K, H, W) bool, one mask per box.
     """
 
-    index: int
+    name: str
     image: np.ndarray
     boxes: np.ndarray
     masks: np.ndarray
 
 
-def lesion_samples(
-    case: LitsCase, split: str, *, min_area: int = TRAIN_MIN_AREA, step: int = 1
-) -> list[Sample]:
-    """Slices of ``split`` that hold at least one lesion of ``min_area`` px, as samples."""
+def frame_samples(frames: Iterable[Frame], *, min_area: int = TRAIN_MIN_AREA) -> list[Sample]:
+    """Frames that hold at least one lesion of ``min_area`` px, as samples."""
     out = []
-    for sl in case.slices(split, step=step):
-        keep = np.flatnonzero(sl.areas >= min_area)
-        if keep.size:
-            masks = np.stack([sl.instances == k + 1 for k in keep])
-            out.append(Sample(sl.index, sl.image, sl.boxes[keep], masks))
+    for frame in frames:
+        keep = [m for m in frame.masks if int(m.sum()) >= min_area]
+        if keep:
+            boxes = np.stack([mask_to_box(m) for m in keep]).astype(np.float32)
+            out.append(Sample(frame.name, frame.image, boxes, np.stack(keep)))
     return out
 
 
@@ -102,6 +100,63 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     denom = prob.flatten(1).sum(1) + target.flatten(1).sum(1)
     soft_dice = 1 - (2 * inter + 1) / (denom + 1)
     return soft_dice.mean() + F.binary_cross_entropy_with_logits(logits, target)
+
+
+class Stopper:
+    """Ends a training loop early and keeps its best state so far.
+
+    ``deadline`` (a ``time.time()`` value) or a Ctrl-C (SIGINT, caught while the ``with``
+    block runs) set :attr:`stop`; the loop checks it each step and finishes cleanly.
+    :meth:`offer` keeps a copy of the module's trainable tensors whenever the validation
+    score improves (or, without a score, the latest); :meth:`restore` puts the best back.
+    """
+
+    def __init__(self, deadline: float | None = None):
+        self.deadline = deadline
+        self.interrupted = False
+        self.best: tuple[float, dict[str, torch.Tensor]] | None = None
+        self._previous = None
+
+    @property
+    def stop(self) -> bool:
+        return self.interrupted or (self.deadline is not None and time.time() >= self.deadline)
+
+    def __enter__(self) -> Stopper:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _on_sigint(self, *_) -> None:
+        if self.interrupted:  # a second Ctrl-C aborts at once
+            raise KeyboardInterrupt
+        print("\nCtrl-C: finishing this step and keeping the best state so far", flush=True)
+        self.interrupted = True
+
+    def offer(self, module: torch.nn.Module, score: float | None) -> None:
+        """Keep ``module``'s trainable tensors if ``score`` is the best so far (or None)."""
+        value = float("-inf") if score is None else float(score)
+        if self.best is None or score is None or value > self.best[0]:
+            state = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+            self.best = (value, state)
+
+    def restore(self, module: torch.nn.Module) -> None:
+        """Put the best trainable tensors back into ``module`` (no-op when none was offered)."""
+        if self.best is None:
+            return
+        params = dict(module.named_parameters())
+        with torch.no_grad():
+            for name, tensor in self.best[1].items():
+                params[name].copy_(tensor)
 
 
 def seed_everything(seed: int) -> np.random.Generator:

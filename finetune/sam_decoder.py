@@ -2,20 +2,13 @@
 
 After the SAM-on-EM-mitochondria recipe: the image embeddings are computed once and cached
 (``.cache/finetune/``), so an epoch costs only decoder passes. Every box side is shifted by up
-to ``--max-shift`` of the longest image side during training (box perturbation).
-
-    python -m finetune.sam_decoder --epochs 2 --out models/sam/litemedsam-decoder
-
-Writes ``<out>.pt`` (a delta of the fp16 mask-decoder weights on the sha256-verified base, which
-``LESIONSEG_SAM_PATH`` loads), ``<out>.json`` (record) and ``<out>.training-log.{csv,json}``.
-With ``--family hf --sam-path DIR`` it trains a Hugging Face SamModel and writes ``<out>/``
-with ``save_pretrained`` (``LESIONSEG_SAM_FAMILY=hf LESIONSEG_SAM_PATH=<out>``).
+to ``max_shift`` of the longest image side during training (box perturbation).
+``lesionseg train DATASET --sam decoder`` runs it (:mod:`finetune.train`); the result is saved
+as a delta of the fp16 mask-decoder weights on the sha256-verified base (``sam.pt``).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,20 +17,18 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from lesionseg.data import SPLITS, LitsCase
-from lesionseg.sam_models import SamModules, load_sam
-from lesionseg.settings import Settings
+from lesionseg.sam_models import SamModules
 
 from .common import (
     EpochLog,
     Sample,
+    Stopper,
     end_epoch,
-    lesion_samples,
     optimise,
     seed_everything,
     trainable_parameters,
 )
-from .sam_train import cached_embeddings, evaluate_gt_boxes, sample_loss, save_sam
+from .sam_train import cached_embeddings, evaluate_gt_boxes, sample_loss
 
 DEFAULT_MAX_SHIFT = 0.05  # fraction of the longest image side
 
@@ -62,8 +53,15 @@ def train_decoder(
     cache: Path,
     log: EpochLog | None = None,
     max_steps: int | None = None,
+    stopper: Stopper | None = None,
 ) -> list[dict]:
-    """Train the mask decoder in place; return one row per epoch (loss, val metrics)."""
+    """Train the mask decoder in place; return one row per epoch (loss, val metrics).
+
+    With validation samples, the decoder of the epoch with the best validation lesion Dice is
+    kept (restored at the end); ``stopper`` ends training early (time budget, Ctrl-C), keeping
+    the best epoch so far.
+    """
+    stopper = stopper or Stopper()
     rng = seed_everything(seed)
     for p in [*modules.encoder.parameters(), *modules.decoder.parameters()]:
         p.requires_grad_(False)
@@ -72,76 +70,26 @@ def train_decoder(
         p.requires_grad_(True)
     trained, total = trainable_parameters(nn.ModuleList([modules.encoder, modules.decoder]))
     print(f"trainable parameters: {trained:,} of {total:,} ({100 * trained / total:.2f} %)")
-    train_emb = cached_embeddings(modules, train, cache)
-    val_emb = cached_embeddings(modules, val, cache) if val else None
+    train_emb = cached_embeddings(modules, [s.image for s in train], cache)
+    val_emb = cached_embeddings(modules, [s.image for s in val], cache) if val else None
     optimiser = torch.optim.Adam(decoder.parameters(), lr=lr)
     rows = []
-    for epoch in range(1, epochs + 1):
-        started, losses = time.time(), []
-        order = rng.permutation(len(train))[:max_steps]
-        for i in tqdm(order, desc=f"epoch {epoch}/{epochs}", leave=False):
-            loss = sample_loss(modules, train_emb[i : i + 1], train[i], rng, max_shift, max_boxes)
-            losses.append(optimise(optimiser, loss))
-        metrics = evaluate_gt_boxes(modules, val, val_emb) if val_emb is not None else {}
-        end_epoch(rows, log, epoch, losses, started, **metrics)
+    with stopper:
+        for epoch in range(1, epochs + 1):
+            started, losses = time.time(), []
+            order = rng.permutation(len(train))[:max_steps]
+            for i in tqdm(order, desc=f"SAM decoder epoch {epoch}/{epochs}", leave=False):
+                if stopper.stop:
+                    break
+                emb = train_emb[i : i + 1]
+                loss = sample_loss(modules, emb, train[i], rng, max_shift, max_boxes)
+                losses.append(optimise(optimiser, loss))
+            if not losses:
+                break
+            metrics = evaluate_gt_boxes(modules, val, val_emb) if val_emb is not None else {}
+            end_epoch(rows, log, epoch, losses, started, **metrics)
+            stopper.offer(decoder, metrics.get("val_lesion_dice"))
+            if stopper.stop:
+                break
+    stopper.restore(decoder)
     return rows
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--family", choices=["litemedsam", "hf"], default="litemedsam")
-    parser.add_argument("--sam-path", type=Path, default=None, help="base checkpoint")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=2e-4)
-    parser.add_argument("--max-shift", type=float, default=DEFAULT_MAX_SHIFT)
-    parser.add_argument("--max-boxes", type=int, default=3, help="lesions per step")
-    parser.add_argument("--train-step", type=int, default=2, help="every n-th training slice")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--out", type=Path, default=Path("models/sam/litemedsam-decoder"))
-    args = parser.parse_args(argv)
-
-    torch.set_num_threads(args.threads)
-    settings = Settings()
-    case = LitsCase(settings.cache_dir)
-    train = lesion_samples(case, "train", step=args.train_step)
-    val = lesion_samples(case, "val")
-    modules = load_sam(args.family, args.sam_path)
-    base_sha = modules.spec.sha256
-    log = EpochLog(args.out)
-    started = time.time()
-    rows = train_decoder(
-        modules,
-        train,
-        val,
-        epochs=args.epochs,
-        lr=args.lr,
-        max_shift=args.max_shift,
-        max_boxes=args.max_boxes,
-        seed=args.seed,
-        cache=settings.cache_dir / "finetune",
-        log=log,
-    )
-    record = {
-        "recipe": "sam-decoder-only",
-        "base": {"family": args.family, "sha256": base_sha},
-        "trained": "mask decoder (image and prompt encoders frozen, embeddings cached)",
-        "loss": "soft Dice + BCE on the single-mask logits at S x S",
-        "optimiser": {"name": "Adam", "lr": args.lr},
-        "epochs": args.epochs,
-        "max_boxes_per_step": args.max_boxes,
-        "seed": args.seed,
-        "box_perturbation": f"each side U(-{args.max_shift}, {args.max_shift}) x longest side",
-        "split": {k: [v.start, v.stop - 1] for k, v in SPLITS.items() if k != "all"},
-        "train_slices": f"{len(train)} (every {args.train_step}-th slice of the training slab)",
-        "train_lesions": sum(len(s.boxes) for s in train),
-        "checkpoint_selection": "last epoch (no selection on the validation slab)",
-        "train_seconds": round(time.time() - started, 1),
-        "last_epoch": rows[-1],
-        "command": "python -m finetune.sam_decoder " + " ".join(argv or sys.argv[1:]),
-    }
-    save_sam(modules, args.out, record, val, settings.cache_dir / "finetune")
-
-
-if __name__ == "__main__":
-    main()

@@ -5,8 +5,7 @@ the mask decoder (LiteMedSAM's TinyViT: ``qkv``, ``proj``, ``fc1``, ``fc2``; SAM
 ``proj``, ``lin1``, ``lin2``; the two-way transformer: ``q_proj``, ``k_proj``, ``v_proj``,
 ``out_proj``, ``lin1``, ``lin2``), everything else frozen, box perturbation, Dice + BCE, Adam.
 The encoder runs in every step (no cache), so this costs ~30x decoder-only on CPU.
-
-    python -m finetune.sam_lora --epochs 2 --out models/sam/litemedsam-lora
+``lesionseg train DATASET --sam lora`` runs it (:mod:`finetune.train`).
 
 The adapters are merged (``merge_and_unload``) before anything is saved: LiteMedSAM on the
 shipped base is written as a delta of the LoRA factors (``lesionseg.sam_delta``; loading it
@@ -15,23 +14,18 @@ merges them again, checked equal to peft's merge here), HF SAM by ``save_pretrai
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from lesionseg.data import SPLITS, LitsCase
 from lesionseg.sam_delta import apply_delta
 from lesionseg.sam_models import SamModules, load_sam
-from lesionseg.settings import Settings
 
-from .common import EpochLog, Sample, end_epoch, lesion_samples, optimise, seed_everything
-from .sam_train import embed, evaluate_gt_boxes, images_tensor, sam_state, sample_loss, save_sam
+from .common import EpochLog, Sample, Stopper, end_epoch, optimise, seed_everything
+from .sam_train import embed, evaluate_gt_boxes, images_tensor, sam_state, sample_loss
 
 LORA_TARGETS = (
     "qkv",
@@ -121,85 +115,38 @@ def train_lora(
     steps_per_epoch: int | None = None,
     seed: int = 0,
     log: EpochLog | None = None,
+    stopper: Stopper | None = None,
 ):
-    """Add LoRA, train it, return (peft model, rows). ``merge`` it before saving."""
+    """Add LoRA, train it, return (peft model, rows). ``merge`` it before saving.
+
+    With validation samples the adapters of the epoch with the best validation lesion Dice
+    are kept; ``stopper`` ends training early (time budget, Ctrl-C), keeping the best so far.
+    """
+    stopper = stopper or Stopper()
     rng = seed_everything(seed)
     model = add_lora(modules, rank=rank)
     optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     rows = []
-    for epoch in range(1, epochs + 1):
-        started, losses = time.time(), []
-        for i in tqdm(rng.permutation(len(train))[:steps_per_epoch], desc=f"epoch {epoch}"):
-            embedding = modules.encoder(images_tensor(modules, [train[i].image]))  # (1, C, h, w)
-            loss = sample_loss(modules, embedding, train[i], rng, max_shift, max_boxes)
-            losses.append(optimise(optimiser, loss))
-        metrics = (
-            evaluate_gt_boxes(modules, val, embed(modules, [s.image for s in val])) if val else {}
-        )
-        end_epoch(rows, log, epoch, losses, started, **metrics)
+    with stopper:
+        for epoch in range(1, epochs + 1):
+            started, losses = time.time(), []
+            order = rng.permutation(len(train))[:steps_per_epoch]
+            for i in tqdm(order, desc=f"SAM LoRA epoch {epoch}/{epochs}", leave=False):
+                if stopper.stop:
+                    break
+                embedding = modules.encoder(images_tensor(modules, [train[i].image]))
+                loss = sample_loss(modules, embedding, train[i], rng, max_shift, max_boxes)
+                losses.append(optimise(optimiser, loss))
+            if not losses:
+                break
+            metrics = (
+                evaluate_gt_boxes(modules, val, embed(modules, [s.image for s in val]))
+                if val
+                else {}
+            )
+            end_epoch(rows, log, epoch, losses, started, **metrics)
+            stopper.offer(model, metrics.get("val_lesion_dice"))
+            if stopper.stop:
+                break
+    stopper.restore(model)
     return model, rows
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--family", choices=["litemedsam", "hf"], default="litemedsam")
-    parser.add_argument("--sam-path", type=Path, default=None, help="base checkpoint")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--steps-per-epoch", type=int, default=18, help="0: all slices")
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--max-shift", type=float, default=DEFAULT_MAX_SHIFT)
-    parser.add_argument("--max-boxes", type=int, default=4, help="lesions per step")
-    parser.add_argument("--val-step", type=int, default=4, help="every n-th val slice per epoch")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--out", type=Path, default=Path("models/sam/litemedsam-lora"))
-    args = parser.parse_args(argv)
-
-    torch.set_num_threads(args.threads)
-    settings = Settings()
-    case = LitsCase(settings.cache_dir)
-    train, val = lesion_samples(case, "train"), lesion_samples(case, "val")
-    modules = load_sam(args.family, args.sam_path)
-    base_sha = modules.spec.sha256
-    started = time.time()
-    peft_model, rows = train_lora(
-        modules,
-        train,
-        val[:: args.val_step],
-        epochs=args.epochs,
-        rank=args.rank,
-        lr=args.lr,
-        max_shift=args.max_shift,
-        max_boxes=args.max_boxes,
-        steps_per_epoch=args.steps_per_epoch or None,
-        seed=args.seed,
-        log=EpochLog(args.out),
-    )
-    trained, total = peft_model.get_nb_trainable_parameters()
-    factors = merge(modules, peft_model)
-    record = {
-        "recipe": "sam-lora",
-        "base": {"family": args.family, "sha256": base_sha},
-        "lora": {"rank": args.rank, "alpha": 16, "targets": list(LORA_TARGETS)},
-        "trainable_parameters": {"lora": trained, "total": total, "percent": 100 * trained / total},
-        "loss": "soft Dice + BCE on the single-mask logits at S x S",
-        "optimiser": {"name": "Adam", "lr": args.lr},
-        "epochs": args.epochs,
-        "steps_per_epoch": args.steps_per_epoch or len(train),
-        "max_boxes_per_step": args.max_boxes,
-        "seed": args.seed,
-        "box_perturbation": f"each side U(-{args.max_shift}, {args.max_shift}) x longest side",
-        "split": {k: [v.start, v.stop - 1] for k, v in SPLITS.items() if k != "all"},
-        "train_slices": len(train),
-        "per_epoch_validation": f"every {args.val_step}-th validation slice",
-        "checkpoint_selection": "last epoch (no selection on the validation slab)",
-        "train_seconds": round(time.time() - started, 1),
-        "last_epoch": rows[-1],
-        "command": "python -m finetune.sam_lora " + " ".join(argv or sys.argv[1:]),
-    }
-    save_sam(modules, args.out, record, val, settings.cache_dir / "finetune", lora=factors)
-
-
-if __name__ == "__main__":
-    main()

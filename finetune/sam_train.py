@@ -64,25 +64,33 @@ def encoder_key(modules: SamModules) -> str:
     return digest.hexdigest()[:16]
 
 
-def cached_embeddings(modules: SamModules, samples: Sequence[Sample], cache: Path) -> torch.Tensor:
-    """:func:`embed` of the samples' images (B, C, h, w), cached per slice and encoder.
+def image_key(image: np.ndarray) -> str:
+    """16 hex digits of a sha256 over an image's shape and pixels."""
+    return hashlib.sha256(f"{image.shape}".encode() + image.tobytes()).hexdigest()[:16]
 
-    One file per slice (``<cache>/embeddings-<key>/z<index>.pt``), the key a checksum of the
-    encoder's weights, so an interrupted run, and every recipe or benchmark that uses the same
-    encoder (a decoder-only fine-tune shares the base's), reuse what was computed.
+
+def cached_embeddings(
+    modules: SamModules, images: Sequence[np.ndarray], cache: Path
+) -> torch.Tensor:
+    """:func:`embed` of ``images`` ((H, W, 3) uint8) -> (B, C, h, w), cached per image and
+    encoder.
+
+    One file per image (``<cache>/embeddings-<encoder key>/<image key>.pt``), both keys
+    checksums (of the encoder's weights, of the pixels), so an interrupted run, and every
+    recipe or benchmark that uses the same encoder (a decoder-only fine-tune shares the
+    base's), reuse what was computed.
     """
     folder = Path(cache) / f"embeddings-{encoder_key(modules)}"
-    missing = [s for s in samples if not (folder / f"z{s.index:03d}.pt").is_file()]
+    paths = [folder / f"{image_key(im)}.pt" for im in images]
+    missing = [(im, p) for im, p in zip(images, paths, strict=True) if not p.is_file()]
     folder.mkdir(parents=True, exist_ok=True)
     for start in tqdm(range(0, len(missing), 4), desc="embed (cached)", leave=False):
         batch = missing[start : start + 4]
         with torch.no_grad():
-            features = modules.encoder(images_tensor(modules, [s.image for s in batch]))
-        for s, f in zip(batch, features, strict=True):
-            torch.save(f.clone(), folder / f"z{s.index:03d}.pt")
-    return torch.stack(
-        [torch.load(folder / f"z{s.index:03d}.pt", weights_only=True) for s in samples]
-    )
+            features = modules.encoder(images_tensor(modules, [im for im, _ in batch]))
+        for (_, path), f in zip(batch, features, strict=True):
+            torch.save(f.clone(), path)
+    return torch.stack([torch.load(p, weights_only=True) for p in paths])
 
 
 def sample_loss(
@@ -147,6 +155,25 @@ def sam_state(modules: SamModules) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in state.items()}
 
 
+def save_litemedsam_delta(
+    modules: SamModules, path: Path, *, name: str, lora: dict[str, dict] | None = None
+) -> str:
+    """Write a LiteMedSAM fine-tune of the shipped base as a :mod:`lesionseg.sam_delta` file at
+    ``path``, reload it the way the service does, and return the loaded model's sha256."""
+    assert modules.spec.family == "litemedsam"
+    base = load_sam("litemedsam", None)
+    delta = make_delta(
+        sam_state(base),
+        sam_state(modules),
+        family="litemedsam",
+        base_sha256=LITEMEDSAM_SHA256,
+        name=name,
+        lora=lora,
+    )
+    torch.save(delta, path)
+    return load_sam("litemedsam", path).spec.sha256
+
+
 def save_sam(
     modules: SamModules,
     out: Path,
@@ -193,7 +220,7 @@ def save_sam(
         "bytes": path.stat().st_size if path.is_file() else None,
     }
     if val:
-        emb = cached_embeddings(reloaded, val, cache)
+        emb = cached_embeddings(reloaded, [s.image for s in val], cache)
         record["validation"] = {
             "gt_boxes": evaluate_gt_boxes(reloaded, val, emb),
             "min_lesion_px": EVAL_MIN_AREA,

@@ -1,91 +1,137 @@
-"""Train the default lesion detector: YOLOv8n from scratch on the LiTS training slab.
+"""The detector recipe of ``lesionseg train``: frames -> YOLO dataset -> ultralytics training.
 
-Boxes come from the tumour masks (8-connected components per axial slice). The result is
-evaluated with the project's own code (``lesionseg.evaluation``) on the validation slab and
-written as ``<out>.pt`` beside ``<out>.json``, the record of how it was made, and
-``<out>.training-log.{csv,json}``, the per-epoch losses and validation metrics. Seeded
-(``--seed``, deterministic); ultralytics prints a progress bar per epoch.
-
-    python -m finetune.train_detector --epochs 120 --out models/detector/lesion-yolov8n
+Boxes are the tight boxes of the lesion instances (one per instance, its class id). Training
+starts from the shipped detector by default (its weights transfer; a new class count gets a new
+head) or from a random init (``yolov8{n,s,m}.yaml``), with augmentation that suits medical
+slices: flips both ways, scale, small rotations, brightness (``hsv_v``), mosaic; no colour jitter
+(``hsv_h = hsv_s = 0``). A time budget is honoured by ultralytics' own ``time`` argument; an
+interrupted run (Ctrl-C) keeps the best checkpoint it saved so far.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import shutil
-import sys
-import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
-from lesionseg.data import SPLITS, LitsCase
+from lesionseg.datasets import Frame
 from lesionseg.detector import Detector, import_yolo
 from lesionseg.evaluation import DetectionCounts, match_detections
-from lesionseg.provenance import git_commit, hardware, versions
-from lesionseg.settings import Settings
+from lesionseg.transforms import mask_to_box
 
-CLASS_NAMES = ["lesion"]
+AUGMENTATION = {
+    "hsv_h": 0.0,
+    "hsv_s": 0.0,
+    "hsv_v": 0.3,
+    "fliplr": 0.5,
+    "flipud": 0.5,
+    "degrees": 10.0,
+    "scale": 0.5,
+    "translate": 0.1,
+    "mosaic": 1.0,
+    "close_mosaic": 10,
+}
 
 
-def write_yolo_dataset(case: LitsCase, root: Path, min_area: int = 1) -> Path:
-    """Write train/val slices as PNG + YOLO label files; return the data yaml (absolute paths)."""
-    for split in ("train", "val"):
-        (root / "images" / split).mkdir(parents=True, exist_ok=True)
-        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
-        for sl in case.slices(split):
-            stem = f"lits117_z{sl.index:03d}"
-            Image.fromarray(sl.image).save(root / "images" / split / f"{stem}.png")
-            h, w = sl.instances.shape
-            lines = []
-            for (x0, y0, x1, y1), area in zip(sl.boxes, sl.areas, strict=True):
-                if area < min_area:
-                    continue
-                cx, cy, bw, bh = (x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h
-                lines.append(f"0 {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}")
-            (root / "labels" / split / f"{stem}.txt").write_text("\n".join(lines))
+@dataclass(frozen=True)
+class YoloData:
+    """A YOLO dataset on disk and what went into it."""
+
+    yaml: Path
+    frames: dict[str, int]  # per side: frames written
+    lesions: dict[str, int]  # per side: boxes written
+    negatives: dict[str, int]  # per side: frames without a lesion written
+
+
+def frame_boxes(frame: Frame) -> np.ndarray:
+    """(K, 4) float32 XYXY tight boxes of the frame's instances (pixel edges)."""
+    return np.array([mask_to_box(m) for m in frame.masks], np.float32).reshape(-1, 4)
+
+
+def write_yolo_dataset(
+    sides: dict[str, Iterable[Frame]],
+    classes: Sequence[str],
+    root: Path,
+    *,
+    negative_ratio: float = 1.0,
+    seed: int = 0,
+) -> YoloData:
+    """Write each side's frames as PNG + YOLO label files; return the data yaml (absolute paths).
+
+    Frames without a lesion are kept as negatives, at most ``negative_ratio`` x the side's
+    positive frames (a seeded draw), so that a volume's empty slices do not swamp training.
+    """
+    rng = np.random.default_rng(seed)
+    counts: dict[str, dict[str, int]] = {"frames": {}, "lesions": {}, "negatives": {}}
+    for side, frames in sides.items():
+        images, labels = root / "images" / side, root / "labels" / side
+        if images.exists():
+            shutil.rmtree(images)
+        if labels.exists():
+            shutil.rmtree(labels)
+        images.mkdir(parents=True)
+        labels.mkdir(parents=True)
+        positives, negatives, boxes = 0, [], 0
+        for n, frame in enumerate(frames):
+            if len(frame.masks) == 0:
+                negatives.append(frame)
+                continue
+            positives += 1
+            boxes += len(frame.masks)
+            _write_frame(frame, n, images, labels)
+        keep = round(negative_ratio * positives) if positives else len(negatives)
+        chosen = rng.permutation(len(negatives))[:keep]
+        for k in sorted(chosen):
+            _write_frame(negatives[k], f"neg{k}", images, labels)
+        counts["frames"][side] = positives + len(chosen)
+        counts["lesions"][side] = boxes
+        counts["negatives"][side] = len(chosen)
+    names = "".join(f"  {i}: {json.dumps(name)}\n" for i, name in enumerate(classes))
     yaml = root / "data.yaml"
     yaml.write_text(
-        f"path: {root.resolve()}\ntrain: images/train\nval: images/val\nnames:\n  0: lesion\n"
+        f"path: {root.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}"
     )
-    return yaml
+    return YoloData(yaml, counts["frames"], counts["lesions"], counts["negatives"])
 
 
-def evaluate_detector(
-    detector: Detector, case: LitsCase, split: str = "val", *, iou: float = 0.3, min_area: int = 50
-) -> DetectionCounts:
-    """Recall/precision of ``detector`` on a split, matched at box IoU ``iou``."""
-    counts = DetectionCounts()
-    slices = list(case.slices(split))
-    for start in range(0, len(slices), 8):
-        batch = slices[start : start + 8]
-        for sl, det in zip(batch, detector.detect([s.image for s in batch]), strict=True):
-            counts += match_detections(
-                det.boxes, sl.boxes, sl.areas, iou_threshold=iou, min_area=min_area
-            )
-    return counts
+def _write_frame(frame: Frame, n: object, images: Path, labels: Path) -> None:
+    stem = f"{n}_" + "".join(c if c.isalnum() else "_" for c in frame.name)[-80:]
+    Image.fromarray(frame.image).save(images / f"{stem}.png")
+    h, w = frame.image.shape[:2]
+    lines = [
+        f"{int(c)} {(x0 + x1) / 2 / w:.6f} {(y0 + y1) / 2 / h:.6f} {(x1 - x0) / w:.6f} "
+        f"{(y1 - y0) / h:.6f}"
+        for (x0, y0, x1, y1), c in zip(frame_boxes(frame), frame.labels, strict=True)
+    ]
+    (labels / f"{stem}.txt").write_text("\n".join(lines))
 
 
 def train_yolo(
-    data_yaml: Path,
+    data: YoloData,
     workdir: Path,
     *,
+    start: str,
     epochs: int,
-    imgsz: int = 256,
-    batch: int = 16,
-    seed: int = 0,
-):
-    """Train YOLOv8n from random init (ultralytics shows its per-epoch progress bar).
+    imgsz: int,
+    batch: int,
+    seed: int,
+    time_hours: float | None = None,
+) -> tuple[Path | None, bool]:
+    """Train from ``start`` (a .pt to fine-tune, or an architecture yaml for random init).
 
-    Returns the ultralytics model; its per-epoch losses and validation metrics are in
-    ``<workdir>/train/results.csv`` (see :func:`write_training_log`).
+    Returns:
+        (best checkpoint or None when no epoch finished, interrupted by Ctrl-C).
     """
     YOLO = import_yolo()  # noqa: N806 (ultralytics' class)
-    model = YOLO("yolov8n.yaml")  # architecture only: random init, nothing downloaded
-    model.train(
-        data=str(data_yaml),
+    model = YOLO(start)
+    options = dict(
+        data=str(data.yaml),
         epochs=epochs,
         imgsz=imgsz,
         batch=batch,
@@ -99,100 +145,64 @@ def train_yolo(
         name="train",
         exist_ok=True,
         verbose=False,
-        flipud=0.5,
-        degrees=10.0,
-        close_mosaic=10,
         patience=0,
+        **AUGMENTATION,
     )
-    return model
+    if time_hours is not None:
+        options["time"] = time_hours
+    interrupted = False
+    try:
+        model.train(**options)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("detector training interrupted: keeping the best checkpoint so far")
+    weights = Path(workdir).resolve() / "train" / "weights"
+    for name in ("best.pt", "last.pt"):
+        if (weights / name).is_file():
+            return weights / name, interrupted
+    return None, interrupted
 
 
-def write_training_log(results_csv: Path, out: Path) -> None:
-    """Copy ultralytics' per-epoch results.csv to ``<out>.training-log.csv`` and ``.json``."""
-    with Path(results_csv).open(newline="") as handle:
+def copy_checkpoint(source: Path, target: Path) -> None:
+    """Copy an ultralytics checkpoint without its optimiser state (a third of the size)."""
+    from ultralytics.utils.torch_utils import strip_optimizer
+
+    shutil.copyfile(source, target)
+    strip_optimizer(str(target))
+
+
+def copy_training_log(workdir: Path, target: Path) -> int:
+    """ultralytics' per-epoch results.csv -> ``<target>.csv`` and ``<target>.json``; returns
+    the number of epochs logged."""
+    results = Path(workdir).resolve() / "train" / "results.csv"
+    if not results.is_file():
+        return 0
+    with results.open(newline="") as handle:
         rows = [{k.strip(): float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
-    shutil.copyfile(results_csv, Path(f"{out}.training-log.csv"))
-    Path(f"{out}.training-log.json").write_text(json.dumps(rows, indent=1) + "\n")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(results, f"{target}.csv")
+    Path(f"{target}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    return len(rows)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=120)
-    parser.add_argument("--imgsz", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--conf", type=float, default=0.25, help="score threshold of the record")
-    parser.add_argument("--workdir", type=Path, default=Path("runs/detector"))
-    parser.add_argument("--out", type=Path, default=Path("models/detector/lesion-yolov8n"))
-    args = parser.parse_args(argv)
-
-    settings = Settings()
-    case = LitsCase(settings.cache_dir)
-    data_yaml = write_yolo_dataset(case, args.workdir / "dataset")
-    started = time.time()
-    model = train_yolo(
-        data_yaml,
-        args.workdir,
-        epochs=args.epochs,
-        imgsz=args.imgsz,
-        batch=args.batch,
-        seed=args.seed,
-    )
-    best = Path(model.trainer.best)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(best, args.out.with_suffix(".pt"))
-    write_training_log(best.parent.parent / "results.csv", args.out)
-
-    detector = Detector(
-        args.out.with_suffix(".pt"), image_size=args.imgsz, score_threshold=args.conf
-    )
-    ours = evaluate_detector(detector, case, "val")
-    metrics = model.val(
-        data=str(data_yaml),
-        imgsz=args.imgsz,
-        batch=args.batch,
-        device="cpu",
-        workers=0,
-        plots=False,
-        verbose=False,
-    )
-    record = {
-        "model": "yolov8n (ultralytics yolov8n.yaml, random init)",
-        "weights": args.out.with_suffix(".pt").name,
-        "data": "LiTS case 117 (liver-ct-segmentation-package==1.6.0), axial slices, CT L40/W400",
-        "split": {k: [v.start, v.stop - 1] for k, v in SPLITS.items() if k != "all"},
-        "classes": CLASS_NAMES,
-        "epochs": args.epochs,
-        "image_size": args.imgsz,
-        "batch": args.batch,
-        "seed": args.seed,
-        "augmentation": "ultralytics defaults + flipud=0.5, degrees=10, close_mosaic=10",
-        "validation": {
-            "ultralytics": {
-                "precision": float(metrics.box.mp),
-                "recall": float(metrics.box.mr),
-                "mAP50": float(metrics.box.map50),
-                "mAP50_95": float(metrics.box.map),
-            },
-            "lesionseg": {
-                "score_threshold": args.conf,
-                "match_iou": 0.3,
-                "min_lesion_px": 50,
-                "recall": ours.recall,
-                "precision": ours.precision,
-                "lesions": ours.ground_truth,
-                "detected": ours.true_positives,
-            },
-        },
-        "train_seconds": round(time.time() - started, 1),
-        "hardware": hardware(),
-        "versions": versions("ultralytics", "torch"),
-        "git_commit": git_commit(),
-        "command": "python -m finetune.train_detector " + " ".join(argv or sys.argv[1:]),
-    }
-    args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record["validation"], indent=2))
+def detect_frames(detector: Detector, frames: Sequence[Frame], *, score_threshold: float) -> list:
+    """Detections of ``detector`` on every frame (batches of 8), at ``score_threshold``."""
+    out = []
+    for start in range(0, len(frames), 8):
+        batch = [f.image for f in frames[start : start + 8]]
+        out.extend(detector.detect(batch, score_threshold=score_threshold))
+    return out
 
 
-if __name__ == "__main__":
-    main()
+def detection_counts(
+    detections: Sequence, frames: Sequence[Frame], *, iou: float, min_area: int, threshold: float
+) -> DetectionCounts:
+    """Recall/precision of detections (kept at ``threshold``) matched at box IoU ``iou``."""
+    counts = DetectionCounts()
+    for det, frame in zip(detections, frames, strict=True):
+        keep = det.scores >= threshold
+        areas = frame.masks.reshape(len(frame.masks), -1).sum(axis=1)
+        counts += match_detections(
+            det.boxes[keep], frame_boxes(frame), areas, iou_threshold=iou, min_area=min_area
+        )
+    return counts

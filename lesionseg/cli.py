@@ -1,4 +1,4 @@
-"""Command line: ``lesionseg predict``, ``lesionseg fetch-data``, ``lesionseg example``."""
+"""Command line: ``lesionseg predict``, ``train``, ``fetch-data``, ``example``."""
 
 from __future__ import annotations
 
@@ -117,6 +117,11 @@ def _fetch(_: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:  # its own parser: `lesionseg train --help`
+        from finetune.train import main as train
+
+        return train(argv[1:])
     parser = argparse.ArgumentParser(prog="lesionseg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("predict", help="segment one image; write result JSON and overlay PNG")
@@ -147,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--slice", type=int, default=110)
     e.add_argument("--out", default="data/examples", help="directory")
     e.set_defaults(func=_example)
+    sub.add_parser(
+        "train",
+        help="train the detector and SAM on a labelled dataset and write a model bundle "
+        "(`lesionseg train --help`)",
+    )
     f = sub.add_parser("fetch-data", help="fetch and verify the LiTS case into the cache")
     f.set_defaults(func=_fetch)
     args = parser.parse_args(argv)

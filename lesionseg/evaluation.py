@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -81,3 +81,72 @@ def match_detections(
         else:
             ignored += 1
     return DetectionCounts(tp, int(counted.sum()), iou.shape[0] - ignored, tp)
+
+
+def assign_instances(pred_masks: np.ndarray, gt_masks: np.ndarray) -> np.ndarray:
+    """Give every predicted instance to the ground-truth lesion it overlaps most.
+
+    Args:
+        pred_masks: (P, H, W) bool predicted instances.
+        gt_masks: (K, H, W) bool ground-truth lesions.
+
+    Returns:
+        (K, H, W) bool: per lesion, the union of the instances given to it (instances that
+        overlap no lesion are given to none).
+    """
+    per_lesion = np.zeros(gt_masks.shape, bool)
+    flat_gt = gt_masks.reshape(len(gt_masks), -1)
+    for mask in pred_masks:
+        overlap = flat_gt[:, mask.ravel()].sum(axis=1)  # (K,)
+        if overlap.size and overlap.max() > 0:
+            per_lesion[int(overlap.argmax())] |= mask
+    return per_lesion
+
+
+@dataclass
+class LesionScores:
+    """Lesion-level accuracy accumulated over images.
+
+    ``dices`` holds one Dice per counted ground-truth lesion (>= the minimum area).
+    ``false_positives`` counts predicted instances of the counted size that overlap no lesion.
+    :attr:`fp_penalised_dice` averages over lesions and false positives alike (a false positive
+    scores 0): unlike the plain lesion Dice it cannot be raised without limit by lowering the
+    detector's threshold.
+    """
+
+    dices: list[float] = field(default_factory=list)
+    false_positives: int = 0
+
+    @property
+    def lesion_dice(self) -> float | None:
+        return float(np.mean(self.dices)) if self.dices else None
+
+    @property
+    def fp_penalised_dice(self) -> float | None:
+        n = len(self.dices) + self.false_positives
+        return float(np.sum(self.dices)) / n if n else None
+
+    def add(
+        self, pred_masks: np.ndarray, gt_masks: np.ndarray, *, prompted: bool, min_area: int
+    ) -> None:
+        """Score one image.
+
+        Args:
+            pred_masks: (P, H, W) bool. ``prompted``: ``pred_masks[k]`` answers ``gt_masks[k]``
+                (box prompts); else free instances, given out by :func:`assign_instances`.
+            gt_masks: (K, H, W) bool ground-truth lesions.
+            min_area: px; smaller lesions and predictions are not counted.
+        """
+        pred_masks = np.asarray(pred_masks, bool).reshape(-1, *gt_masks.shape[1:])
+        if prompted:
+            assert len(pred_masks) == len(gt_masks), (len(pred_masks), len(gt_masks))
+            per_lesion = pred_masks
+        else:
+            per_lesion = assign_instances(pred_masks, gt_masks)
+            lesion_any = gt_masks.any(axis=0)
+            self.false_positives += sum(
+                int(m.sum()) >= min_area and not (m & lesion_any).any() for m in pred_masks
+            )
+        for k, gt in enumerate(gt_masks):
+            if int(gt.sum()) >= min_area:
+                self.dices.append(dice(per_lesion[k], gt))

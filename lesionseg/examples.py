@@ -66,6 +66,36 @@ def lits_nifti(
     return gzip.compress(image.to_bytes())
 
 
+def write_lits_nnunet(case: LitsCase, root: Path) -> Path:
+    """The whole LiTS case as an nnU-Net v2 dataset: one case ``lits117`` (labels background 0,
+    liver 1, tumour 2), images in HU. The voxel spacing of LiTS 117 is unknown, so the NIfTI
+    says nothing of units (no mm). ``lesionseg train`` rebuilds the shipped bundle from it
+    (``make train-default``)."""
+    import json
+
+    import nibabel as nib
+
+    root = Path(root)
+    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (root / "labelsTr").mkdir(exist_ok=True)
+    for folder, name, volume, dtype in (
+        ("imagesTr", "lits117_0000", case.ct, np.float32),
+        ("labelsTr", "lits117", case.labels, np.uint8),
+    ):
+        # (Z, Y, X) -> NIfTI (X, Y, Z): the service's axial slice k is volume[k].
+        image = nib.Nifti1Image(volume.transpose(2, 1, 0).astype(dtype), np.eye(4))
+        nib.save(image, root / folder / f"{name}.nii.gz")
+    spec = {
+        "name": "LiTS case 117 (liver-ct-segmentation-package==1.6.0)",
+        "channel_names": {"0": "CT"},
+        "labels": {"background": 0, "liver": 1, "tumour": 2},
+        "numTraining": 1,
+        "file_ending": ".nii.gz",
+    }
+    (root / "dataset.json").write_text(json.dumps(spec, indent=2) + "\n")
+    return root
+
+
 def write_examples(case: LitsCase, out: Path, index: int = 110) -> list[Path]:
     """Write ``lits117-z<i>.png``, ``lits117-ct/z<i-1,i,i+1>.dcm`` and ``lits117.nii.gz``."""
     from PIL import Image
