@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from bentoml import bentos
 
 from lesionseg.settings import REPO_ROOT
 
@@ -29,3 +30,5 @@ def test_bentoml_build_packages_service_and_models(model_store):
     assert set(services) == {"lesionseg", "lesionseg-models"}
     runner_models = {m["tag"].split(":")[0] for m in services["lesionseg-models"]["models"]}
     assert runner_models == {"lesionseg-exports"}  # the default backend serves the exports
+    source = Path(bentos.get("lesionseg:latest").path) / "src"  # the same store, in-process
+    assert (source / "service" / "viewer" / "viewer.js").is_file()  # the viewer page
