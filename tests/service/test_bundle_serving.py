@@ -3,7 +3,8 @@
 The test bundle is the shipped detector with its class renamed "tumour", window "liver" and a
 box margin, exported and imported into a private BentoML store; the service runs in-process in
 an interpreter of its own (tests/service/inprocess.py), so that the session's service and
-store keep the shipped bundle.
+store keep the shipped bundle; one test runs a real `bentoml serve` of it, as
+`LESIONSEG_MODEL_DIR=DIR make serve` does.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shutil
 import subprocess
 import sys
 
+import httpx
 import numpy as np
 import pytest
 
@@ -21,6 +23,7 @@ from lesionseg.bundle import SHIPPED_BUNDLE, Bundle
 from lesionseg.examples import lits_ct
 from lesionseg.pipeline import filter_detections
 from lesionseg.settings import REPO_ROOT, Settings
+from service.launcher import running_server
 
 from .conftest import png_bytes
 
@@ -54,14 +57,32 @@ def tumour_bundle(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def served(tumour_bundle, exported, lits, tmp_path_factory):
-    """Responses of the service serving the tumour bundle, keyed by request name."""
+def tumour_export(tumour_bundle, exported, tmp_path_factory):
+    """The tumour bundle's ONNX export (its SAM files copied from the session's export)."""
     from export.__main__ import export_onnx
 
-    tmp = tmp_path_factory.mktemp("bundle-serving")
+    directory = tmp_path_factory.mktemp("tumour-export")
     settings = Settings(backend="torch", model_dir=tumour_bundle.directory)
-    record = export_onnx(settings, tmp / "exports", int8=False, sam_from=[exported[0]])
+    record = export_onnx(settings, directory, int8=False, sam_from=[exported[0]])
     assert "reused_from" in record["sam"]  # same SAM as the session's export: not re-exported
+    return directory
+
+
+def private_env(tmp, bundle: Bundle) -> dict[str, str]:
+    """The environment of a service of ``bundle`` with a store and job directory of its own."""
+    (tmp / "prometheus").mkdir(exist_ok=True)
+    return {
+        "BENTOML_HOME": str(tmp / "bentoml"),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prometheus"),
+        "LESIONSEG_JOBS_DIR": str(tmp / "jobs"),
+        "LESIONSEG_MODEL_DIR": str(bundle.directory),  # as `make serve` has it
+    }
+
+
+@pytest.fixture(scope="module")
+def served(tumour_bundle, tumour_export, lits, tmp_path_factory):
+    """Responses of the service serving the tumour bundle, keyed by request name."""
+    tmp = tmp_path_factory.mktemp("bundle-serving")
     (tmp / "slice.png").write_bytes(png_bytes(lits.slice(110).image))
     (ct,) = lits_ct(lits, [110])
     (tmp / "ct.dcm").write_bytes(ct)
@@ -82,14 +103,8 @@ def served(tumour_bundle, exported, lits, tmp_path_factory):
     }
     (tmp / "requests.json").write_text(json.dumps(list(requests.values()), default=str))
     env = {k: v for k, v in os.environ.items() if not k.startswith("LESIONSEG_")}
-    env |= {
-        "BENTOML_HOME": str(tmp / "bentoml"),
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prometheus"),
-        "LESIONSEG_JOBS_DIR": str(tmp / "jobs"),
-        "LESIONSEG_MODEL_DIR": str(tumour_bundle.directory),  # as `make serve` has it
-    }
-    (tmp / "prometheus").mkdir()
-    command = [sys.executable, "-m", "tests.service.inprocess", str(tmp / "exports")]
+    env |= private_env(tmp, tumour_bundle)
+    command = [sys.executable, "-m", "tests.service.inprocess", str(tumour_export)]
     command += [str(tmp / "requests.json"), str(tmp / "responses.json")]
     proc = subprocess.run(
         command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
@@ -145,3 +160,27 @@ def test_jobs_without_window_get_the_bundle_window(served):
     assert frame["source"]["window"] == LIVER
     labels = {segment["label"] for segment in status["summary"]["seg"]["segments"]}
     assert labels == {"tumour"}
+
+
+@pytest.mark.integration
+def test_bentoml_serve_of_the_bundle(tumour_bundle, tumour_export, lits, tmp_path):
+    """`make models` then `make serve` with LESIONSEG_MODEL_DIR: the real server answers with
+    the bundle's class and names the bundle."""
+    env = private_env(tmp_path, tumour_bundle) | {"LESIONSEG_EXPORT_DIR": str(tumour_export)}
+    subprocess.run(
+        [sys.executable, "-m", "service.model_store"],
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    with running_server(env, tmp_path / "serve.log") as url:
+        files = {"image": ("slice.png", png_bytes(lits.slice(110).image), "image/png")}
+        response = httpx.post(f"{url}/segment", files=files, timeout=300)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["lesions"] and {lesion["label"] for lesion in body["lesions"]} == {"tumour"}
+    bundle = body["models"]["bundle"]
+    assert (bundle["name"], bundle["fingerprint"]) == ("tumour-test", tumour_bundle.fingerprint)
+    assert (bundle["box_margin"], bundle["window"]) == (MARGIN, "liver")
