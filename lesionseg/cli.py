@@ -108,11 +108,14 @@ def _example(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fetch(_: argparse.Namespace) -> int:
-    from .data import fetch_lits
+def _fetch(args: argparse.Namespace) -> int:
+    from .data import LitsCase, fetch_lits
+    from .examples import write_lits_nnunet
     from .settings import Settings
 
     print(fetch_lits(Settings().cache_dir))
+    if args.nnunet:
+        print(write_lits_nnunet(LitsCase(Settings().cache_dir), Path(args.nnunet)))
     return 0
 
 
@@ -158,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         "(`lesionseg train --help`)",
     )
     f = sub.add_parser("fetch-data", help="fetch and verify the LiTS case into the cache")
+    f.add_argument(
+        "--nnunet", help="also write the case as an nnU-Net v2 dataset here (for `train`)"
+    )
     f.set_defaults(func=_fetch)
     args = parser.parse_args(argv)
     try:

@@ -26,25 +26,26 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(
-    env: dict[str, str], log: Path, *, timeout: float = 300, ready_path: str = "/readyz"
+    env: dict[str, str],
+    log: Path,
+    *,
+    timeout: float = 300,
+    ready_path: str = "/readyz",
+    make_serve: bool = False,
 ) -> Iterator[str]:
     """Serve on a free loopback port with ``env`` added; yield the base URL once ``ready_path``
     answers 200 (``/livez`` to talk to the API before the models are loaded).
 
-    The whole process group is stopped on exit; the server's output goes to ``log``.
+    ``make_serve``: run `make serve` (export and store import included) instead of
+    `bentoml serve` alone. The whole process group is stopped on exit; the server's output
+    goes to ``log``.
     """
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        "service.app:LesionSeg",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+    if make_serve:
+        cmd = ["make", "serve", "HOST=127.0.0.1", f"PORT={port}"]
+    else:
+        cmd = [sys.executable, "-m", "bentoml", "serve", "service.app:LesionSeg"]
+        cmd += ["--host", "127.0.0.1", "--port", str(port)]
     with Path(log).open("w") as out:
         proc = subprocess.Popen(
             cmd,
