@@ -178,7 +178,7 @@ def _unavailable(message: str) -> JSONResponse:
 # /jobs: persistent async studies; its lifespan runs the job worker and the DICOMweb pusher.
 JOBS = Jobs(SETTINGS, bentoml.get_current_service)
 # /viewer: the page (and / redirects to it; BentoML's API page moves to /docs).
-VIEWER = Viewer(SETTINGS)
+VIEWER = Viewer(lambda: bentoml.get_current_service().settings)
 
 
 @bentoml.asgi_app(VIEWER.app, path="/")

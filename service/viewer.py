@@ -1,9 +1,10 @@
 """The viewer page: its static files, its settings, and the frames as the models see them.
 
 - ``Viewer.app``, a small Starlette app mounted on ``LesionSeg``: ``/viewer`` (the page, plain
-  files from ``service/viewer/``), ``/viewer/config.json`` (window presets and the score
-  threshold's default and floor), ``/`` (a redirect to ``/viewer``) and ``/docs`` (BentoML's own
-  API page, which ``/`` used to be: the same file, its assets and ``/docs.json`` unchanged).
+  files from ``service/viewer/``), ``/viewer/config.json`` (window presets, the default window,
+  the score threshold's default and floor), ``/`` (a redirect to ``/viewer``) and ``/docs``
+  (BentoML's own API page, which ``/`` used to be: the same file, its assets and ``/docs.json``
+  unchanged).
 - ``ViewerRoutes``, a mixin of ``LesionSeg``: ``POST /segment/preview`` decodes an upload as
   ``/segment`` does and answers each frame's pixels after the intensity mapping (DICOM/NIfTI
   window included) as a PNG, so that the page shows exactly what the models saw.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Callable
 from pathlib import Path
 
 import bentoml
@@ -104,11 +106,11 @@ def _bentoml_api_page() -> Path:
 
 
 class Viewer:
-    """The page's routes; ``settings`` supplies what the page offers (window presets, the
-    score threshold)."""
+    """The page's routes; ``get_settings()`` returns the running service's settings (the
+    model bundle's threshold and window included), which say what the page offers."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, get_settings: Callable[[], Settings]) -> None:
+        self._get_settings = get_settings
         self.files = {p.name: p for p in STATIC_DIR.iterdir() if p.suffix in MEDIA_TYPES}
         self.app = Starlette(
             routes=[
@@ -133,10 +135,11 @@ class Viewer:
         return self._file(request.path_params["name"])
 
     async def config(self, _request: Request) -> Response:
-        s = self.settings
+        s = self._get_settings()
         return JSONResponse(
             {
                 "window_presets": {k: list(v) for k, v in s.window_presets.items()},
+                "default_window": s.default_window,
                 "score_threshold": s.score_threshold,
                 "score_floor": s.detector_score_floor,
             }

@@ -413,6 +413,7 @@ async function loadConfig() {
   try {
     const config = await getJson("/viewer/config.json");
     const select = $("window");
+    if (config.default_window) select.options[0].text = `service default (${config.default_window})`;
     for (const [name, [centre, width]] of Object.entries(config.window_presets)) {
       select.add(new Option(`${name} (${centre}/${width})`, name));
     }

@@ -252,6 +252,13 @@ def test_root_and_api_page(browser, server):
     assert "/segment/preview" in browser.find_element("id", "swagger-ui").text
     browser.get(f"{server}/")
     wait(browser, "location.pathname === '/viewer' && !!window.lesionViewer")
+    # What the page offers comes from the running service's settings.
+    config = httpx.get(f"{server}/viewer/config.json").json()
+    assert "abdomen" in config["window_presets"]
+    wait(browser, "document.getElementById('window').options.length > 1")
+    assert float(browser.find_element("id", "score").get_attribute("value")) == pytest.approx(
+        config["score_threshold"]
+    )
 
 
 def test_readme_example_masks_are_drawn_where_the_json_says(page, server):
