@@ -7,8 +7,12 @@ import contextlib
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import LesionSegError
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -82,14 +86,10 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ensure_export(settings) -> None:
+def _ensure_export(settings: Settings) -> None:
     """The onnxruntime backend runs the ONNX export of the models in force: on a fresh set-up
-    (or a new bundle) export it now, once, and say so."""
-    from .backends.onnx_runner import export_is_current
-
-    if settings.backend != "onnxruntime" or export_is_current(
-        settings.exports(), settings.export_key()
-    ):
+    (or with a new bundle) export it now, once, and say so."""
+    if settings.backend != "onnxruntime":
         return
     from export.__main__ import ensure_onnx
 
