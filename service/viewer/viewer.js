@@ -409,6 +409,10 @@ function wireControls() {
   });
 }
 
+let configured = false;
+
+/** Window presets and the score threshold from the service (again once a key is entered, if
+ * the service refused the page's first request). */
 async function loadConfig() {
   try {
     const config = await getJson("/viewer/config.json");
@@ -420,6 +424,8 @@ async function loadConfig() {
     select.add(new Option("custom…", "custom"));
     $("score").min = String(config.score_floor);
     $("score").value = String(config.score_threshold);
+    configured = true;
+    $("error").hidden = true;
   } catch (error) {
     showError(error);
   }
@@ -438,3 +444,4 @@ wireCanvas(state, {
   remove: deleteLesion,
 });
 loadConfig();
+$("api-key").addEventListener("change", () => configured || loadConfig());

@@ -284,6 +284,18 @@ def test_readme_example_masks_are_drawn_where_the_json_says(page, server):
     check_drawn(page, base, lesions, strong=0)
     shot(page, "readme-example-hover.png")
 
+    # The score threshold slider asks /segment again: only the lesions scoring above it stay.
+    threshold = np.floor(max(e["score"] for e in expected["lesions"]) * 100) / 100  # step 0.01
+    done = js(page, f"{STATE}.done")
+    page.execute_script(
+        "const s = document.getElementById('score'); s.value = arguments[0];"
+        "s.dispatchEvent(new Event('input'))",
+        threshold,
+    )
+    settle(page, done)
+    kept = [e["box"] for e in expected["lesions"] if e["score"] >= threshold]
+    assert [lesion["box"] for lesion in page_lesions(page, 0)] == kept and kept
+
 
 def test_delete_then_draw_a_box(page, server, downloads):
     example = EXAMPLES / "lits117-z110.png"
