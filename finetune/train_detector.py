@@ -4,8 +4,9 @@ Boxes are the tight boxes of the lesion instances (one per instance, its class i
 starts from the shipped detector by default (its weights transfer; a new class count gets a new
 head) or from a random init (``yolov8{n,s,m}.yaml``), with augmentation that suits medical
 slices: flips both ways, scale, small rotations, brightness (``hsv_v``), mosaic; no colour jitter
-(``hsv_h = hsv_s = 0``). A time budget is honoured by ultralytics' own ``time`` argument; an
-interrupted run (Ctrl-C) keeps the best checkpoint it saved so far.
+(``hsv_h = hsv_s = 0``). A time budget is honoured by ultralytics' own ``time`` argument (which
+re-plans the epochs to fill it; ``epochs`` stays the cap). Ctrl-C ends the epoch at the next
+batch the way the time limit does, so ultralytics validates and saves a whole checkpoint.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from lesionseg.datasets import Frame
 from lesionseg.detector import Detector, import_yolo
 from lesionseg.evaluation import DetectionCounts, match_detections
 from lesionseg.transforms import mask_to_box
+
+from .common import Stopper
 
 AUGMENTATION = {
     "hsv_h": 0.0,
@@ -126,7 +129,8 @@ def train_yolo(
     """Train from ``start`` (a .pt to fine-tune, or an architecture yaml for random init).
 
     Returns:
-        (best checkpoint or None when no epoch finished, interrupted by Ctrl-C).
+        (best checkpoint or None when no epoch finished, interrupted by Ctrl-C). A second
+        Ctrl-C raises KeyboardInterrupt at once.
     """
     YOLO = import_yolo()  # noqa: N806 (ultralytics' class)
     model = YOLO(start)
@@ -150,17 +154,28 @@ def train_yolo(
     )
     if time_hours is not None:
         options["time"] = time_hours
-    interrupted = False
-    try:
+    stopper = Stopper()
+
+    def stop_on_ctrl_c(trainer) -> None:
+        # A KeyboardInterrupt raised anywhere in ultralytics could tear a checkpoint being saved.
+        trainer.stop |= stopper.interrupted
+
+    def cap_epochs(trainer) -> None:
+        # Time mode re-plans trainer.epochs to fill the time (linear LR decay follows it).
+        trainer.epochs = trainer.args.epochs = min(trainer.epochs, epochs)
+        trainer.stop |= trainer.epoch + 1 >= epochs
+
+    model.add_callback("on_train_batch_end", stop_on_ctrl_c)
+    model.add_callback("on_fit_epoch_end", cap_epochs)
+    with stopper:
         model.train(**options)
-    except KeyboardInterrupt:
-        interrupted = True
+    if stopper.interrupted:
         print("detector training interrupted: keeping the best checkpoint so far")
     weights = Path(workdir).resolve() / "train" / "weights"
     for name in ("best.pt", "last.pt"):
         if (weights / name).is_file():
-            return weights / name, interrupted
-    return None, interrupted
+            return weights / name, stopper.interrupted
+    return None, stopper.interrupted
 
 
 def copy_checkpoint(source: Path, target: Path) -> None:
@@ -201,7 +216,7 @@ def detection_counts(
     counts = DetectionCounts()
     for det, frame in zip(detections, frames, strict=True):
         keep = det.scores >= threshold
-        areas = frame.masks.reshape(len(frame.masks), -1).sum(axis=1)
+        areas = frame.masks.sum(axis=(1, 2))  # (K,), also for K = 0
         counts += match_detections(
             det.boxes[keep], frame_boxes(frame), areas, iou_threshold=iou, min_area=min_area
         )

@@ -95,6 +95,8 @@ def assign_instances(pred_masks: np.ndarray, gt_masks: np.ndarray) -> np.ndarray
         overlap no lesion are given to none).
     """
     per_lesion = np.zeros(gt_masks.shape, bool)
+    if len(gt_masks) == 0:  # an image without lesions (reshape cannot infer -1 from size 0)
+        return per_lesion
     flat_gt = gt_masks.reshape(len(gt_masks), -1)
     for mask in pred_masks:
         overlap = flat_gt[:, mask.ravel()].sum(axis=1)  # (K,)
