@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -116,11 +117,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # ultralytics' per-epoch progress bars (the service keeps it quiet; read at its import).
+    os.environ.setdefault("YOLO_VERBOSE", "true")
     try:
         run(args, argv if argv is not None else sys.argv[1:])
     except LesionSegError as exc:
         print(f"lesionseg train: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loops
+        print("lesionseg train: interrupted; no bundle written", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -175,7 +181,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
     print(f"detector data: {data.frames} frames, {data.lesions} lesions -> {data.yaml}")
 
     detector_record = _train_detector(args, shipped, data, work, out, deadline, started)
-    sam_record, tuned_modules = _train_sam(args, samples, val, out, deadline, started)
+    stopped = detector_record["interrupted"]  # Ctrl-C ends training, not just the detector's
+    sam_record, tuned_modules = _train_sam(args, samples, val, out, deadline, started, stopped)
     evaluation = _evaluate(args, shipped, dataset.classes, val, out, tuned_modules)
     if evaluation["selected_sam"] == "zero-shot" and (out / "sam.pt").exists():
         (out / "sam.pt").rename(out / "logs" / "sam.not-selected.pt")
@@ -196,6 +203,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
             "selected": evaluation["selected_sam"],
         },
         "window": args.window,
+        "modality": dataset.modality,
         "dataset": {
             "path": str(dataset.root),
             "format": dataset.format,
@@ -211,6 +219,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
             "seconds": round(time.time() - started, 1),
             "time_budget_min": args.time_budget,
             "seed": args.seed,
+            "interrupted": stopped or bool(sam_record.get("interrupted")),
         },
         "versions": versions("torch", "ultralytics", "peft"),
         "hardware": hardware(),
@@ -263,7 +272,8 @@ def _train_detector(args, shipped_model, data, work, out, deadline, started) -> 
             "a random init (as --from-scratch)"
         )
     end = _phase_deadline(deadline, started, 0.6)
-    hours = None if end is None else max(end - time.time(), 60) / 3600
+    # At least a few seconds (ultralytics takes 0 h as no limit); it stops mid-epoch if need be.
+    hours = None if end is None else max(end - time.time(), 10) / 3600
     best, interrupted = train_yolo(
         data,
         work,
@@ -300,15 +310,19 @@ def _train_detector(args, shipped_model, data, work, out, deadline, started) -> 
     }
 
 
-def _train_sam(args, samples, val, out, deadline, started):
+def _train_sam(args, samples, val, out, deadline, started, interrupted: bool):
     """Fine-tune SAM per ``--sam``; return (record, tuned modules or None)."""
     from .sam_decoder import train_decoder
     from .sam_lora import LORA_TARGETS, merge, train_lora
     from .sam_train import save_litemedsam_delta
 
+    if args.sam != "none" and interrupted:
+        return {"recipe": f"{args.sam} (skipped: Ctrl-C during detector training)"}, None
     if args.sam == "none" or not samples:
         return {"recipe": "none" if args.sam == "none" else "none (no training lesion)"}, None
     stopper = Stopper(_phase_deadline(deadline, started, 0.85))
+    if stopper.stop:  # the budget is spent: do not load SAM nor embed the training frames
+        return {"recipe": f"{args.sam} (stopped before its first epoch)"}, None
     val_samples = frame_samples(val)[:24]  # per-epoch checks; the table scores them all
     modules = load_sam("litemedsam", None)
     steps = args.sam_steps or None

@@ -67,6 +67,7 @@ class _Record(BaseModel):
     detector: _DetectorRecord
     sam: _SamRecord
     window: str | None = None
+    modality: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,8 @@ class Bundle:
         directory: the bundle's directory (absolute).
         name: its name (model.json ``name``).
         classes: lesion class names, index = detector class id.
+        modality: the DICOM Modality it was trained on ("CT", "MR", ...; None: unknown), the
+            uploads its window applies to.
         window: the intensity window its images were trained with (a preset or
             "center,width"), None = the file's own window / a min-max stretch.
         fingerprint: sha256 hex over model.json and the weight files (names and contents).
@@ -112,6 +115,7 @@ class Bundle:
     detector: DetectorConfig
     sam: SamConfig
     window: str | None
+    modality: str | None
     fingerprint: str
     record: dict = field(repr=False, compare=False)
 
@@ -145,6 +149,7 @@ class Bundle:
             "sam_family": self.sam.family,
             "sam_path": self.sam.weights,
             "default_window": self.window,
+            "default_window_modality": self.modality,
         }
 
     def files(self) -> list[Path]:
@@ -174,6 +179,7 @@ def served_bundle(settings: Settings) -> dict | None:
         "score_threshold": settings.score_threshold,
         "box_margin": settings.box_margin,
         "window": settings.default_window,
+        "modality": settings.default_window_modality,
     }
 
 
@@ -273,6 +279,7 @@ def _load(directory: Path, _stamp: tuple) -> Bundle:
         ),
         sam=SamConfig(record.sam.family, sam_weights, record.sam.recipe),
         window=record.window or None,
+        modality=record.modality or None,
         fingerprint=hashlib.sha256("".join(lines).encode()).hexdigest(),
         record=raw,
     )

@@ -38,6 +38,7 @@ def _predict(args: argparse.Namespace) -> int:
         settings,
         window=args.window,
         default_window=settings.default_window,
+        default_window_modality=settings.default_window_modality,
     )
     frames = upload.frames
     _ensure_export(settings)

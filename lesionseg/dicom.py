@@ -235,11 +235,13 @@ def decode_dicom(
     max_frames: int,
     window: tuple[float, float] | None = None,
     default_window: tuple[float, float] | None = None,
+    default_window_modality: str | None = None,
     max_total_pixels: int | None = None,
 ) -> DicomImage:
     """Decode every frame; sizes are checked from Rows/Columns/NumberOfFrames first.
     ``default_window`` stands in for a missing ``window`` on grayscale images only (the
-    window a model was trained with); colour images ignore it."""
+    window a model was trained with), and only on images of ``default_window_modality`` when
+    that is given; colour images ignore it."""
     dataset = read_dataset(data)
     n_frames, photometric = _check_size(dataset, max_pixels, max_frames, max_total_pixels)
     if photometric not in _GRAY | _COLOUR | {"PALETTE COLOR"}:
@@ -256,6 +258,9 @@ def decode_dicom(
             )
         ) from exc
     spacing = [pixel_spacing(dataset, i) for i in range(n_frames)]
+    modality = str(dataset.get("Modality", "")).strip().upper()
+    if default_window_modality and modality != default_window_modality.upper():
+        default_window = None
     if photometric in _GRAY:
         pixels, window = _grayscale(
             raw, dataset, window or default_window, photometric == "MONOCHROME1"

@@ -164,6 +164,13 @@ class Settings(BaseSettings):
         description="Window applied to DICOM/NIfTI uploads that name none (a preset or "
         "'center,width'): the window the bundle's models were trained with.",
     )
+    default_window_modality: str | None = Field(
+        None,
+        description="DICOM Modality (CT, MR, ...) that default_window applies to: the "
+        "bundle's training modality. A DICOM upload of another modality keeps its own window "
+        "(or a min-max stretch); NIfTI carries no modality and always gets default_window. "
+        "None: every grayscale DICOM.",
+    )
 
     # --- files --------------------------------------------------------------------------------
     cache_dir: Path = Field(

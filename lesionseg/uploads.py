@@ -45,12 +45,14 @@ def decode_upload(
     *,
     window: str | None = None,
     default_window: str | None = None,
+    default_window_modality: str | None = None,
     max_total_pixels: int | None = None,
 ) -> Upload:
     """Decode by content; ``window`` (a preset or "center,width") applies to DICOM and NIfTI.
     ``default_window`` (the service passes ``settings.default_window``, the bundle's) is used
-    when ``window`` names none, on grayscale DICOM and NIfTI only: 2-D images and colour DICOM
-    ignore it. ``max_total_pixels`` (default: the setting) bounds all frames together."""
+    when ``window`` names none, on grayscale DICOM (of ``default_window_modality`` when given:
+    a CT window means nothing to an MR) and NIfTI only: 2-D images and colour DICOM ignore it.
+    ``max_total_pixels`` (default: the setting) bounds all frames together."""
     if not data:
         raise InputError("the uploaded image is empty (0 bytes)")
     check_upload_size(len(data), settings.max_upload_bytes)
@@ -64,7 +66,13 @@ def decode_upload(
         ),
     }
     if is_dicom(data):
-        dicom = decode_dicom(data, window=chosen, default_window=fallback, **limits)
+        dicom = decode_dicom(
+            data,
+            window=chosen,
+            default_window=fallback,
+            default_window_modality=default_window_modality,
+            **limits,
+        )
         return Upload(dicom.frames, dicom=dicom)
     if is_nifti(data):
         volume = decode_nifti(

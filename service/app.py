@@ -244,6 +244,7 @@ class LesionSeg(ViewerRoutes, VolumeOutputs, _StoreModels):
             self.settings,
             window=window,
             default_window=self.settings.default_window,
+            default_window_modality=self.settings.default_window_modality,
             max_total_pixels=max_total_pixels,
         )
 

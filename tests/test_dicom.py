@@ -225,3 +225,23 @@ def test_scrub_removes_patient_identifiers():
     dataset.PatientName, dataset.PatientID = "Quux^Zorblat", "PID-777-XYZ"
     message = scrub("bad value 'Quux^Zorblat' of PID-777-XYZ at (0010,0010)", dataset)
     assert "Zorblat" not in message and "PID-777" not in message and "(0010,0010)" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "windowed"),
+    [("CT_small.dcm", True), ("MR_small.dcm", False)],
+    ids=["CT gets the CT bundle's window", "MR keeps its own"],
+)
+def test_bundle_window_applies_to_its_modality_only(name, windowed):
+    from lesionseg.uploads import decode_upload
+
+    data = open(get_testdata_file(name), "rb").read()
+    settings = Settings()
+    bundle = decode_upload(
+        data, settings, default_window="abdomen", default_window_modality="CT"
+    ).frames[0]
+    explicit = decode_upload(data, settings, window="abdomen").frames[0]
+    own = decode_upload(data, settings).frames[0]
+    expected = explicit if windowed else own
+    np.testing.assert_array_equal(bundle.pixels, expected.pixels)
+    assert not np.array_equal(explicit.pixels, own.pixels)  # the two cases differ at all

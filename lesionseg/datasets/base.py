@@ -124,6 +124,7 @@ class Case:
         source: the file or folder the case comes from, for messages.
         files: every file the case reads (the dataset's shared files included), for
             :meth:`Dataset.fingerprint`.
+        modality: DICOM Modality of its images ("CT", "MR", ...), None when unknown (2-D).
 
     Each call of :meth:`frames` or :meth:`volume` reads the files again (nothing is cached,
     so a large dataset never sits in memory); errors in the data raise DatasetError then.
@@ -137,9 +138,11 @@ class Case:
         *,
         load_volume: Callable[[], Volume] | None = None,
         load_frame: Callable[[], Frame] | None = None,
+        modality: str | None = None,
     ):
         assert (load_volume is None) != (load_frame is None)
         self.name = name
+        self.modality = modality
         self.source = Path(source)
         self.files = tuple(Path(f) for f in files)
         self._load_volume = load_volume
@@ -178,6 +181,13 @@ class Dataset:
     classes: tuple[str, ...]
     cases: tuple[Case, ...]
     window: str | None = None
+
+    @property
+    def modality(self) -> str | None:
+        """The cases' common DICOM Modality ("CT", "MR", ...); None when unknown or mixed.
+        A bundle's window applies to uploads of this modality only."""
+        found = {case.modality for case in self.cases}
+        return found.pop() if len(found) == 1 else None
 
     def fingerprint(self) -> str:
         """sha256 hex over the sorted paths (relative to the root) and contents of every file

@@ -84,6 +84,7 @@ class _Series:
     truth: Path
     truth_kind: str  # "seg" | "rtstruct"
     segments: dict[int, str]  # segment / ROI number -> name
+    modality: str | None  # the images' Modality
 
 
 def _floats(ds: Dataset, keyword: str, n: int, path: Path) -> np.ndarray:
@@ -157,7 +158,8 @@ def _scan(folder: Path) -> _Series:
     ordered = [files[i] for i in order]
     uids = tuple(str(ds.SOPInstanceUID) for _, ds in ordered)
     segments = _check_truth(truth, truth_ds, kind, series_uid, set(uids), first)
-    return _Series(tuple(p for p, _ in ordered), uids, geometry, truth, kind, segments)
+    modality = str(first.get("Modality", "")).strip().upper() or None
+    return _Series(tuple(p for p, _ in ordered), uids, geometry, truth, kind, segments, modality)
 
 
 def _check_truth(
@@ -218,7 +220,8 @@ def read(
     for folder, series in scanned:
         name = folder.name if folder != root else root.name
         load = partial(_load, series, classes, window, settings)
-        cases.append(Case(name, folder, (*series.files, series.truth), load_volume=load))
+        files = (*series.files, series.truth)
+        cases.append(Case(name, folder, files, load_volume=load, modality=series.modality))
     return classes, tuple(cases)
 
 

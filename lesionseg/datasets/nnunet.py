@@ -116,6 +116,20 @@ def _check_geometry(image_path: Path, label_path: Path) -> None:
         )
 
 
+_MR_CHANNELS = {"MR", "MRI", "T1", "T1W", "T2", "T2W", "T1GD", "T1CE", "FLAIR", "ADC", "DWI", "PD"}
+
+
+def channel_modality(channel: str) -> str | None:
+    """The DICOM Modality of an nnU-Net channel name: "CT" -> "CT", "T2"/"FLAIR"/... -> "MR",
+    "PET" -> "PT"; None when the name says nothing known."""
+    name = channel.strip().upper().replace("-", "").replace(" ", "")
+    if name in ("CT", "PT", "US", "MG", "CR", "DX", "XA"):
+        return name
+    if name in _MR_CHANNELS or name.startswith("MR"):
+        return "MR"
+    return "PT" if name == "PET" else None
+
+
 def read(
     root: Path,
     *,
@@ -155,11 +169,13 @@ def read(
             list(channels.values()),
             next(iter(channels.values())),
         )
+    modality = channel_modality(str(next(iter(channels.values()))))
     cases = []
     for name, image, label in _pairs(root, spec, ending):
         _check_geometry(image, label)
         load = partial(_load, image, label, lut, known, window, settings)
-        cases.append(Case(name, image, (spec_path, image, label), load_volume=load))
+        files = (spec_path, image, label)
+        cases.append(Case(name, image, files, load_volume=load, modality=modality))
     return classes, tuple(cases)
 
 

@@ -144,3 +144,29 @@ def test_2d_pixels_are_the_service_pixels(layouts):
     served = decode_upload(case.source.read_bytes(), Settings()).frames[0].pixels
     np.testing.assert_array_equal(next(case.frames()).image, served)
     assert np.asarray(Image.open(case.source)).shape == (128, 128)
+
+
+@pytest.mark.parametrize(
+    ("channel", "modality"),
+    [("CT", "CT"), ("T2", "MR"), ("FLAIR", "MR"), ("MRI", "MR"), ("PET", "PT"), ("noNorm", None)],
+)
+def test_nnunet_channel_names_give_the_dicom_modality(channel, modality):
+    from lesionseg.datasets.nnunet import channel_modality
+
+    assert channel_modality(channel) == modality
+
+
+@pytest.mark.parametrize(
+    ("layout", "modality"),
+    [
+        ("nnunet", "CT"),
+        ("msd", "CT"),
+        ("dicom-seg", "CT"),
+        ("dicom-rtstruct", "CT"),
+        ("folders", None),
+        ("coco", None),
+    ],
+)
+def test_dataset_modality_is_what_the_bundle_records(layouts, layout, modality):
+    path, _ = layouts[layout]
+    assert open_dataset(path).modality == modality
