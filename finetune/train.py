@@ -58,8 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--format", choices=FORMATS, help="override the detected layout")
     p.add_argument(
         "--labels",
-        help="comma-separated label names that count as lesions "
-        "(nnU-Net; default every label but background)",
+        help="comma-separated class names that count as lesions, e.g. tumour (default: every "
+        "label but background; the others count as background)",
     )
     p.add_argument(
         "--window",
