@@ -1,0 +1,195 @@
+"""``lesionseg train`` end to end on the LiTS slabs written in every dataset layout, with the
+tiniest settings: each run writes a bundle the service can load. Also a SAM fine-tune whose
+sam.pt round-trips, a time budget, Ctrl-C and a bad dataset (slow tier)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from finetune.train import BUNDLE_FORMAT
+from finetune.train import main as train
+from lesionseg.bundle import Bundle
+from lesionseg.sam_models import load_sam
+
+from .datasets import fixtures
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+SLABS = ((10, 13), (60, 63), (110, 113))  # three cases of three slices
+SMALL = ["--batch", "4", "--imgsz", "64", "--max-val-frames", "2"]  # every run
+TINY = ["--epochs", "1", "--sam", "none", *SMALL]
+TUMOUR = ["--labels", "tumour"]
+
+# layout -> (writer, its options, extra command-line arguments, the bundle's classes)
+LAYOUTS = {
+    "nnunet": (fixtures.write_nnunet, {}, [*TUMOUR, "--window", "abdomen"], ["tumour"]),
+    "folders": (fixtures.write_folders, {}, TUMOUR, ["tumour"]),
+    "busi": (fixtures.write_busi, {"normal": 2}, [], ["tumour"]),  # with negatives
+    "dicom-seg": (fixtures.write_dicom, {}, ["--window", "abdomen"], ["liver", "tumour"]),
+    "dicom-rtstruct": (fixtures.write_dicom, {"truth": "rtstruct"}, TUMOUR, ["tumour"]),
+    "coco": (fixtures.write_coco, {}, [], ["liver", "tumour"]),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _torch_state():
+    """ultralytics switches torch to deterministic algorithms; the next tests get it back."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+
+
+@pytest.fixture(scope="module")
+def written(lits, tmp_path_factory):
+    """layout name -> its folder, written on first use."""
+    root, paths = tmp_path_factory.mktemp("train-layouts"), {}
+
+    def get(name: str) -> Path:
+        if name not in paths:
+            writer, options, _, _ = LAYOUTS[name]
+            paths[name] = writer(lits, root / name, slabs=SLABS, **options)
+        return paths[name]
+
+    return get
+
+
+def _train(dataset: Path, out: Path, *args: str) -> dict:
+    started = time.time()
+    assert train([str(dataset), "--out", str(out), "--workdir", str(out) + "-work", *args]) == 0
+    print(f"lesionseg train {dataset.name}: {time.time() - started:.1f} s")
+    return _check_bundle(out)
+
+
+def _check_bundle(out: Path) -> dict:
+    """A bundle the service loads: model.json, detector names = classes, the table."""
+    from lesionseg.detector import Detector
+
+    record = json.loads((out / "model.json").read_text())
+    assert record["format"] == BUNDLE_FORMAT
+    bundle = Bundle.load(out)  # checks model.json's keys, files and the detector's names
+    assert list(bundle.classes) == record["classes"]
+    names = Detector(out / "detector.pt", image_size=record["detector"]["image_size"]).names
+    assert list(names.values()) == record["classes"] and list(names) == list(range(len(names)))
+    assert 0.0 <= record["detector"]["score_threshold"] <= 1.0
+    with (out / "evaluation.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows[0]["row"] == "GT boxes, SAM zero-shot" and float(rows[0]["lesion_dice"]) > 0.3
+    assert "| row | detector |" in (out / "evaluation.md").read_text()
+    assert (out / "evaluation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return record
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_train_writes_a_bundle_from_every_layout(layout, written, tmp_path):
+    _, _, args, classes = LAYOUTS[layout]
+    record = _train(written(layout), tmp_path / "bundle", *TINY, *args)
+    assert record["classes"] == classes
+    assert record["dataset"]["format"] == layout.split("-")[0]
+    split, cases = record["split"], record["dataset"]["cases"]
+    assert split["method"] == "case" and len(split["val"]) == max(1, round(cases * 0.2))
+    assert len(split["train"]) + len(split["val"]) == cases
+    assert record["window"] == ("abdomen" if "--window" in args else None)
+    assert record["detector"]["epochs_run"] == 1 and record["detector"]["image_size"] == 64
+    assert record["sam"] == {
+        "family": "litemedsam",
+        "weights": None,
+        "recipe": "none",
+        "selected": "zero-shot",
+    }
+    assert not (tmp_path / "bundle" / "sam.pt").exists()
+    if len(classes) > 1:  # a row per class
+        rows = [r["row"] for r in record["metrics"]["table"]]
+        assert [r for r in rows if r.startswith("selected, class")] == [
+            f"selected, class {c}" for c in classes
+        ]
+
+
+def test_sam_decoder_fine_tune_round_trips(written, tmp_path):
+    out = tmp_path / "bundle"
+    record = _train(
+        written("folders"),
+        out,
+        *[*SMALL, *TUMOUR, "--epochs", "1"],
+        *["--sam", "decoder", "--sam-epochs", "1", "--sam-steps", "2"],
+    )
+    sam = record["sam"]
+    assert sam["recipe"] == "decoder" and sam["epochs_run"] == 1 and sam["sha256"]
+    rows = [r["row"] for r in record["metrics"]["table"]]
+    assert "GT boxes, SAM decoder fine-tune" in rows
+    if sam["selected"] == "decoder":
+        assert sam["weights"] == "sam.pt" and Bundle.load(out).sam.weights == out / "sam.pt"
+        path = out / "sam.pt"
+    else:  # the fine-tune lost to the zero-shot SAM: kept in logs/, not served
+        assert sam["weights"] is None and not (out / "sam.pt").exists()
+        path = out / "logs" / "sam.not-selected.pt"
+    assert load_sam("litemedsam", path).spec.sha256 == sam["sha256"]
+
+
+def test_a_tiny_time_budget_still_writes_a_bundle(written, tmp_path):
+    """The budget is spent before the detector starts: it trains a few seconds, SAM not at
+    all, and the bundle is valid all the same."""
+    record = _train(
+        written("folders"),
+        tmp_path / "bundle",
+        *[*SMALL, *TUMOUR, "--epochs", "50", "--sam", "decoder", "--time-budget", "0.05"],
+    )
+    assert record["training"]["time_budget_min"] == 0.05
+    assert record["detector"]["epochs_run"] < 50
+    assert record["sam"]["recipe"] == "decoder (stopped before its first epoch)"
+    assert record["sam"]["weights"] is None
+    log = json.loads((tmp_path / "bundle" / "logs" / "detector.training-log.json").read_text())
+    assert log[-1]["time"] < 30, "the detector trained far past the budget"
+
+
+def test_epochs_cap_a_time_budget(written, tmp_path):
+    """ultralytics' time mode would fill the budget with epochs; --epochs stays the cap."""
+    args = LAYOUTS["nnunet"][2]
+    record = _train(written("nnunet"), tmp_path / "bundle", *TINY, *args, "--time-budget", "10")
+    assert record["detector"]["epochs_run"] == 1
+    assert record["training"]["seconds"] < 120
+
+
+def test_ctrl_c_stops_training_and_writes_the_bundle(written, tmp_path):
+    out, work = tmp_path / "bundle", tmp_path / "work"
+    command = [sys.executable, "-m", "lesionseg.cli", "train", str(written("folders"))]
+    command += ["--out", str(out), "--workdir", str(work), *TUMOUR, *SMALL]
+    command += ["--epochs", "200", "--sam", "decoder"]
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    results = work / "train" / "results.csv"
+    deadline = time.time() + 120
+    while not results.is_file() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)  # the first epoch is done
+    assert process.poll() is None, process.communicate()[0][-3000:]
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=180)
+    assert process.returncode == 0, output[-3000:]
+    assert "Ctrl-C" in output
+    record = _check_bundle(out)
+    assert record["detector"]["interrupted"] is True and record["training"]["interrupted"]
+    assert 1 <= record["detector"]["epochs_run"] < 200
+    assert record["sam"]["recipe"] == "decoder (skipped: Ctrl-C during detector training)"
+
+
+def test_bad_data_exits_2_naming_the_file(written, tmp_path, capsys):
+    dataset = tmp_path / "folders"
+    shutil.copytree(written("folders"), dataset)
+    (dataset / "masks" / "lits117_z061.png").write_bytes(b"not a png")
+    out = tmp_path / "bundle"
+    assert train([str(dataset), "--out", str(out), "--workdir", str(tmp_path / "w"), *TINY]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("lesionseg train: error:") and "lits117_z061.png" in error
+    assert not (tmp_path / "bundle" / "model.json").exists()
