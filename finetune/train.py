@@ -329,32 +329,28 @@ def _train_sam(args, samples, val, out, deadline, started, interrupted: bool):
     log = EpochLog(out / "logs" / "sam")
     t0 = time.time()
     lora = None
+    common = dict(epochs=args.sam_epochs, max_shift=args.max_shift, seed=args.seed, log=log)
     if args.sam == "decoder":
+        cache = Settings().cache_dir / "finetune"
         rows = train_decoder(
             modules,
             samples,
             val_samples,
-            epochs=args.sam_epochs,
             lr=args.sam_lr or 2e-4,
-            max_shift=args.max_shift,
-            seed=args.seed,
-            cache=Settings().cache_dir / "finetune",
-            log=log,
+            cache=cache,
             max_steps=steps,
             stopper=stopper,
+            **common,
         )
     else:
         peft_model, rows = train_lora(
             modules,
             samples,
             val_samples,
-            epochs=args.sam_epochs,
             lr=args.sam_lr or 5e-4,
-            max_shift=args.max_shift,
             steps_per_epoch=steps,
-            seed=args.seed,
-            log=log,
             stopper=stopper,
+            **common,
         )
         lora = merge(modules, peft_model)
     if not rows:
