@@ -46,6 +46,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel
 from .data import window_ct
 from .errors import InputError, InvalidImageError
 from .imaging import check_frames, check_pixels, check_total_pixels
+from .measure.geometry import VolumeGeometry
 from .types import MedicalImage
 
 # pydicom's default (WARN) logs invalid element values verbatim, a patient's name included.
@@ -307,3 +308,47 @@ def _colour(raw: np.ndarray, dataset: Dataset, photometric: str) -> np.ndarray:
     if rgb.dtype != np.uint8 or top != 255:
         rgb = (rgb.astype(np.float32) / top * 255 + 0.5).clip(0, 255).astype(np.uint8)
     return np.ascontiguousarray(rgb)
+
+
+def volume_geometry(sources: list[Dataset]) -> VolumeGeometry | None:
+    """Where each frame of one multi-frame object, or of the single-frame objects of one
+    series (frame k = the k-th), lies in the patient: ImagePositionPatient,
+    ImageOrientationPatient (top level or functional groups) and PixelSpacing. None when any
+    of these is missing or unusable, or the frames are not parallel."""
+    frames = [(ds, i) for ds in sources for i in range(int(ds.get("NumberOfFrames") or 1))]
+    origins, orientations, spacings = [], [], []
+    for ds, i in frames:
+        position = _fg_item(ds, i, "PlanePositionSequence")
+        orientation = _fg_item(ds, i, "PlaneOrientationSequence")
+        ipp = ds.get("ImagePositionPatient") or (position and position.get("ImagePositionPatient"))
+        iop = ds.get("ImageOrientationPatient") or (
+            orientation and orientation.get("ImageOrientationPatient")
+        )
+        spacing, source = pixel_spacing(ds, i)
+        try:
+            origin = np.array([float(v) for v in ipp], np.float64)
+            cosines = np.array([float(v) for v in iop], np.float64)
+        except (TypeError, ValueError):
+            return None
+        if origin.shape != (3,) or cosines.shape != (6,) or source != "pixel_spacing":
+            return None
+        if not (np.isfinite(origin).all() and np.isfinite(cosines).all()):
+            return None
+        origins.append(origin)
+        orientations.append(cosines)
+        spacings.append(spacing)
+    row, col = orientations[0][:3], orientations[0][3:]
+    if (
+        abs(np.linalg.norm(row) - 1) > 1e-2
+        or abs(np.linalg.norm(col) - 1) > 1e-2
+        or abs(row @ col) > 1e-2
+        or not all(np.allclose(o, orientations[0], atol=1e-3) for o in orientations)
+    ):
+        return None
+    return VolumeGeometry(
+        np.array(origins),
+        row / np.linalg.norm(row),
+        col / np.linalg.norm(col),
+        np.array(spacings, np.float64),
+        "image_position_patient",
+    )

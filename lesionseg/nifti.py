@@ -26,6 +26,7 @@ import numpy as np
 from .data import window_ct
 from .errors import ImageTooLargeError, InputError, InvalidImageError
 from .imaging import check_frames, check_pixels, check_total_pixels
+from .measure.geometry import VolumeGeometry
 from .types import MedicalImage, SegmentationResult
 
 _UNIT_TO_MM = {"mm": 1.0, "meter": 1000.0, "micron": 0.001}
@@ -172,3 +173,27 @@ def label_mask(
     header["descrip"] = ("lesionseg " + " ".join(f"{i + 1}={n}" for i, n in enumerate(labels)))[:79]
     out = type(volume.image)(mask.reshape(volume.image.shape), volume.image.affine, header)
     return gzip.compress(out.to_bytes(), compresslevel=6)
+
+
+def volume_geometry(volume: NiftiVolume) -> VolumeGeometry | None:
+    """Where each slice lies in the patient, from the affine (RAS, converted to DICOM's LPS)
+    in the header's spatial unit; None when that unit is unknown. Slice ``k``'s pixel
+    ``(r, c)`` is voxel index ``c`` along the first in-plane axis, ``r`` along the second."""
+    unit = volume.image.header.get_xyzt_units()[0]
+    if unit not in _UNIT_TO_MM:
+        return None
+    affine = np.diag([-1.0, -1.0, 1.0]) @ volume.image.affine[:3] * _UNIT_TO_MM[unit]  # (3, 4)
+    col_axis, row_axis = (i for i in range(3) if i != volume.axis)
+    steps = {i: affine[:, i] for i in range(3)}
+    spacing = (float(np.linalg.norm(steps[row_axis])), float(np.linalg.norm(steps[col_axis])))
+    if min(spacing) <= 0:
+        return None
+    origins = np.array([affine[:, 3] + k * steps[volume.axis] for k in range(len(volume.frames))])
+    return VolumeGeometry(
+        origins,
+        steps[col_axis] / spacing[1],
+        steps[row_axis] / spacing[0],
+        np.tile(spacing, (len(origins), 1)),
+        "nifti_affine",
+        slice_step=float(np.linalg.norm(steps[volume.axis])) if len(origins) == 1 else None,
+    )
