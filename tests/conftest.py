@@ -33,6 +33,17 @@ def lits(settings):
 
 
 @pytest.fixture(scope="session")
+def lits_volume(lits):
+    """The LiTS case as a training Volume (lesionseg.datasets): tumours the one class, the
+    slices' CT window. ``lits_volume.frames(0, (100, 128))`` are the validation slices as
+    Frames, with the instances of ``lits.slice(z)``."""
+    from lesionseg.data import TUMOUR_LABEL, window_ct
+    from lesionseg.datasets import Volume
+
+    return Volume(window_ct(lits.ct), (lits.labels == TUMOUR_LABEL).astype(np.uint16))
+
+
+@pytest.fixture(scope="session")
 def litemedsam(settings):
     from lesionseg.segmenter import Segmenter
 

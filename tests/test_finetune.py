@@ -1,4 +1,6 @@
-"""Fine-tuning recipes: one tiny step each on a few real LiTS slices, and the loader round trip."""
+"""Fine-tuning recipes: one tiny step each on a few real LiTS slices, and the loader round trip.
+
+``lesionseg train`` itself is tested end to end in test_train.py."""
 
 from __future__ import annotations
 
@@ -10,11 +12,19 @@ import pytest
 import torch
 from torch import nn
 
-from finetune.common import dice_bce_loss, lesion_samples, masks_to_model_frame, perturb_boxes
+from finetune.common import dice_bce_loss, frame_samples, masks_to_model_frame, perturb_boxes
+from lesionseg.data import SPLITS
 from lesionseg.sam_delta import apply_delta, is_delta, make_delta
 from lesionseg.transforms import mask_to_box
 
 SHIPPED = sorted((Path(__file__).parent.parent / "models" / "sam").glob("litemedsam-*.pt"))
+
+
+def lits_samples(lits_volume, split: str, step: int) -> list:
+    """Samples of every ``step``-th slice of a LiTS slab (slices without lesions dropped)."""
+    slab = SPLITS[split]
+    frames = lits_volume.frames(0, (slab.start, slab.stop), prefix="lits117")
+    return frame_samples(list(frames)[::step])
 
 
 @pytest.mark.parametrize("shift", [0.0, 0.05, 0.10])
@@ -39,10 +49,13 @@ def test_dice_bce_loss_prefers_the_right_mask():
     assert good < 0.05 < bad
 
 
-def test_lesion_samples_match_connected_components(lits):
-    samples = lesion_samples(lits, "val", step=7)
+def test_frame_samples_match_connected_components(lits, lits_volume):
+    samples = lits_samples(lits_volume, "val", step=7)
     assert samples and all(len(s.boxes) == len(s.masks) > 0 for s in samples)
     for s in samples:
+        sl = lits.slice(int(s.name.rsplit("_", 1)[1]))  # "lits117/a0_107" -> slice 107
+        assert len(s.boxes) == (sl.areas >= 10).sum()  # outlines of < 10 px are dropped
+        np.testing.assert_array_equal(s.boxes, sl.boxes[sl.areas >= 10])
         for box, mask in zip(s.boxes, s.masks, strict=True):
             np.testing.assert_array_equal(box, mask_to_box(mask))
             assert mask.sum() >= 10
@@ -89,30 +102,34 @@ def _changed(before: dict, module: nn.Module) -> set[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["litemedsam", "hf"])
-def test_decoder_only_step_trains_only_the_mask_decoder(family, lits, tiny_hf_sam_dir, tmp_path):
+def test_decoder_only_step_trains_only_the_mask_decoder(
+    family, lits_volume, tiny_hf_sam_dir, tmp_path
+):
     from finetune.sam_decoder import train_decoder
+    from finetune.sam_train import image_key
     from lesionseg.sam_models import load_sam
 
     modules = load_sam(family, tiny_hf_sam_dir if family == "hf" else None)
     enc, dec = _snapshot(modules.encoder), _snapshot(modules.decoder)
-    train = lesion_samples(lits, "train", step=45)[:2]
+    train = lits_samples(lits_volume, "train", step=45)[:2]
     rows = train_decoder(modules, train, [], epochs=1, cache=tmp_path, max_boxes=2)
     assert np.isfinite(rows[0]["train_loss"])
     changed = _changed(dec, modules.decoder)
     assert changed and all("mask_decoder" in k for k in changed), sorted(changed)[:5]
     if family == "litemedsam":  # HF's encoder wrapper shares the model with the decoder's
         assert not _changed(enc, modules.encoder)
-    assert len(list(tmp_path.glob("embeddings-*/z*.pt"))) == 2  # embeddings cached per slice
+    cached = {p.stem for p in tmp_path.glob("embeddings-*/*.pt")}  # per image, by its pixels
+    assert cached == {image_key(s.image) for s in train} and len(cached) == 2
 
 
 @pytest.mark.slow
-def test_lora_step_hf_saves_a_merged_samodel(lits, tiny_hf_sam_dir, tmp_path):
+def test_lora_step_hf_saves_a_merged_samodel(lits_volume, tiny_hf_sam_dir, tmp_path):
     from finetune.sam_lora import merge, train_lora
     from finetune.sam_train import save_sam
     from lesionseg.sam_models import load_sam
 
     modules = load_sam("hf", tiny_hf_sam_dir)
-    model, rows = train_lora(modules, lesion_samples(lits, "train", step=45)[:1], [], epochs=1)
+    model, rows = train_lora(modules, lits_samples(lits_volume, "train", step=45)[:1], [], epochs=1)
     assert np.isfinite(rows[0]["train_loss"])
     assert merge(modules, model) is None
     record = {"base": {"sha256": modules.spec.sha256}}
@@ -127,7 +144,9 @@ def test_lora_step_hf_saves_a_merged_samodel(lits, tiny_hf_sam_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_lora_step_litemedsam_and_delta_round_trip_through_settings(lits, litemedsam, tmp_path):
+def test_lora_step_litemedsam_and_delta_round_trip_through_settings(
+    lits, lits_volume, litemedsam, tmp_path
+):
     """One LoRA step on LiteMedSAM, merged, saved as a delta, loaded by LESIONSEG_SAM_PATH."""
     from finetune.sam_lora import merge, train_lora
     from finetune.sam_train import save_sam
@@ -136,7 +155,7 @@ def test_lora_step_litemedsam_and_delta_round_trip_through_settings(lits, liteme
     from lesionseg.settings import Settings
 
     modules = load_sam("litemedsam", None)
-    train = lesion_samples(lits, "train", step=45)[:1]
+    train = lits_samples(lits_volume, "train", step=45)[:1]
     model, rows = train_lora(modules, train, [], epochs=1, max_boxes=1, lr=1e-3)
     trained, total = model.get_nb_trainable_parameters()
     print(f"LoRA trainable: {trained} of {total} = {100 * trained / total:.2f} %")
@@ -196,26 +215,17 @@ def test_unet_step_changes_weights(lits):
     assert predict_unet(model, [slices[0].image]).shape == (1, 128, 128)
 
 
-class _FewSlices:
-    def __init__(self, lits):
-        self.lits = lits
+def test_yolo_labels_of_real_lits_slices(lits, lits_volume, tmp_path):
+    """The detector's training labels on real slices equal the LiTS tumour outlines' boxes.
+    (Training itself: test_train.py.)"""
+    from finetune.train_detector import write_yolo_dataset
 
-    def slices(self, split):
-        return (
-            [self.lits.slice(40), self.lits.slice(60)]
-            if split == "train"
-            else [self.lits.slice(110)]
-        )
-
-
-@pytest.mark.slow
-def test_detector_recipe_boxes_from_masks_and_one_tiny_epoch(lits, tmp_path):
-    from finetune.train_detector import train_yolo, write_training_log, write_yolo_dataset
-
-    yaml = write_yolo_dataset(_FewSlices(lits), tmp_path / "ds")
+    val = list(lits_volume.frames(0, (110, 111), prefix="lits117"))
+    write_yolo_dataset({"val": val}, ["lesion"], tmp_path / "ds")
     sl = lits.slice(110)
-    lines = (tmp_path / "ds/labels/val/lits117_z110.txt").read_text().splitlines()
-    assert len(lines) == len(sl.boxes)
+    (label,) = (tmp_path / "ds/labels/val").glob("*a0_110.txt")
+    lines = label.read_text().splitlines()
+    assert len(lines) == len(sl.boxes) > 0
     for line, (x0, y0, x1, y1) in zip(lines, sl.boxes, strict=True):
         cls, cx, cy, w, h = (float(v) for v in line.split())
         assert cls == 0
@@ -224,7 +234,3 @@ def test_detector_recipe_boxes_from_masks_and_one_tiny_epoch(lits, tmp_path):
             [(x0 + x1) / 256, (y0 + y1) / 256, (x1 - x0) / 128, (y1 - y0) / 128],
             atol=1e-5,
         )
-    model = train_yolo(yaml, tmp_path / "work", epochs=1, imgsz=64, batch=2, seed=0)
-    write_training_log(Path(model.trainer.save_dir) / "results.csv", tmp_path / "det")
-    log = json.loads((tmp_path / "det.training-log.json").read_text())
-    assert len(log) == 1 and log[0]["epoch"] == 1
