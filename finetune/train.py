@@ -29,7 +29,7 @@ import torch
 
 from lesionseg.datasets import FORMATS, open_dataset
 from lesionseg.detector import Detector
-from lesionseg.errors import LesionSegError
+from lesionseg.errors import DatasetError, LesionSegError
 from lesionseg.provenance import git_commit, hardware, versions
 from lesionseg.sam_models import load_sam
 from lesionseg.settings import Settings
@@ -150,6 +150,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
         slab_gap=args.slab_gap,
     )
     print(f"split by {split.method}: {len(split.train)} train, {len(split.val)} validation")
+    val = _val_frames(split, args.max_val_frames, args.seed)
+    if not val:  # _val_frames keeps negatives only as many as positives
+        raise DatasetError(
+            f"the validation side ({', '.join(p.name for p in split.val[:5])}) holds no lesion:"
+            " the threshold cannot be tuned nor accuracy measured; pick validation cases with"
+            " lesions (--val-cases, --seed or --val-fraction)"
+        )
     out, work = args.out, args.workdir or settings.cache_dir / "train" / args.out.name
     work.mkdir(parents=True, exist_ok=True)
     # The shipped bundle may be the one being rebuilt: keep what it was before writing over it.
@@ -161,8 +168,6 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
     }
     shutil.copyfile(settings.detector_weights, shipped["weights"])
     _clear_bundle(out)
-
-    val = _val_frames(split, args.max_val_frames, args.seed)
     samples: list = []
 
     def train_frames():
@@ -179,6 +184,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
         seed=args.seed,
     )
     print(f"detector data: {data.frames} frames, {data.lesions} lesions -> {data.yaml}")
+    if not data.lesions["train"]:
+        raise DatasetError(
+            f"the training side ({', '.join(p.name for p in split.train[:5])}, ...) holds no "
+            f"lesion of the classes {list(dataset.classes)}: check --labels and the masks"
+        )
 
     detector_record = _train_detector(args, shipped, data, work, out, deadline, started)
     stopped = detector_record["interrupted"]  # Ctrl-C ends training, not just the detector's

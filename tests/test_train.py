@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -184,12 +185,39 @@ def test_ctrl_c_stops_training_and_writes_the_bundle(written, tmp_path):
     assert record["sam"]["recipe"] == "decoder (skipped: Ctrl-C during detector training)"
 
 
-def test_bad_data_exits_2_naming_the_file(written, tmp_path, capsys):
-    dataset = tmp_path / "folders"
-    shutil.copytree(written("folders"), dataset)
-    (dataset / "masks" / "lits117_z061.png").write_bytes(b"not a png")
+TUMOURS = [f"tumour/lits117_z{z:03d}" for a, b in SLABS for z in range(a, b)]
+
+
+@pytest.mark.parametrize(
+    "layout, args, message",
+    [
+        ("folders", [], r"lits117_z061\.png"),  # a mask that is no PNG
+        ("busi", ["--val-cases", "tumour/lits117_z010,ghost"], r"\['ghost'\]"),
+        (
+            "busi",
+            ["--val-cases", "normal/normal_0,normal/normal_1"],
+            r"validation side \(normal/normal_0, normal/normal_1\) holds no lesion",
+        ),
+        (
+            "busi",
+            ["--val-cases", ",".join(TUMOURS)],
+            r"training side \(normal/normal_0, .*no lesion",
+        ),
+    ],
+    ids=["unreadable-mask", "unknown-val-case", "val-without-lesion", "train-without-lesion"],
+)
+def test_bad_data_exits_2_with_a_message(layout, args, message, written, tmp_path, capsys):
+    dataset = tmp_path / layout
+    shutil.copytree(written(layout), dataset)
+    if layout == "folders":
+        (dataset / "masks" / "lits117_z061.png").write_bytes(b"not a png")
     out = tmp_path / "bundle"
-    assert train([str(dataset), "--out", str(out), "--workdir", str(tmp_path / "w"), *TINY]) == 2
+    out.mkdir()
+    (out / "model.json").write_text("{}")  # an earlier bundle
+    command = [str(dataset), "--out", str(out), "--workdir", str(tmp_path / "w"), *TINY, *args]
+    assert train(command) == 2
     error = capsys.readouterr().err
-    assert error.startswith("lesionseg train: error:") and "lits117_z061.png" in error
-    assert not (tmp_path / "bundle" / "model.json").exists()
+    assert error.startswith("lesionseg train: error:")
+    assert re.search(message, error), error
+    if "training side" not in message:  # refused before the old bundle is cleared
+        assert (out / "model.json").read_text() == "{}"
