@@ -117,6 +117,19 @@ def test_train_writes_a_bundle_from_every_layout(layout, written, tmp_path):
         ]
 
 
+def test_one_volume_is_split_by_slab_and_sliced_along_every_axis(lits, tmp_path):
+    """The shipped bundle's recipe in small: one volume, slab split, --axes all."""
+    dataset = fixtures.write_nnunet(lits, tmp_path / "one", slabs=((100, 114),))
+    slab = ["--slab-gap", "2", "--val-fraction", "0.25", "--axes", "all"]
+    with pytest.warns(UserWarning, match="one case: splitting it by slab"):
+        record = _train(dataset, tmp_path / "bundle", *TINY, *LAYOUTS["nnunet"][2], *slab)
+    split = record["split"]
+    assert split["method"] == "slab" and split["gap"] == 2
+    assert (split["train_slices"], split["val_slices"]) == ([0, 7], [10, 13])
+    # 8 axial training slices, and 128 + 128 slices across them (lesion-free ones capped)
+    assert record["detector"]["frames"]["train"] > 8 + 64 and record["dataset"]["axes"] == "all"
+
+
 def test_sam_decoder_fine_tune_round_trips(written, tmp_path):
     out = tmp_path / "bundle"
     record = _train(
