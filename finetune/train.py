@@ -28,26 +28,23 @@ import numpy as np
 import torch
 
 from lesionseg.datasets import FORMATS, open_dataset
-from lesionseg.detector import Detector
 from lesionseg.errors import DatasetError, LesionSegError
 from lesionseg.provenance import git_commit, hardware, versions
 from lesionseg.sam_models import load_sam
 from lesionseg.settings import Settings
 
-from . import evaluate
+from . import evaluate, validate
 from .common import EpochLog, Stopper, frame_samples
 from .split import AXES, split_cases
 from .train_detector import (
     AUGMENTATION,
     copy_checkpoint,
     copy_training_log,
-    detect_frames,
     train_yolo,
     write_yolo_dataset,
 )
 
 BUNDLE_FORMAT = "lesionseg-bundle/1"
-DETECTOR_FLOOR = evaluate.THRESHOLDS[0]  # detections kept for tuning
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -167,7 +164,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
         "image_size": settings.detector_image_size,
     }
     shutil.copyfile(settings.detector_weights, shipped["weights"])
-    _clear_bundle(out)
+    shipped["classes"] = settings.bundle().classes if settings.bundle() else None
+    # Written into a staging folder and swapped in at the end: an aborted run leaves the old
+    # bundle in --out as it was.
+    stage = out.parent / f".{out.name}.partial"
+    shutil.rmtree(stage, ignore_errors=True)
+    (stage / "logs").mkdir(parents=True)
     samples: list = []
 
     def train_frames():
@@ -190,27 +192,32 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
             f"lesion of the classes {list(dataset.classes)}: check --labels and the masks"
         )
 
-    detector_record = _train_detector(args, shipped, data, work, out, deadline, started)
+    detector_record = _train_detector(args, shipped, data, work, stage, deadline, started)
     stopped = detector_record["interrupted"]  # Ctrl-C ends training, not just the detector's
-    sam_record, tuned_modules = _train_sam(args, samples, val, out, deadline, started, stopped)
-    evaluation = _evaluate(args, shipped, dataset.classes, val, out, tuned_modules)
-    if evaluation["selected_sam"] == "zero-shot" and (out / "sam.pt").exists():
-        (out / "sam.pt").rename(out / "logs" / "sam.not-selected.pt")
+    sam_record, tuned_modules = _train_sam(args, samples, val, stage, deadline, started, stopped)
+    choice = _choose(args, shipped, dataset.classes, val, stage, tuned_modules)
+    if choice.detector == "shipped":
+        (stage / "detector.pt").rename(stage / "logs" / "detector.not-selected.pt")
+        shutil.copyfile(shipped["weights"], stage / "detector.pt")
+        detector_record["image_size"] = shipped["image_size"]
+    if choice.sam == "zero-shot" and (stage / "sam.pt").exists():
+        (stage / "sam.pt").rename(stage / "logs" / "sam.not-selected.pt")
     record = {
         "format": BUNDLE_FORMAT,
         "name": args.name or out.resolve().name,
         "classes": list(dataset.classes),
         "detector": {
             **detector_record,
-            "score_threshold": evaluation["score_threshold"],
-            "box_margin": evaluation["box_margin"],
+            "selected": choice.detector,
+            "score_threshold": choice.score_threshold,
+            "box_margin": choice.box_margin,
             "nms_iou_threshold": 0.5,
         },
         "sam": {
             "family": "litemedsam",
-            "weights": "sam.pt" if (out / "sam.pt").exists() else None,
+            "weights": "sam.pt" if (stage / "sam.pt").exists() else None,
             **sam_record,
-            "selected": evaluation["selected_sam"],
+            "selected": choice.sam,
         },
         "window": args.window,
         "modality": dataset.modality,
@@ -223,7 +230,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
             "axes": args.axes,
         },
         "split": split.record() | {"val_frames_scored": len(val)},
-        "metrics": evaluation["metrics"],
+        "metrics": {
+            "selected": choice.best | {"detector": choice.detector, "sam": choice.sam},
+            "objective": args.tune_objective,
+            "table": choice.rows,
+        },
         "training": {
             "command": "lesionseg train " + " ".join(argv),
             "seconds": round(time.time() - started, 1),
@@ -236,21 +247,22 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
         "git_commit": git_commit(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    (out / "model.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"bundle -> {out}: {json.dumps(evaluation['metrics']['selected'])}")
+    (stage / "model.json").write_text(json.dumps(record, indent=2) + "\n")
+    _publish(stage, out)
+    print((out / "evaluation.md").read_text())
+    print(f"bundle -> {out}: {json.dumps(record['metrics']['selected'])}")
     print(f"serve it: LESIONSEG_MODEL_DIR={out} make serve")
     return out
 
 
-def _clear_bundle(out: Path) -> None:
-    """Remove what an earlier run wrote into ``out``, so no stale file joins the new bundle."""
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("model.json", "detector.pt", "sam.pt"):
-        (out / name).unlink(missing_ok=True)
-    for path in out.glob("evaluation.*"):
-        path.unlink()
-    shutil.rmtree(out / "logs", ignore_errors=True)
-    (out / "logs").mkdir()
+def _publish(stage: Path, out: Path) -> None:
+    """Replace ``out`` with the finished ``stage`` (two renames on one file system)."""
+    previous = out.parent / f".{out.name}.previous"
+    shutil.rmtree(previous, ignore_errors=True)
+    if out.exists():
+        out.rename(previous)
+    stage.rename(out)
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def _val_frames(split, limit: int, seed: int) -> list:
@@ -365,7 +377,8 @@ def _train_sam(args, samples, val, out, deadline, started, interrupted: bool):
         lora = merge(modules, peft_model)
     if not rows:
         return {"recipe": f"{args.sam} (stopped before its first epoch)"}, None
-    sha = save_litemedsam_delta(modules, out / "sam.pt", name=f"{out.name}-{args.sam}", lora=lora)
+    name = f"{args.name or args.out.name}-{args.sam}"
+    sha = save_litemedsam_delta(modules, out / "sam.pt", name=name, lora=lora)
     return {
         "recipe": args.sam,
         "sha256": sha,
@@ -379,98 +392,28 @@ def _train_sam(args, samples, val, out, deadline, started, interrupted: bool):
     }, modules
 
 
-def _evaluate(args, shipped_model, classes, val, out, tuned_modules) -> dict:
-    cache = Settings().cache_dir / "finetune"
-    mins = args.min_lesion_px
-    new = Detector(out / "detector.pt", image_size=args.imgsz, score_threshold=DETECTOR_FLOOR)
-    shipped = Detector(
-        shipped_model["weights"],
-        image_size=shipped_model["image_size"],
-        score_threshold=DETECTOR_FLOOR,
-    )
-    dets_new = detect_frames(new, val, score_threshold=DETECTOR_FLOOR)
-    dets_shipped = detect_frames(shipped, val, score_threshold=DETECTOR_FLOOR)
-    sams = {"zero-shot": evaluate.SamEvaluator(load_sam("litemedsam", None), val, cache)}
+def _choose(args, shipped: dict, classes, val, stage: Path, tuned_modules) -> validate.Choice:
+    """Tune and pick the detector (new; shipped when its classes are the dataset's) and SAM."""
+    detectors = [validate.DetectorCandidate("new", stage / "detector.pt", args.imgsz)]
+    if shipped["classes"] is not None and tuple(shipped["classes"]) == tuple(classes):
+        served = (shipped["score_threshold"], shipped["box_margin"])
+        detectors.append(
+            validate.DetectorCandidate("shipped", shipped["weights"], shipped["image_size"], served)
+        )
+    sams = {"zero-shot": None}
     if tuned_modules is not None:
-        sams[f"{args.sam} fine-tune"] = evaluate.SamEvaluator(tuned_modules, val, cache)
-    rows = []
-    for name, sam in sams.items():
-        rows.append(
-            {
-                "row": f"GT boxes, SAM {name}",
-                "detector": "-",
-                "sam": name,
-                "prompt": "ground-truth box",
-                **evaluate.gt_box_row(sam, mins),
-            }
-        )
-    rows.append(
-        {
-            "row": "automatic, shipped detector, SAM zero-shot",
-            "detector": "shipped",
-            "sam": "zero-shot",
-            "prompt": "detector boxes",
-            **evaluate.automatic_row(
-                sams["zero-shot"],
-                dets_shipped,
-                threshold=shipped_model["score_threshold"],
-                margin=shipped_model["box_margin"],
-                min_area=mins,
-            ),
-        }
+        sams[f"{args.sam} fine-tune"] = tuned_modules
+    choice = validate.validate(
+        val,
+        detectors,
+        sams,
+        classes,
+        out=stage,
+        cache=Settings().cache_dir / "finetune",
+        min_area=args.min_lesion_px,
+        objective=args.tune_objective,
     )
-    tuned, grids = {}, []
-    for name, sam in sams.items():
-        best, grid = evaluate.tune(sam, dets_new, min_area=mins, objective=args.tune_objective)
-        tuned[name] = best
-        grids += [{"sam": name, **g} for g in grid]
-        rows.append(
-            {
-                "row": f"automatic, new detector, SAM {name} (tuned)",
-                "detector": "new",
-                "sam": name,
-                "prompt": "detector boxes",
-                **best,
-            }
-        )
-    selected = max(tuned, key=lambda n: tuned[n][args.tune_objective] or -1.0)
-    best = tuned[selected]
-    if len(classes) > 1:
-        for c, cname in enumerate(classes):
-            rows.append(
-                {
-                    "row": f"selected, class {cname}",
-                    "detector": "new",
-                    "sam": selected,
-                    "prompt": "detector boxes",
-                    "class": cname,
-                    **evaluate.automatic_row(
-                        sams[selected],
-                        dets_new,
-                        threshold=best["score_threshold"],
-                        margin=best["box_margin"],
-                        min_area=mins,
-                        class_id=c,
-                    ),
-                }
-            )
-    evaluate.Table(grids).write_csv(out / "logs" / "tuning-grid.csv")
-    caption = (
-        f"{len(val)} validation frames ({sum(len(f.masks) > 0 for f in val)} with lesions). "
-        f"Lesion Dice over lesions >= {mins} px; FP-penalised: false positives count as 0; "
-        f"detection at box IoU >= {evaluate.DETECTION_IOU}, lesions >= "
-        f"{evaluate.DETECTION_MIN_AREA} px. Threshold and margin tuned on these frames for "
-        f"{args.tune_objective}; selected SAM: {selected}."
+    sam = "zero-shot" if choice.sam == "zero-shot" else args.sam
+    return validate.Choice(
+        choice.detector, sam, choice.score_threshold, choice.box_margin, choice.best, choice.rows
     )
-    evaluate.Table(rows).write(out / "evaluation", caption)
-    print((out / "evaluation.md").read_text())
-    return {
-        "selected_sam": "zero-shot" if selected == "zero-shot" else args.sam,
-        "score_threshold": best["score_threshold"],
-        "box_margin": best["box_margin"],
-        "metrics": {
-            "selected": best | {"sam": selected},
-            "table": rows,
-            "objective": args.tune_objective,
-        },
-    }
