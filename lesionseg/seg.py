@@ -1,7 +1,10 @@
 """Segmentation results -> a DICOM Segmentation (SEG) object, written with highdicom.
 
-One BINARY segment per lesion label (the detector's class names, or "lesion" for box
-prompts); a segment's frame holds the union of that label's lesion masks on the source frame.
+One BINARY segment per 3-D lesion when the lesions' ids are given (what the service does:
+:mod:`lesionseg.measure.lesions3d`), labelled with its class name and tracked as
+``lesion <id>`` with a Tracking UID that the SR (:mod:`lesionseg.sr`) repeats; else one per
+lesion label (the detector's class names, or "lesion" for box prompts), a segment's frame
+then holding the union of that label's lesion masks on the source frame.
 The SEG references its source SOP instance(s), gets new Series/SOP Instance UIDs, identifies
 the algorithm (name "lesionseg", the package version, family Artificial Intelligence) and says
 "not for clinical use" in its SeriesDescription. Frames with no lesion are omitted (highdicom's
@@ -62,6 +65,7 @@ def build_seg(
     results: Sequence[SegmentationResult],
     *,
     labels: Sequence[str] = ("lesion",),
+    lesion_ids: Sequence[Sequence[int]] | None = None,
     semiautomatic: bool = False,
     algorithm_parameters: Mapping[str, str] | None = None,
     series_number: int = 990,
@@ -72,6 +76,8 @@ def build_seg(
         sources: one (multi-frame) object or the single-frame objects of one series.
         results: per source frame, the lesions found (masks (H, W) bool).
         labels: segments to describe when no lesion was found (the pipeline's class names).
+        lesion_ids: per frame, the 3-D lesion id of each lesion: one segment per id (in id
+            order) instead of one per label.
         semiautomatic: True when caller-supplied box prompts guided the masks (DICOM
             SEMIAUTOMATIC), False for fully automatic detection (AUTOMATIC).
         algorithm_parameters: name -> value recorded in the algorithm identification.
@@ -83,11 +89,13 @@ def build_seg(
     rows, columns = int(sources[0].Rows), int(sources[0].Columns)
     if any((r.height, r.width) != (rows, columns) for r in results):
         raise InputError(f"every frame must be {columns}x{rows} pixels like the first one")
-    names = segment_labels(results, labels)
-    masks = np.zeros((n_frames, rows, columns, len(names)), bool)  # (F, H, W, S)
+    segments = _segments(results, labels, lesion_ids)  # (label, tracking id or None)
+    masks = np.zeros((n_frames, rows, columns, len(segments)), bool)  # (F, H, W, S)
+    index = {key: i for i, (_, key) in enumerate(segments)}
     for f, result in enumerate(results):
-        for lesion in result.lesions:
-            masks[f, :, :, names.index(lesion.label)] |= lesion.mask
+        for k, lesion in enumerate(result.lesions):
+            key = lesion.label if lesion_ids is None else lesion_ids[f][k]
+            masks[f, :, :, index[key]] |= lesion.mask
     algorithm = hd.AlgorithmIdentificationSequence(
         name=ALGORITHM_NAME,
         family=codes.cid7162.ArtificialIntelligence,
@@ -103,8 +111,13 @@ def build_seg(
             segmented_property_type=codes.SCT.Lesion,
             algorithm_type=kind,
             algorithm_identification=algorithm,
+            **(
+                {"tracking_id": f"lesion {key}", "tracking_uid": hd.UID()}
+                if isinstance(key, int)
+                else {}
+            ),
         )
-        for i, name in enumerate(names)
+        for i, (name, key) in enumerate(segments)
     ]
     try:
         with warnings.catch_warnings():
@@ -131,6 +144,22 @@ def build_seg(
     except (ValueError, TypeError, AttributeError) as exc:
         # highdicom names the missing or unsupported attribute, never its value.
         raise InputError(f"cannot make a DICOM SEG for this input: {exc}") from exc
+
+
+def _segments(
+    results: Sequence[SegmentationResult],
+    labels: Sequence[str],
+    lesion_ids: Sequence[Sequence[int]] | None,
+) -> list[tuple[str, str | int]]:
+    """(segment label, key): key = the label, or the 3-D lesion id."""
+    if lesion_ids is None or not any(r.lesions for r in results):
+        return [(name, name) for name in segment_labels(results, labels)]
+    label_of = {
+        lesion_id: lesion.label
+        for result, ids in zip(results, lesion_ids, strict=True)
+        for lesion, lesion_id in zip(result.lesions, ids, strict=True)
+    }
+    return [(label_of[i], i) for i in sorted(label_of)]
 
 
 def _valid_spacing(source: Dataset) -> Dataset:

@@ -1,0 +1,130 @@
+"""DICOM SEG with one segment per 3-D lesion and the TID 1500 SR, on a synthetic CT series with
+an ellipsoid of known axes (no models): written, read back with highdicom, values checked."""
+
+from __future__ import annotations
+
+import io
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.sr.codedict import codes
+
+from lesionseg import __version__
+from lesionseg.dicom import volume_geometry
+from lesionseg.measure.lesions3d import link_lesions, measure_lesions
+from lesionseg.seg import build_seg, seg_to_bytes
+from lesionseg.sr import build_sr
+from lesionseg.types import Lesion, SegmentationResult
+
+SLICE_MM = 3.0
+SEMI_AXES = (20.0, 12.0, 9.0)  # mm: x, y, z
+
+
+def ct_series(n: int) -> list[pydicom.Dataset]:
+    """CT_small.dcm (128 x 128, 0.661468 mm pixels) as an n-file series, 3 mm apart, files
+    in reverse order of position."""
+    series, files = pydicom.uid.generate_uid(), []
+    for k in range(n):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.SeriesInstanceUID = series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ds.ImagePositionPatient = [-40.0, -40.0, 50.0 - SLICE_MM * k]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        files.append(ds)
+    return files
+
+
+def masks_per_frame(files) -> tuple[list[SegmentationResult], int]:
+    """An ellipsoid centred at (x, y, z) = (2, 4, 35) mm, plus a small cube on two frames."""
+    spacing = float(files[0].PixelSpacing[0])
+    yy, xx = np.mgrid[:128, :128]
+    results, voxels = [], 0
+    for ds in files:
+        x0, y0, z = (float(v) for v in ds.ImagePositionPatient)
+        x, y = x0 + xx * spacing - 2.0, y0 + yy * spacing - 4.0
+        inside = (x / SEMI_AXES[0]) ** 2 + (y / SEMI_AXES[1]) ** 2 + ((z - 35) / SEMI_AXES[2]) ** 2
+        masks = [inside <= 1] if (inside <= 1).any() else []
+        voxels += int((inside <= 1).sum())
+        if z in (50.0, 47.0):
+            cube = np.zeros((128, 128), bool)
+            cube[2:6, 2:8] = True
+            masks.append(cube)
+        lesions = tuple(
+            Lesion((0, 0, 1, 1), "lesion", 1.0, 0.9, m, int(m.sum()), m.sum() * spacing**2)
+            for m in masks
+        )
+        results.append(SegmentationResult(128, 128, lesions, (spacing, spacing)))
+    return results, voxels
+
+
+@pytest.fixture(scope="module")
+def report():
+    files = ct_series(9)  # z = 50 ... 26: the ellipsoid spans 26-44
+    results, voxels = masks_per_frame(files)
+    geometry = volume_geometry(files)
+    ids = link_lesions(results, geometry)
+    lesions = measure_lesions(results, ids, geometry)
+    seg = hd.seg.segread(io.BytesIO(seg_to_bytes(build_seg(files, results, lesion_ids=ids))))
+    sr = build_sr(files, seg, lesions)
+    sr_back = hd.sr.srread(io.BytesIO(seg_to_bytes(sr)))
+    return files, seg, sr_back, lesions, voxels
+
+
+def test_one_seg_segment_per_3d_lesion(report):
+    files, seg, _, lesions, voxels = report
+    assert [x.frames for x in lesions] == [(0, 1), (3, 4, 5, 6, 7)]  # cube first (z = 50)
+    spacing = float(files[0].PixelSpacing[0])
+    for lesion, segment in zip(lesions, seg.SegmentSequence, strict=True):
+        assert segment.TrackingID == f"lesion {lesion.id}" and segment.SegmentLabel == "lesion"
+        pixels = seg.get_pixels_by_source_instance(
+            [f.SOPInstanceUID for f in files], segment_numbers=[segment.SegmentNumber]
+        )
+        assert pixels.sum() == lesion.voxels
+        assert lesion.volume_mm3 == pytest.approx(lesion.voxels * spacing**2 * SLICE_MM)
+    ellipsoid = lesions[1]
+    assert ellipsoid.voxels == voxels
+    truth = 4 / 3 * np.pi * np.prod(SEMI_AXES)
+    assert ellipsoid.volume_mm3 == pytest.approx(truth, rel=0.04)  # 3 mm slices, 18 mm tall
+    pixel = np.sqrt(2) * spacing
+    assert abs(ellipsoid.long_axis_mm - 2 * SEMI_AXES[0]) <= pixel
+    assert abs(ellipsoid.short_axis_mm - 2 * SEMI_AXES[1]) <= pixel
+    assert files[ellipsoid.long_axis_frame].ImagePositionPatient[2] == 35.0
+    np.testing.assert_allclose(ellipsoid.centroid_mm, [2.0, 4.0, 35.0], atol=spacing / 2)
+
+
+def test_sr_references_the_seg_and_sources_and_carries_the_values(report):
+    files, seg, sr, lesions, _ = report
+    assert sr.SOPClassUID == hd.sr.Comprehensive3DSR.from_dataset(sr).SOPClassUID
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+    assert sr.StudyInstanceUID == files[0].StudyInstanceUID
+    assert sr.SeriesInstanceUID not in {seg.SeriesInstanceUID, files[0].SeriesInstanceUID}
+    assert "not for clinical use" in sr.SeriesDescription
+    evidence = {
+        item.ReferencedSOPInstanceUID
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for item in series.ReferencedSOPSequence
+    }
+    assert evidence == {seg.SOPInstanceUID} | {f.SOPInstanceUID for f in files}
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    assert len(groups) == len(lesions)
+    tracking = {s.TrackingID: s.TrackingUID for s in seg.SegmentSequence}
+    for group, lesion in zip(groups, lesions, strict=True):
+        assert group.tracking_identifier == f"lesion {lesion.id}"
+        assert group.tracking_uid == tracking[f"lesion {lesion.id}"]
+        referenced = group.referenced_segment
+        assert referenced.referenced_sop_instance_uid == seg.SOPInstanceUID
+        assert referenced.referenced_segment_numbers == [lesion.id]
+        assert group.finding_type == codes.SCT.Lesion
+        items = group[0].ContentSequence
+        texts = {x.ConceptNameCodeSequence[0].CodeMeaning: x.get("TextValue") for x in items}
+        assert (texts["Algorithm Name"], texts["Algorithm Version"]) == ("lesionseg", __version__)
+        values = {m.name.meaning: (m.value, m.unit.value) for m in group.get_measurements()}
+        assert values == {
+            "Volume": (pytest.approx(lesion.volume_mm3, abs=1e-3), "mm3"),
+            "Long axis": (pytest.approx(lesion.long_axis_mm, abs=1e-3), "mm"),
+            "Short axis": (pytest.approx(lesion.short_axis_mm, abs=1e-3), "mm"),
+        }
