@@ -36,6 +36,7 @@ DETECTION_IOU, DETECTION_MIN_AREA = 0.3, 50
 THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7)
 MARGINS = (0.0, 0.05, 0.1, 0.2)  # measured on LiTS: shrinking (-0.05) never helped
 OBJECTIVES = ("fp_penalised_dice", "lesion_dice")
+FLOOR = THRESHOLDS[0]  # detections kept for tuning: below every threshold tried
 
 
 class SamEvaluator:

@@ -21,8 +21,6 @@ from lesionseg.sam_models import SamModules, load_sam
 from . import evaluate
 from .train_detector import detect_frames
 
-FLOOR = evaluate.THRESHOLDS[0]  # detections kept for tuning
-
 
 @dataclass(frozen=True)
 class DetectorCandidate:
@@ -70,9 +68,9 @@ def validate(
     }
     detections = {
         d.name: detect_frames(
-            Detector(d.weights, image_size=d.image_size, score_threshold=FLOOR),
+            Detector(d.weights, image_size=d.image_size, score_threshold=evaluate.FLOOR),
             frames,
-            score_threshold=FLOOR,
+            score_threshold=evaluate.FLOOR,
         )
         for d in detectors
     }
