@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 
 from .dicom import DicomImage
 from .masks import encode_rle
+from .measure.lesions3d import Lesion3D
 from .nifti import NiftiVolume
 from .types import SegmentationResult
 
@@ -54,6 +55,35 @@ def result_to_dict(result: SegmentationResult, models: dict | None = None) -> di
             if result.pixel_spacing_source
             else {}
         ),
+    }
+
+
+def lesion_3d_to_dict(lesion: Lesion3D) -> dict:
+    """JSON-ready dict of one 3-D lesion: mm values rounded, None where unknown; the axes'
+    end points as [[x, y], [x, y]] image pixel edges on ``long_axis_frame`` (the short axis
+    is on the same frame, ``short_axis_frame``, as the viewer reads it)."""
+
+    def mm(value: float | None, digits: int) -> float | None:
+        return None if value is None else round(float(value), digits)
+
+    def points(p) -> list[list[float]]:
+        return [[round(float(x), 2), round(float(y), 2)] for x, y in p]
+
+    return {
+        "id": lesion.id,
+        "label": lesion.label,
+        "frames": list(lesion.frames),
+        "voxels": lesion.voxels,
+        "volume_mm3": mm(lesion.volume_mm3, 2),
+        "long_axis_mm": mm(lesion.long_axis_mm, 2),
+        "short_axis_mm": mm(lesion.short_axis_mm, 2),
+        "long_axis_frame": lesion.long_axis_frame,
+        "short_axis_frame": lesion.long_axis_frame,
+        "long_axis_points": points(lesion.long_axis_points),
+        "short_axis_points": points(lesion.short_axis_points),
+        "centroid_mm": None
+        if lesion.centroid_mm is None
+        else [round(float(v), 2) for v in lesion.centroid_mm],
     }
 
 

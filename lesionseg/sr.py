@@ -67,9 +67,7 @@ def build_sr(
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=tracking,
-                referenced_segment=hd.sr.ReferencedSegment.from_segmentation(
-                    seg, int(segment.SegmentNumber)
-                ),
+                referenced_segment=_referenced_segment(seg, segment, lesion, sources),
                 finding_type=codes.SCT.Lesion,
                 algorithm_id=algorithm,
                 measurements=[
@@ -109,3 +107,18 @@ def build_sr(
             )
     except (ValueError, TypeError, AttributeError) as exc:
         raise InputError(f"cannot make a DICOM SR for this input: {exc}") from exc
+
+
+def _referenced_segment(
+    seg: Dataset, segment: Dataset, lesion: Lesion3D, sources: Sequence[Dataset]
+) -> hd.sr.ReferencedSegment:
+    """The segment with the source images of its frames; an empty one (a box in which SAM
+    found nothing) has no frames, so its source series stands in."""
+    if lesion.voxels:
+        return hd.sr.ReferencedSegment.from_segmentation(seg, int(segment.SegmentNumber))
+    return hd.sr.ReferencedSegment(
+        sop_class_uid=seg.SOPClassUID,
+        sop_instance_uid=seg.SOPInstanceUID,
+        segment_number=int(segment.SegmentNumber),
+        source_series=hd.sr.SourceSeriesForSegmentation(str(sources[0].SeriesInstanceUID)),
+    )

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import dicom, nifti
 from .dicom import DicomImage, decode_dicom, is_dicom, parse_window
 from .errors import InputError, InvalidBoxesError
 from .imaging import check_upload_size, decode_image
+from .measure.geometry import VolumeGeometry
 from .nifti import NiftiVolume, decode_nifti, is_nifti
 from .settings import Settings
 from .types import MedicalImage
@@ -113,3 +115,14 @@ def split_boxes(boxes: object, n_frames: int) -> list[list[list[float]]]:
 def empty_boxes() -> np.ndarray:
     """(0, 4) float32: the prompts of a frame with nothing to segment."""
     return np.zeros((0, 4), np.float32)
+
+
+def uploads_geometry(uploads: Sequence[Upload]) -> VolumeGeometry | None:
+    """Where the frames of one volume lie (:mod:`lesionseg.measure.geometry`): a NIfTI volume,
+    a DICOM object or the DICOM files of one series; None for ordinary images, or when the
+    headers do not tell."""
+    if len(uploads) == 1 and uploads[0].nifti is not None:
+        return nifti.volume_geometry(uploads[0].nifti)
+    if uploads and all(u.dicom is not None for u in uploads):
+        return dicom.volume_geometry([u.dicom.dataset for u in uploads])
+    return None

@@ -30,6 +30,7 @@ from lesionseg.settings import Settings
 from lesionseg.types import Detections, MedicalImage, SegmentationResult
 from lesionseg.uploads import Upload, decode_upload, split_boxes
 from service.jobs import Jobs
+from service.lesions3d import Lesions3DRoutes
 from service.metrics import timed
 from service.model_store import (
     DETECTOR_MODEL,
@@ -184,9 +185,10 @@ VIEWER = Viewer(lambda: bentoml.get_current_service().settings)
 @bentoml.asgi_app(VIEWER.app, path="/")
 @bentoml.asgi_app(JOBS.app, path="/")
 @bentoml.service(name="lesionseg", traffic={"timeout": 600})
-class LesionSeg(ViewerRoutes, VolumeOutputs, _StoreModels):
+class LesionSeg(ViewerRoutes, Lesions3DRoutes, VolumeOutputs, _StoreModels):
     """Automatic lesion segmentation over HTTP: ``/segment``, ``/segment/boxes``,
-    ``/segment/overlay``, ``/segment/dicom-seg``, ``/segment/nifti``, async ``/jobs``, the
+    ``/segment/overlay``, ``/segment/dicom-seg``, ``/segment/nifti``, ``/segment/propagate``,
+    ``/segment/dicom-sr``, async ``/jobs``, the
     ``/viewer`` page and its ``/segment/preview``; health
     at ``/livez`` and ``/readyz``, metrics at ``/metrics``."""
 
@@ -375,15 +377,12 @@ class LesionSeg(ViewerRoutes, VolumeOutputs, _StoreModels):
     def _json(
         self, upload: Upload, results: list[SegmentationResult]
     ) -> SegmentResponse | JSONResponse:
-        """One image: the SegmentResponse; several frames / a volume: a FramesResponse."""
-        payloads = self._frame_dicts(upload, results)
+        """One image: the SegmentResponse; several frames / a volume: a FramesResponse
+        (with the 3-D lesions)."""
         if not upload.multi_frame:
-            return SegmentResponse.model_validate(payloads[0])
-        for index, payload in enumerate(payloads):
-            payload["frame"] = index
-            del payload["models"]
-        body = FramesResponse(number_of_frames=len(payloads), frames=payloads, models=self.models)
-        return JSONResponse(body.model_dump(mode="json"))
+            return SegmentResponse.model_validate(self._frame_dicts(upload, results)[0])
+        body, _, _ = self._volume_body([upload], results)
+        return JSONResponse(FramesResponse.model_validate(body).model_dump(mode="json"))
 
     def _single(self, make):
         """``make(image, result)`` of a one-frame upload; a volume gets a 400."""
@@ -458,17 +457,20 @@ class LesionSeg(ViewerRoutes, VolumeOutputs, _StoreModels):
         self,
         image: list[Path],
         boxes: list[list[float]] | None = None,
+        propagate: bool = False,
         score_threshold: Annotated[float, Field(ge=0.0, le=1.0)] | None = None,
         max_lesions: Annotated[int, Field(ge=1, le=1000)] | None = None,
         refine_iterations: Annotated[int, Field(ge=0, le=10)] | None = None,
         window: str | None = None,
     ) -> Annotated[bytes, ContentType("application/dicom")]:
         """A DICOM Segmentation of one DICOM object or of the files of one series (repeat
-        the `image` field): one multi-frame SEG, one segment per lesion label."""
+        the `image` field): one multi-frame SEG, one segment per 3-D lesion. `propagate`:
+        one box per lesion, carried through the frames as /segment/propagate does."""
         return await self._respond(
             self._dicom_seg_response,
             path=image,
             boxes=boxes,
+            propagate=propagate,
             score_threshold=score_threshold,
             max_lesions=max_lesions,
             refine_iterations=refine_iterations,

@@ -20,6 +20,38 @@ class LesionOut(BaseModel):
     area_px: int
     area_mm2: float | None = Field(description="null when the pixel spacing is unknown")
     mask: MaskRLE
+    lesion_id: int | None = Field(
+        None, description="volumes only: the id of its 3-D lesion in lesions_3d"
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler) -> dict[str, Any]:
+        data = handler(self)  # single images keep the original schema
+        if data.get("lesion_id") is None:
+            data.pop("lesion_id", None)
+        return data
+
+
+class Lesion3DOut(BaseModel):
+    """A lesion across the frames of a volume (README: 3-D lesions)."""
+
+    id: int = Field(description="the lesion_id its per-frame lesions carry")
+    label: str
+    frames: list[int] = Field(description="0-based frames it appears on, ascending")
+    voxels: int = Field(description="mask pixels over all its frames")
+    volume_mm3: float | None = Field(
+        description="pixel area x the distance between slice centres (ImagePositionPatient "
+        "or the NIfTI affine); null when the headers do not tell"
+    )
+    long_axis_mm: float | None = Field(description="RECIST: longest in-plane diameter")
+    short_axis_mm: float | None = Field(description="longest diameter perpendicular to it")
+    long_axis_frame: int = Field(description="the frame where the long axis is longest")
+    short_axis_frame: int = Field(description="= long_axis_frame")
+    long_axis_points: list[list[float]] = Field(description="[[x, y], [x, y]], image pixels")
+    short_axis_points: list[list[float]] = Field(description="[[x, y], [x, y]], image pixels")
+    centroid_mm: list[float] | None = Field(
+        description="[x, y, z] in DICOM patient coordinates (LPS, mm; NIfTI RAS converted)"
+    )
 
 
 class FrameSource(BaseModel):
@@ -68,6 +100,9 @@ class FramesResponse(BaseModel):
 
     number_of_frames: int
     frames: list[FrameOut] = Field(description="per frame the /segment result, in frame order")
+    lesions_3d: list[Lesion3DOut] = Field(
+        default_factory=list, description="the frames' lesions linked across slices"
+    )
     models: dict = Field(description="name, family, version and sha256 of each model")
 
 

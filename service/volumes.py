@@ -1,7 +1,9 @@
-"""DICOM SEG and NIfTI outputs of the ``LesionSeg`` service, as a mixin of its class.
+"""Volume JSON (with ``lesions_3d``), DICOM SEG and NIfTI outputs of the ``LesionSeg``
+service, as a mixin of its class.
 
 ``segment_to_seg`` is also what the async job worker (service/jobs.py) calls. The host class
-provides ``settings``, ``models``, ``_ready``, ``_decode``, ``_run`` and ``_segment_frames``.
+provides ``settings``, ``models``, ``_ready``, ``_decode``, ``_run``, ``_segment_frames`` and
+``_propagate`` (service/lesions3d.py).
 """
 
 import asyncio
@@ -12,12 +14,13 @@ from starlette.responses import Response
 
 from lesionseg.errors import InputError
 from lesionseg.imaging import check_frames
+from lesionseg.measure.lesions3d import Lesion3D, link_lesions, measure_lesions
 from lesionseg.nifti import label_mask
 from lesionseg.pipeline import PROMPT_LABEL
-from lesionseg.report import frame_source, result_to_dict
+from lesionseg.report import frame_source, lesion_3d_to_dict, result_to_dict
 from lesionseg.seg import build_seg, seg_to_bytes, segment_labels, source_frames
 from lesionseg.types import SegmentationResult
-from lesionseg.uploads import Upload
+from lesionseg.uploads import Upload, uploads_geometry
 from service.metrics import STAGE_SECONDS, timed
 
 
@@ -38,6 +41,36 @@ class VolumeOutputs:
             timings = {**result.timings_ms, "encode_response": elapsed * 1000}
             payload["timings_ms"] = {k: round(v, 2) for k, v in timings.items()}
         return payloads
+
+    def _volume_body(
+        self,
+        uploads: list[Upload],
+        results: list[SegmentationResult],
+        ids: list[list[int]] | None = None,
+    ) -> tuple[dict, list[Lesion3D], list[list[int]]]:
+        """The multi-frame JSON of ``uploads`` (one volume, or the files of one series): per
+        frame the /segment result with each lesion's ``lesion_id``, and ``lesions_3d``; the 3-D
+        lesions; their ids per frame (``ids`` when given: propagation's, else linked)."""
+        geometry = uploads_geometry(uploads)
+        if ids is None:
+            ids = link_lesions(results, geometry)
+        lesions = measure_lesions(results, ids, geometry)
+        frames, start = [], 0
+        for upload in uploads:
+            frames += self._frame_dicts(upload, results[start : start + len(upload.frames)])
+            start += len(upload.frames)
+        for index, (payload, frame_ids) in enumerate(zip(frames, ids, strict=True)):
+            payload["frame"] = index
+            del payload["models"]
+            for lesion, lesion_id in zip(payload["lesions"], frame_ids, strict=True):
+                lesion["lesion_id"] = lesion_id
+        body = {
+            "number_of_frames": len(frames),
+            "frames": frames,
+            "lesions_3d": [lesion_3d_to_dict(x) for x in lesions],
+            "models": self.models,
+        }
+        return body, lesions, ids
 
     async def _decode_dicom_files(
         self, files: list[Path], window: str | None, timings: dict[str, float]
@@ -69,59 +102,64 @@ class VolumeOutputs:
             else list(self.models["detector"]["classes"].values())
         )
 
-    async def segment_to_seg(
+    async def segment_to_seg(self, files: list[Path], **options) -> tuple[bytes, dict]:
+        """DICOM files (one multi-frame object, or single-frame files of one series) -> (a
+        DICOM SEG as Part-10 bytes, a JSON-ready summary: the SEG's UIDs and segments, per
+        frame the /segment result and the 3-D lesions). Options as :meth:`_segment_series`.
+        Waits for the models to load. Raises InputError subclasses for bad input."""
+        _, seg, summary, _ = await self._segment_series(files, **options)
+        return await asyncio.to_thread(seg_to_bytes, seg), summary
+
+    async def _segment_series(
         self,
         files: list[Path],
         *,
         boxes: list | None = None,
         window: str | None = None,
+        propagate: bool = False,
         **options,
-    ) -> tuple[bytes, dict]:
-        """DICOM files (one multi-frame object, or single-frame files of one series) -> (a
-        DICOM SEG as Part-10 bytes, a JSON-ready summary: the SEG's UIDs and segments, and
-        per frame the /segment result). ``boxes`` as in /segment/boxes (a fifth value names
-        the 0-based frame when there are several); without them the detector finds lesions.
-        Waits for the models to load. Raises InputError subclasses for bad input."""
+    ) -> tuple[list, object, dict, list[Lesion3D]]:
+        """(the source datasets, the SEG dataset, the summary, the 3-D lesions). ``boxes`` as in
+        /segment/boxes (a fifth value names the 0-based frame when there are several); without
+        them the detector finds lesions; ``propagate``: one box per lesion, carried through
+        the frames (/segment/propagate). The SEG has one segment per 3-D lesion."""
         await self._ready.wait()
         timings: dict[str, float] = {}
         uploads = await self._decode_dicom_files(files, window, timings)
         sources = [u.dicom.dataset for u in uploads]
-        frames = tuple(f for u in uploads for f in u.frames)
-        results = await self._segment_frames(frames, boxes=boxes, timings=timings, **options)
+        results, ids = await self._segment_volume(
+            uploads, boxes=boxes, propagate=propagate, timings=timings, **options
+        )
+        body, lesions, ids = await asyncio.to_thread(self._volume_body, uploads, results, ids)
         labels = self._default_labels(boxes)
         seg = await asyncio.to_thread(
             build_seg,
             sources,
             results,
             labels=labels,
+            lesion_ids=ids,
             semiautomatic=boxes is not None,
             algorithm_parameters={
                 "sam": self.models["sam"]["name"],
                 "detector": self.models["detector"]["weights"],
             },
         )
-        data = await asyncio.to_thread(seg_to_bytes, seg)
-        per_frame, start = [], 0
-        for upload in uploads:
-            per_frame += self._frame_dicts(upload, results[start : start + len(upload.frames)])
-            start += len(upload.frames)
-        for index, payload in enumerate(per_frame):
-            payload["frame"] = index
-            del payload["models"]
         summary = {
             "seg": {
                 "sop_instance_uid": str(seg.SOPInstanceUID),
                 "series_instance_uid": str(seg.SeriesInstanceUID),
                 "segments": [
-                    {"number": int(s.SegmentNumber), "label": str(s.SegmentLabel)}
+                    {
+                        "number": int(s.SegmentNumber),
+                        "label": str(s.SegmentLabel),
+                        **({"tracking_id": str(s.TrackingID)} if "TrackingID" in s else {}),
+                    }
                     for s in seg.SegmentSequence
                 ],
             },
-            "number_of_frames": len(per_frame),
-            "frames": per_frame,
-            "models": self.models,
+            **body,
         }
-        return data, summary
+        return sources, seg, summary, lesions
 
     async def _dicom_seg_response(self, path: list[Path], **options) -> Response:
         data, summary = await self.segment_to_seg(path, **options)

@@ -128,3 +128,21 @@ def test_sr_references_the_seg_and_sources_and_carries_the_values(report):
             "Long axis": (pytest.approx(lesion.long_axis_mm, abs=1e-3), "mm"),
             "Short axis": (pytest.approx(lesion.short_axis_mm, abs=1e-3), "mm"),
         }
+
+
+def test_a_lesion_sam_found_nothing_for_is_reported_empty():
+    files = ct_series(2)
+    results, _ = masks_per_frame(files)  # the cube on both frames (z = 50, 47)
+    empty = Lesion((0, 0, 1, 1), "lesion", 1.0, 0.2, np.zeros((128, 128), bool), 0, 0.0)
+    results[1] = SegmentationResult(
+        128, 128, (*results[1].lesions, empty), results[1].pixel_spacing_mm
+    )
+    geometry = volume_geometry(files)
+    ids = link_lesions(results, geometry)
+    assert ids == [[1], [1, 2]]
+    lesions = measure_lesions(results, ids, geometry)
+    assert lesions[1].voxels == 0 and lesions[1].volume_mm3 == 0
+    seg = build_seg(files, results, lesion_ids=ids)
+    sr = hd.sr.srread(io.BytesIO(seg_to_bytes(build_sr(files, seg, lesions))))
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    assert [g.referenced_segment.referenced_segment_numbers for g in groups] == [[1], [2]]

@@ -112,7 +112,8 @@ def test_window_field(client):
 
 
 def seg_masks(content: bytes, source_uid: str) -> tuple[pydicom.Dataset, dict[str, np.ndarray]]:
-    """Parse with pydicom and highdicom; label -> (H, W) bool mask on ``source_uid``."""
+    """Parse with pydicom and highdicom; label -> (H, W) bool union of that label's segments
+    (one per 3-D lesion) on ``source_uid``."""
     dataset = pydicom.dcmread(io.BytesIO(content))
     seg = hd.seg.Segmentation.from_dataset(dataset)
     assert hd.seg.segread(io.BytesIO(content)).SOPInstanceUID == dataset.SOPInstanceUID
@@ -122,7 +123,7 @@ def seg_masks(content: bytes, source_uid: str) -> tuple[pydicom.Dataset, dict[st
         pixels = seg.get_pixels_by_source_instance(
             [source_uid], segment_numbers=[number], assert_missing_frames_are_empty=True
         )
-        masks[label] = pixels[0, :, :, 0].astype(bool)
+        masks[label] = masks.get(label, False) | pixels[0, :, :, 0].astype(bool)
     return dataset, masks
 
 
@@ -192,7 +193,17 @@ def test_series_of_files_gives_one_multi_frame_seg(client, lits):
             np.testing.assert_array_equal(
                 masks["lesion"], json_union(json_frames.json()["lesions"], "lesion")
             )
-    assert int(dataset.NumberOfFrames) == 3
+    # One frame per (3-D lesion segment, source frame it is on), over the three sources.
+    placed = {
+        (
+            int(f.SegmentIdentificationSequence[0].ReferencedSegmentNumber),
+            f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID,
+        )
+        for f in dataset.PerFrameFunctionalGroupsSequence
+    }
+    assert len(placed) == int(dataset.NumberOfFrames) >= 3
+    assert {uid for _, uid in placed} == {pydicom.dcmread(io.BytesIO(f)).SOPInstanceUID
+                                          for f in files}  # fmt: skip
 
 
 def test_dicom_seg_refuses_other_input(client, lits):
