@@ -151,14 +151,15 @@ class StowClient:
 def push_due(
     store: JobStore, client: StowClient, settings: Settings, now: float | None = None
 ) -> list[Job]:
-    """One pass of the pusher: send every due result once; record success or the failure and
-    the next try (exponential back-off). Returns the jobs as recorded after their try."""
+    """One pass of the pusher: send every due result (the SEG, and the SR if any) once;
+    record success or the failure and the next try (exponential back-off). Returns the jobs
+    as recorded after their try."""
     done = []
     for job in store.due_pushes(now):
         if not store.claim_push(job, lease_s=2 * settings.dicomweb_timeout_s + 60, now=now):
             continue
         try:
-            client.store([store.result_path(job.id).read_bytes()])
+            client.store([path.read_bytes() for path in store.outputs(job.id)])
         except PushError as exc:
             delay = None
             if exc.retryable:

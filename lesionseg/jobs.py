@@ -4,7 +4,9 @@ Layout under ``root`` (``Settings.jobs_dir``)::
 
     jobs.sqlite3            one row per job: state, reason, push bookkeeping, timestamps
     <job id>/input/0000.dcm the accepted files, written and fsynced before the job is acknowledged
+    <job id>/options.json   segmentation options of the job (boxes, propagate, sr), if any
     <job id>/result.dcm     the DICOM SEG (Part-10) once the job is done
+    <job id>/sr.dcm         the DICOM SR measurement report, when the job asked for one
     <job id>/summary.json   the JSON-ready per-frame summary of the result
 
 Job states: ``queued`` -> ``running`` -> ``done`` | ``failed`` (with a reason). A job left
@@ -149,6 +151,18 @@ class JobStore:
     def result_path(self, job_id: str) -> Path:
         return self.job_dir(job_id) / "result.dcm"
 
+    def sr_path(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "sr.dcm"
+
+    def outputs(self, job_id: str) -> list[Path]:
+        """What a push sends: the SEG, and the SR when there is one."""
+        return [p for p in (self.result_path(job_id), self.sr_path(job_id)) if p.exists()]
+
+    def options(self, job_id: str) -> dict:
+        """The segmentation options the job was submitted with (empty: the defaults)."""
+        path = self.job_dir(job_id) / "options.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
     def summary(self, job_id: str) -> dict | None:
         path = self.job_dir(job_id) / "summary.json"
         return json.loads(path.read_text()) if path.exists() else None
@@ -162,10 +176,12 @@ class JobStore:
         transaction_id: str | None = None,
         window: str | None = None,
         push: bool = False,
+        options: dict | None = None,
         now: float | None = None,
     ) -> Job:
-        """Accept a job: copy ``files`` (paths or binary file objects) into the store and
-        fsync them, then record the job as ``queued``.
+        """Accept a job: copy ``files`` (paths or binary file objects) and the JSON-ready
+        segmentation ``options`` into the store and fsync them, then record the job as
+        ``queued``.
 
         Returns only once the job is durable. Raises :class:`DuplicateJobError` if
         ``transaction_id`` was used before, :class:`InputError` for no files or a bad id.
@@ -192,6 +208,8 @@ class JobStore:
                     target.flush()
                     os.fsync(target.fileno())
             _fsync_dir(staging / "input")
+            if options:
+                _write_durably(staging / "options.json", json.dumps(options).encode())
             staging.rename(self.job_dir(job_id))
             _fsync_dir(self.root)
             with self._connect() as db:
@@ -261,10 +279,21 @@ class JobStore:
             )
         return self.get(row["id"])
 
-    def complete(self, job_id: str, seg: bytes, summary: dict, now: float | None = None) -> Job:
-        """Store the result durably, then mark the job ``done`` (a push, if asked, is due)."""
+    def complete(
+        self,
+        job_id: str,
+        seg: bytes,
+        summary: dict,
+        now: float | None = None,
+        *,
+        sr: bytes | None = None,
+    ) -> Job:
+        """Store the result (and the SR) durably, then mark the job ``done`` (a push, if
+        asked, is due)."""
         job_dir = self.job_dir(job_id)
         _write_durably(job_dir / "summary.json", json.dumps(summary).encode())
+        if sr is not None:
+            _write_durably(self.sr_path(job_id), sr)
         _write_durably(self.result_path(job_id), seg)
         now = time.time() if now is None else now
         with self._connect() as db:

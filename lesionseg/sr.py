@@ -112,13 +112,31 @@ def build_sr(
 def _referenced_segment(
     seg: Dataset, segment: Dataset, lesion: Lesion3D, sources: Sequence[Dataset]
 ) -> hd.sr.ReferencedSegment:
-    """The segment with the source images of its frames; an empty one (a box in which SAM
+    """The segment with the source images of its frames. Read here rather than with
+    highdicom's ``ReferencedSegment.from_segmentation``, which misses the segment number of a
+    one-segment SEG (in the shared functional groups); an empty segment (a box in which SAM
     found nothing) has no frames, so its source series stands in."""
-    if lesion.voxels:
-        return hd.sr.ReferencedSegment.from_segmentation(seg, int(segment.SegmentNumber))
-    return hd.sr.ReferencedSegment(
+    number = int(segment.SegmentNumber)
+    shared = seg.SharedFunctionalGroupsSequence[0].get("SegmentIdentificationSequence")
+    images: dict[str, str] = {}
+    for frame in seg.get("PerFrameFunctionalGroupsSequence", []) if lesion.voxels else []:
+        ident = frame.get("SegmentIdentificationSequence") or shared
+        if int(ident[0].ReferencedSegmentNumber) != number:
+            continue
+        for derivation in frame.get("DerivationImageSequence", []):
+            for item in derivation.get("SourceImageSequence", []):
+                images[str(item.ReferencedSOPInstanceUID)] = str(item.ReferencedSOPClassUID)
+    common = dict(
         sop_class_uid=seg.SOPClassUID,
         sop_instance_uid=seg.SOPInstanceUID,
-        segment_number=int(segment.SegmentNumber),
-        source_series=hd.sr.SourceSeriesForSegmentation(str(sources[0].SeriesInstanceUID)),
+        segment_number=number,
+    )
+    if not images:
+        series = hd.sr.SourceSeriesForSegmentation(str(sources[0].SeriesInstanceUID))
+        return hd.sr.ReferencedSegment(**common, source_series=series)
+    return hd.sr.ReferencedSegment(
+        **common,
+        source_images=[
+            hd.sr.SourceImageForSegmentation(sop_class, uid) for uid, sop_class in images.items()
+        ],
     )

@@ -3,8 +3,8 @@
 A small Starlette app that ``service.app`` mounts on ``LesionSeg``; its lifespan starts two
 background tasks in the service's event loop:
 
-- the worker runs queued jobs one at a time through ``service.segment_to_seg`` (once the
-  service is ready) and stores the SEG, or the reason the job failed;
+- the worker runs queued jobs one at a time through ``service.segment_to_reports`` (once the
+  service is ready) and stores the SEG (and the SR when asked), or the reason the job failed;
 - the pusher sends finished SEGs to ``LESIONSEG_DICOMWEB_URL`` with STOW-RS, retrying with
   exponential back-off while the server is down (``lesionseg.dicomweb.push_due``).
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -61,10 +62,29 @@ def _flag(value: str | None, name: str) -> bool | None:
     raise InputError(f"{name} must be true or false, got {value[:20]!r}")
 
 
+def _options(form) -> dict:
+    """The segmentation options of a job: ``boxes`` (JSON, as /segment/boxes), ``propagate``
+    (one box per lesion, carried through the frames), ``sr`` (a DICOM SR too)."""
+    options: dict = {}
+    if (boxes := _text(form, "boxes")) is not None:
+        try:
+            options["boxes"] = json.loads(boxes)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"boxes must be JSON, e.g. [[x0, y0, x1, y1, frame]]: {exc}") from None
+        if not isinstance(options["boxes"], list):
+            raise InputError("boxes must be a JSON list of [x0, y0, x1, y1(, frame)] lists")
+    for flag in ("propagate", "sr"):
+        if _flag(_text(form, flag), flag):
+            options[flag] = True
+    if options.get("propagate") and not options.get("boxes"):
+        raise InputError("propagate needs boxes: one [x0, y0, x1, y1, frame] per lesion")
+    return options
+
+
 class Jobs:
     """The job API and its background tasks. ``get_service()`` returns the running service:
-    an object with ``async segment_to_seg(files, *, window) -> (seg_bytes, summary)`` and
-    ``__is_ready__() -> bool``."""
+    an object with ``async segment_to_reports(files, *, window, **options) -> (seg_bytes,
+    summary, sr_bytes | None)`` and ``__is_ready__() -> bool``."""
 
     def __init__(self, settings: Settings, get_service: Callable[[], Any]) -> None:
         self.settings = settings
@@ -79,6 +99,7 @@ class Jobs:
                 Route("/jobs", self.submit, methods=["POST"]),
                 Route("/jobs/{job_id}", self.status, methods=["GET"]),
                 Route("/jobs/{job_id}/result", self.result, methods=["GET"]),
+                Route("/jobs/{job_id}/sr", self.result, methods=["GET"]),
             ],
             lifespan=self._lifespan,
         )
@@ -139,7 +160,8 @@ class Jobs:
         started = time.monotonic()
         files = self.store.inputs(job.id)
         try:
-            seg, summary = await service.segment_to_seg(files, window=job.window)
+            options = await asyncio.to_thread(self.store.options, job.id)
+            seg, summary, sr = await service.segment_to_reports(files, window=job.window, **options)
         except InputError as exc:  # the caller's data: say why (messages carry no identifiers)
             await asyncio.to_thread(self.store.fail, job.id, str(exc))
             log.info("job %s failed: %s", job.id, exc)
@@ -151,7 +173,7 @@ class Jobs:
             reason = "internal error while segmenting (see the service log)"
             await asyncio.to_thread(self.store.fail, job.id, reason)
         else:
-            await asyncio.to_thread(self.store.complete, job.id, seg, summary)
+            await asyncio.to_thread(self.store.complete, job.id, seg, summary, sr=sr)
             log.info("job %s done in %.1f s", job.id, time.monotonic() - started)
             self._push_wake.set()
 
@@ -169,6 +191,8 @@ class Jobs:
         body = {**job.to_dict(), "location": f"/jobs/{job.id}"}
         if job.state == "done":
             body["result"] = f"/jobs/{job.id}/result"
+            if self.store.sr_path(job.id).exists():
+                body["sr"] = f"/jobs/{job.id}/sr"
             body["summary"] = self.store.summary(job.id)
         return body
 
@@ -195,6 +219,7 @@ class Jobs:
                 transaction_id=_text(form, "transaction_id"),
                 window=_text(form, "window"),
                 push=self.stow is not None if push is None else push,
+                options=_options(form),
             )
         except DuplicateJobError as exc:
             return _error(409, str(exc), job_id=exc.job_id, location=f"/jobs/{exc.job_id}")
@@ -218,8 +243,9 @@ class Jobs:
             return _error(404, str(exc.args[0]))
 
     async def result(self, request: Request) -> Response:
-        """GET /jobs/{id}/result: the SEG (application/dicom) once done; 409 before or on
-        failure (with the state and reason), 404 if the job is unknown."""
+        """GET /jobs/{id}/result: the SEG (application/dicom) once done; /jobs/{id}/sr: the
+        SR, when the job asked for one; 409 before or on failure (with the state and reason),
+        404 if the job (or its SR) is unknown."""
         try:
             job = await self._job(request)
         except JobNotFoundError as exc:
@@ -233,8 +259,10 @@ class Jobs:
                 headers=None if job.state == "failed" else {"Retry-After": "5"},
                 state=job.state,
             )
+        sr = request.url.path.endswith("/sr")
+        path = self.store.sr_path(job.id) if sr else self.store.result_path(job.id)
+        if not path.exists():
+            return _error(404, f"job {job.id} has no SR: submit it with sr=true")
         return FileResponse(
-            self.store.result_path(job.id),
-            media_type="application/dicom",
-            filename=f"{job.id}-seg.dcm",
+            path, media_type="application/dicom", filename=f"{job.id}-{'sr' if sr else 'seg'}.dcm"
         )

@@ -2,7 +2,7 @@
 (one box per lesion carried through a volume) and ``/segment/dicom-sr`` (SEG + TID 1500 SR).
 
 The host class provides ``settings``, ``models``, ``runner``, ``segmenter``, ``_decode``,
-``_decode_dicom_files``, ``_segment_frames``, ``_segment_series``, ``_volume_body`` and
+``_decode_dicom_files``, ``_segment_frames``, ``segment_to_reports``, ``_volume_body`` and
 ``_respond``. Propagation itself is :mod:`lesionseg.propagate`; this file embeds the frames it
 asks for through the batched runner (each frame once per request) and decodes the boxes.
 """
@@ -21,9 +21,7 @@ from starlette.responses import JSONResponse, Response
 
 from lesionseg.errors import InputError
 from lesionseg.propagate import Propagation
-from lesionseg.seg import seg_to_bytes
 from lesionseg.segmenter import validate_boxes
-from lesionseg.sr import build_sr
 from lesionseg.types import ImageEmbedding, MedicalImage, SegmentationResult
 from lesionseg.uploads import Upload, split_boxes, uploads_geometry
 from service.metrics import timed
@@ -131,17 +129,16 @@ class Lesions3DRoutes:
         return JSONResponse(FramesResponse.model_validate(body).model_dump(mode="json"))
 
     async def _dicom_sr_response(self, path: list[Path], **options) -> Response:
-        sources, seg, summary, lesions = await self._segment_series(path, **options)
-        sr = await asyncio.to_thread(build_sr, sources, seg, lesions)
+        seg, summary, sr = await self.segment_to_reports(path, sr=True, **options)
         archive = io.BytesIO()
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
-            z.writestr("seg.dcm", await asyncio.to_thread(seg_to_bytes, seg))
-            z.writestr("sr.dcm", await asyncio.to_thread(seg_to_bytes, sr))
+            z.writestr("seg.dcm", seg)
+            z.writestr("sr.dcm", sr)
         return Response(
             archive.getvalue(),
             media_type="application/zip",
             headers={
-                "X-SOP-Instance-UID": str(sr.SOPInstanceUID),
+                "X-SOP-Instance-UID": summary["sr"]["sop_instance_uid"],
                 "X-SEG-SOP-Instance-UID": summary["seg"]["sop_instance_uid"],
             },
         )

@@ -19,6 +19,7 @@ from lesionseg.nifti import label_mask
 from lesionseg.pipeline import PROMPT_LABEL
 from lesionseg.report import frame_source, lesion_3d_to_dict, result_to_dict
 from lesionseg.seg import build_seg, seg_to_bytes, segment_labels, source_frames
+from lesionseg.sr import build_sr
 from lesionseg.types import SegmentationResult
 from lesionseg.uploads import Upload, uploads_geometry
 from service.metrics import STAGE_SECONDS, timed
@@ -109,6 +110,22 @@ class VolumeOutputs:
         Waits for the models to load. Raises InputError subclasses for bad input."""
         _, seg, summary, _ = await self._segment_series(files, **options)
         return await asyncio.to_thread(seg_to_bytes, seg), summary
+
+    async def segment_to_reports(
+        self, files: list[Path], *, sr: bool = False, **options
+    ) -> tuple[bytes, dict, bytes | None]:
+        """As :meth:`segment_to_seg`, plus the DICOM SR measurement report when ``sr`` (its
+        UIDs in the summary's ``sr``): what a job stores and pushes."""
+        sources, seg, summary, lesions = await self._segment_series(files, **options)
+        report = None
+        if sr:
+            report = await asyncio.to_thread(build_sr, sources, seg, lesions)
+            summary["sr"] = {
+                "sop_instance_uid": str(report.SOPInstanceUID),
+                "series_instance_uid": str(report.SeriesInstanceUID),
+            }
+            report = await asyncio.to_thread(seg_to_bytes, report)
+        return await asyncio.to_thread(seg_to_bytes, seg), summary, report
 
     async def _segment_series(
         self,

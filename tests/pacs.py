@@ -201,3 +201,7 @@ class StandIn:
         except pydicom.errors.InvalidDicomError:
             raise InvalidImageError("file 1 is not a DICOM file") from None
         return make_test_seg(source), {"frames": len(files)}
+
+    async def segment_to_reports(self, files: list[Path], *, window=None, **options):
+        seg, summary = await self.segment_to_seg(files, window=window, **options)
+        return seg, summary, None

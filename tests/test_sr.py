@@ -146,3 +146,43 @@ def test_a_lesion_sam_found_nothing_for_is_reported_empty():
     sr = hd.sr.srread(io.BytesIO(seg_to_bytes(build_sr(files, seg, lesions))))
     groups = sr.content.get_volumetric_roi_measurement_groups()
     assert [g.referenced_segment.referenced_segment_numbers for g in groups] == [[1], [2]]
+
+
+def test_a_job_with_an_sr_pushes_it_with_its_seg_to_a_real_orthanc(report, orthanc, tmp_path):
+    from lesionseg.dicomweb import StowClient, push_due
+    from lesionseg.jobs import JobStore
+    from lesionseg.settings import Settings
+
+    files, seg, sr, lesions, _ = report
+    store = JobStore(tmp_path / "jobs")
+    job = store.submit([io.BytesIO(seg_to_bytes(f)) for f in files], push=True,
+                       options={"sr": True})  # fmt: skip
+    assert store.options(job.id) == {"sr": True}
+    store.claim_next()
+    store.complete(job.id, seg_to_bytes(seg), {}, sr=seg_to_bytes(sr))
+    (pushed,) = push_due(store, StowClient(orthanc.dicomweb_url), Settings())
+    assert pushed.push_state == "pushed", pushed.push_error
+    assert {seg.SOPInstanceUID, sr.SOPInstanceUID} <= set(orthanc.sop_instance_uids())
+    stored = hd.sr.Comprehensive3DSR.from_dataset(orthanc.instance_file(sr.SOPInstanceUID))
+    groups = stored.content.get_volumetric_roi_measurement_groups()
+    volumes = [{m.name.meaning: m.value for m in g.get_measurements()}["Volume"] for g in groups]
+    assert volumes == pytest.approx([x.volume_mm3 for x in lesions], abs=1e-3)
+
+
+def test_a_one_segment_seg_is_referenced_with_its_source_images():
+    files = ct_series(2)  # the cube only: one lesion, one segment (shared functional groups)
+    results, _ = masks_per_frame(files)
+    geometry = volume_geometry(files)
+    ids = link_lesions(results, geometry)
+    seg = build_seg(files, results, lesion_ids=ids)
+    sr = hd.sr.srread(
+        io.BytesIO(seg_to_bytes(build_sr(files, seg, measure_lesions(results, ids, geometry))))
+    )
+    (group,) = sr.content.get_volumetric_roi_measurement_groups()
+    item = group[0].ContentSequence[-1]  # Source Image for Segmentation items follow
+    referenced = {
+        x.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for x in group[0].ContentSequence
+        if x.ConceptNameCodeSequence[0].CodeMeaning == "Source Image for Segmentation"
+    }
+    assert item.ValueType == "IMAGE" and referenced == {f.SOPInstanceUID for f in files}

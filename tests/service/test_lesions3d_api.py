@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import time
 import zipfile
 
 import highdicom as hd
@@ -108,3 +109,31 @@ def test_dicom_sr_measures_each_3d_lesion_of_its_seg(client, lits):
         voxels = seg.get_pixels_by_source_instance(sources, segment_numbers=[number]).sum()
         volume = {m.name.meaning: m.value for m in group.get_measurements()}["Volume"]
         assert volume == pytest.approx(voxels * 0.661468**2 * 2.5, rel=1e-3)
+
+
+def test_a_job_propagates_and_writes_an_sr(client, lits):
+    indices = [109, 110, 111]
+    files = lits_ct(lits, indices)
+    seed = [*lits.slice(110).boxes[0].tolist(), 1]
+    parts = [("files", (f"{i}.dcm", data, "application/dicom")) for i, data in enumerate(files)]
+    fields = {"boxes": str([seed]), "propagate": "true", "sr": "true", "push": "false"}
+    accepted = client.post("/jobs", files=parts, data=fields)
+    assert accepted.status_code == 202, accepted.text
+    location = accepted.json()["location"]
+    deadline = time.monotonic() + 120
+    while (status := client.get(location).json())["state"] not in ("done", "failed"):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.5)
+    assert status["state"] == "done", status
+    summary = status["summary"]
+    (lesion,) = summary["lesions_3d"]
+    assert 1 in lesion["frames"] and lesion["volume_mm3"] > 0
+    assert [s["tracking_id"] for s in summary["seg"]["segments"]] == ["lesion 1"]
+    sr = hd.sr.srread(io.BytesIO(client.get(status["sr"]).content))
+    assert sr.SOPInstanceUID == summary["sr"]["sop_instance_uid"]
+    (group,) = sr.content.get_volumetric_roi_measurement_groups()
+    measured = {m.name.meaning: m.value for m in group.get_measurements()}
+    assert measured["Volume"] == pytest.approx(lesion["volume_mm3"], abs=0.01)
+    assert measured["Long axis"] == pytest.approx(lesion["long_axis_mm"], abs=0.01)
+    bad = client.post("/jobs", files=parts, data={"propagate": "true"})
+    assert bad.status_code == 400 and "needs boxes" in bad.json()["error"]
