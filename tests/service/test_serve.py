@@ -7,6 +7,7 @@ import json
 import re
 import shlex
 import subprocess
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -58,13 +59,16 @@ def test_readme_curl_examples_work(server, tmp_path):
         command = command.replace("localhost:3000", f"127.0.0.1:{port}")
         command = command.replace("@data/", f"@{REPO_ROOT}/data/")
         proc = subprocess.run(shlex.split(command), cwd=tmp_path, capture_output=True, check=True)
-        if "-o " in command:  # an overlay PNG, a DICOM SEG or a NIfTI mask
+        if "-o " in command:  # an overlay PNG, a DICOM SEG, a NIfTI mask, a SEG + SR zip
             check_written_file(tmp_path / re.search(r"-o (\S+)", command).group(1))
             continue
         body = json.loads(proc.stdout)
+        assert body["models"]["backend"] == "torch"
+        if "frames" in body:  # a volume: its frames and 3-D lesions
+            check_volume(body)
+            continue
         assert (body["width"], body["height"]) == (128, 128), body
         assert body["lesions"], body
-        assert body["models"]["backend"] == "torch"
         dicom = ".dcm" in command  # the CT example has 0.66 mm pixels; the PNG has no spacing
         for lesion in body["lesions"]:
             rle = {"size": lesion["mask"]["size"], "counts": lesion["mask"]["counts"].encode()}
@@ -72,9 +76,27 @@ def test_readme_curl_examples_work(server, tmp_path):
             assert (lesion["area_mm2"] is not None) == dicom, (command, lesion)
 
 
+def check_volume(body: dict) -> None:
+    """The NIfTI example (3 slices, 0.8 x 0.7 mm pixels, 2.5 mm apart) with its lesions."""
+    assert body["number_of_frames"] == 3 and body["lesions_3d"], body
+    ids = [x["lesion_id"] for f in body["frames"] for x in f["lesions"]]
+    assert sorted(set(ids)) == [x["id"] for x in body["lesions_3d"]]
+    for lesion in body["lesions_3d"]:
+        area = sum(
+            x["area_mm2"] for f in body["frames"] for x in f["lesions"]
+            if x["lesion_id"] == lesion["id"]
+        )  # fmt: skip
+        assert lesion["volume_mm3"] == pytest.approx(area * 2.5, rel=1e-3)
+        assert lesion["long_axis_mm"] >= lesion["short_axis_mm"] > 0
+
+
 def check_written_file(path) -> None:
     data = path.read_bytes()
-    if path.suffix == ".png":
+    if path.suffix == ".zip":
+        archive = zipfile.ZipFile(path)
+        assert pydicom.dcmread(archive.open("seg.dcm")).Modality == "SEG"
+        assert pydicom.dcmread(archive.open("sr.dcm")).Modality == "SR"
+    elif path.suffix == ".png":
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
     elif path.suffix == ".dcm":
         assert pydicom.dcmread(path).Modality == "SEG"
