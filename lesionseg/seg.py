@@ -14,9 +14,10 @@ frame so the SEG stays valid, and every segment is still described (highdicom is
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import highdicom as hd
 import numpy as np
@@ -120,10 +121,7 @@ def build_seg(
         for i, (name, key) in enumerate(segments)
     ]
     try:
-        with warnings.catch_warnings():
-            # Scoped here, not at import: a module-level filter is lost to any enclosing
-            # catch_warnings (pytest's, for one), and the warning would log the name.
-            warnings.filterwarnings("ignore", message=_NAME_WARNING, module="highdicom")
+        with no_name_warnings():
             return hd.seg.Segmentation(
                 source_images=[_valid_spacing(s) for s in sources],
                 pixel_array=masks,
@@ -160,6 +158,16 @@ def _segments(
         for lesion, lesion_id in zip(result.lesions, ids, strict=True)
     }
     return [(label_of[i], i) for i in sorted(label_of)]
+
+
+@contextlib.contextmanager
+def no_name_warnings() -> Iterator[None]:
+    """While highdicom writes an object: no warning quoting the patient's name. Scoped to the
+    call, not set at import: a module-level filter is lost to any enclosing catch_warnings
+    (pytest's, for one), and the warning would log the name."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_NAME_WARNING, module="highdicom")
+        yield
 
 
 def _valid_spacing(source: Dataset) -> Dataset:

@@ -11,7 +11,6 @@ images and the SEG; the report lives in the source study with new Series and SOP
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import highdicom as hd
@@ -22,7 +21,7 @@ from pydicom.uid import generate_uid
 from . import __version__
 from .errors import InputError
 from .measure.lesions3d import Lesion3D
-from .seg import _NAME_WARNING, ALGORITHM_NAME
+from .seg import ALGORITHM_NAME, no_name_warnings
 
 SERIES_DESCRIPTION = "lesionseg measurements - research, not for clinical use"
 _PROCEDURES = {  # CID 100 Quantitative Diagnostic Imaging Procedures, by modality
@@ -93,8 +92,7 @@ def build_sr(
         imaging_measurements=groups,
     )
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_NAME_WARNING, module="highdicom")
+        with no_name_warnings():
             return hd.sr.Comprehensive3DSR(
                 evidence=[*sources, seg],
                 content=report,
