@@ -383,8 +383,13 @@ def test_nifti_volume_and_3d_lesions(page):
     open_files(page, [EXAMPLES / "lits117.nii.gz"])
     assert js(page, f"{STATE}.kind") == "nifti" and js(page, f"{STATE}.frames.length") == 3
     assert page.find_element("id", "download-seg").text == "NIfTI mask"
-    # The service has no 3-D lesions yet (issue 15): the page's side of that contract, with
-    # the keys it reads, on what it holds.
+    # The service's 3-D lesions reach the page: listed, and each frame lesion coloured by its.
+    found = js(page, f"{STATE}.lesions3d")
+    assert found and all(x["volume_mm3"] > 0 and x["long_axis_points"] for x in found), found
+    ids = js(page, f"{STATE}.frames.flatMap((f) => f.lesions.map((l) => l.lesion_id))")
+    assert sorted(set(ids)) == [x["id"] for x in found]
+    assert f"#{found[0]['id']} · frames" in page.find_element("id", "lesions-3d").text
+    # The drawing of the axes, on lesions set here (known end points).
     page.execute_script(
         f"const s = {STATE}; s.frames[0].lesions[0].lesion_id = 'b';"
         "s.lesions3d = [{id: 'a', frames: [1, 2]}, {id: 'b', frames: [0, 1], volume_mm3: 1234,"
