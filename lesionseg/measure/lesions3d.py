@@ -121,7 +121,8 @@ def measure_lesions(
                 rows, cols = np.nonzero(results[f].lesions[i].mask)
                 if len(rows):
                     weights.append(len(rows) * s[0] * s[1] * thick[f])
-                    centres.append(geometry.to_patient(f, rows, cols).mean(axis=0))
+                    # The map is affine: the mean pixel's position is the positions' mean.
+                    centres.append(geometry.to_patient(f, [rows.mean()], [cols.mean()])[0])
             volume = float(sum(weights))
             if volume > 0:
                 centroid = np.average(np.array(centres), axis=0, weights=weights)
