@@ -1,9 +1,9 @@
 """Volume JSON (with ``lesions_3d``), DICOM SEG and NIfTI outputs of the ``LesionSeg``
 service, as a mixin of its class.
 
-``segment_to_seg`` is also what the async job worker (service/jobs.py) calls. The host class
-provides ``settings``, ``models``, ``_ready``, ``_decode``, ``_run``, ``_segment_frames`` and
-``_propagate`` (service/lesions3d.py).
+``segment_to_reports`` (the SEG, and the SR when asked) is also what the async job worker
+(service/jobs.py) calls. The host class provides ``settings``, ``models``, ``_ready``,
+``_decode``, ``_run``, ``_segment_frames`` and ``_segment_volume`` (service/lesions3d.py).
 """
 
 import asyncio
@@ -108,8 +108,8 @@ class VolumeOutputs:
         DICOM SEG as Part-10 bytes, a JSON-ready summary: the SEG's UIDs and segments, per
         frame the /segment result and the 3-D lesions). Options as :meth:`_segment_series`.
         Waits for the models to load. Raises InputError subclasses for bad input."""
-        _, seg, summary, _ = await self._segment_series(files, **options)
-        return await asyncio.to_thread(seg_to_bytes, seg), summary
+        seg, summary, _ = await self.segment_to_reports(files, **options)
+        return seg, summary
 
     async def segment_to_reports(
         self, files: list[Path], *, sr: bool = False, **options
