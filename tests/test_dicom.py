@@ -235,7 +235,8 @@ def test_scrub_removes_patient_identifiers():
 def test_bundle_window_applies_to_its_modality_only(name, windowed):
     from lesionseg.uploads import decode_upload
 
-    data = open(get_testdata_file(name), "rb").read()
+    with open(get_testdata_file(name), "rb") as handle:
+        data = handle.read()
     settings = Settings()
     bundle = decode_upload(
         data, settings, default_window="abdomen", default_window_modality="CT"
