@@ -112,7 +112,7 @@ $(LITS_NNUNET): $(STAMP) lesionseg/examples.py
 
 train-default: setup $(LITS_NNUNET) ## rebuild the shipped LiTS bundle models/lits117 (~80 min, 2 cores)
 	$(PY) -m lesionseg.cli train data/lits117-nnunet --labels tumour --window abdomen \
-		--val-fraction 0.22 --axes all --epochs 100 --sam lora --sam-epochs 3 --sam-steps 40 \
+		--val-fraction 0.22 --axes all --epochs 200 --sam lora --sam-epochs 3 --sam-steps 40 \
 		--time-budget 70 --name lits117 --out models/lits117
 
 train-unet: setup data ## 2-D U-Net baseline (MONAI) -> models/unet/lits-unet2d.pt
