@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +15,6 @@ from finetune.common import dice_bce_loss, frame_samples, masks_to_model_frame, 
 from lesionseg.data import SPLITS
 from lesionseg.sam_delta import apply_delta, is_delta, make_delta
 from lesionseg.transforms import mask_to_box
-
-SHIPPED = sorted((Path(__file__).parent.parent / "models" / "sam").glob("litemedsam-*.pt"))
 
 
 def lits_samples(lits_volume, split: str, step: int) -> list:
@@ -144,12 +141,11 @@ def test_lora_step_hf_saves_a_merged_samodel(lits_volume, tiny_hf_sam_dir, tmp_p
 
 
 @pytest.mark.slow
-def test_lora_step_litemedsam_and_delta_round_trip_through_settings(
-    lits, lits_volume, litemedsam, tmp_path
-):
-    """One LoRA step on LiteMedSAM, merged, saved as a delta, loaded by LESIONSEG_SAM_PATH."""
+def test_lora_step_litemedsam_and_delta_round_trip_through_settings(lits, lits_volume, tmp_path):
+    """One LoRA step on LiteMedSAM, merged, saved as a delta the way `lesionseg train` saves a
+    bundle's sam.pt, loaded by LESIONSEG_SAM_PATH."""
     from finetune.sam_lora import merge, train_lora
-    from finetune.sam_train import save_sam
+    from finetune.sam_train import save_litemedsam_delta
     from lesionseg.sam_models import load_sam
     from lesionseg.segmenter import Segmenter
     from lesionseg.settings import Settings
@@ -163,42 +159,43 @@ def test_lora_step_litemedsam_and_delta_round_trip_through_settings(
     assert np.isfinite(rows[0]["train_loss"])
     factors = merge(modules, model)  # asserts our merge == peft's merge_and_unload
     assert len(factors) == 72 and any(float(f["B"].abs().max()) > 0 for f in factors.values())
-    record = {"base": {"sha256": litemedsam.spec.sha256}}
-    path = save_sam(modules, tmp_path / "lora", record, [], tmp_path, lora=factors)
+    path = tmp_path / "sam.pt"
+    sha = save_litemedsam_delta(modules, path, name="test-lora", lora=factors)
     assert path.stat().st_size < 3_000_000
     tuned = Segmenter.from_settings(Settings(backend="torch", sam_path=path))
-    assert tuned.spec.name == "LiteMedSAM+lora" and tuned.spec.sha256 != litemedsam.spec.sha256
+    base = Segmenter.from_settings(Settings(backend="torch", sam_family="litemedsam"))
+    assert tuned.spec.name == "LiteMedSAM+test-lora" and tuned.spec.sha256 == sha
+    assert sha != base.spec.sha256
     sl = lits.slice(110)
-    base_pred = litemedsam.predict(litemedsam.embed([sl.image]), [sl.boxes])[0]
+    base_pred = base.predict(base.embed([sl.image]), [sl.boxes])[0]
     tuned_pred = tuned.predict(tuned.embed([sl.image]), [sl.boxes])[0]
     assert np.abs(base_pred.low_res_logits - tuned_pred.low_res_logits).max() > 1e-3
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
-def test_shipped_finetune_loads_matches_its_record_and_changes_masks(
-    path, lits, litemedsam, tmp_path
-):
+def test_shipped_bundle_sam_loads_matches_its_record_and_changes_masks(lits, tmp_path):
+    """The shipped bundle's SAM fine-tune (a delta) loads from the store's copy, is the
+    checkpoint its record names, and changes masks against zero-shot LiteMedSAM."""
     import shutil
 
-    from lesionseg.checksums import file_sha256
+    from lesionseg.bundle import SHIPPED_BUNDLE, Bundle
     from lesionseg.segmenter import Segmenter
     from lesionseg.settings import Settings
 
-    record = json.loads(path.with_suffix(".json").read_text())
-    assert record["checkpoint"]["sha256"] == file_sha256(path)
-    assert path.stat().st_size < 10_000_000
+    bundle = Bundle.load(SHIPPED_BUNDLE)
+    path = bundle.sam.weights
+    assert path is not None and path.stat().st_size < 10_000_000
     # The model store keeps the file as weights.pth: a delta is recognised by its content.
     stored = tmp_path / "weights.pth"
     shutil.copyfile(path, stored)
     tuned = Segmenter.from_settings(Settings(backend="torch", sam_path=stored))
-    assert tuned.spec.name == f"LiteMedSAM+{path.stem}"
+    assert tuned.spec.sha256 == bundle.record["sam"]["sha256"]
+    assert tuned.spec.name == f"LiteMedSAM+{bundle.name}-{bundle.sam.recipe}"
+    base = Segmenter.from_settings(Settings(backend="torch", sam_family="litemedsam"))
     slices = list(lits.slices("val", step=9))
-    base = litemedsam.predict(
-        litemedsam.embed([s.image for s in slices]), [s.boxes for s in slices]
-    )
     ours = tuned.predict(tuned.embed([s.image for s in slices]), [s.boxes for s in slices])
-    assert any(not np.array_equal(a.masks, b.masks) for a, b in zip(base, ours, strict=True))
+    theirs = base.predict(base.embed([s.image for s in slices]), [s.boxes for s in slices])
+    assert any(not np.array_equal(a.masks, b.masks) for a, b in zip(theirs, ours, strict=True))
 
 
 @pytest.mark.slow
