@@ -15,9 +15,12 @@ from lesionseg.settings import Settings
 
 
 def write_bundle(directory: Path, **changes) -> Path:
-    """A copy of the shipped bundle with model.json keys replaced (dicts merged one level)."""
+    """A copy of the shipped bundle with model.json keys replaced (dicts merged one level).
+    Its SAM fine-tune is copied too unless the caller's ``sam`` names other weights."""
     directory.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(SHIPPED_BUNDLE / "detector.pt", directory / "detector.pt")
+    if (SHIPPED_BUNDLE / "sam.pt").is_file() and not (directory / "sam.pt").exists():
+        shutil.copyfile(SHIPPED_BUNDLE / "sam.pt", directory / "sam.pt")
     record = json.loads((SHIPPED_BUNDLE / "model.json").read_text())
     for key, value in changes.items():
         if isinstance(value, dict) and isinstance(record.get(key), dict):
@@ -57,7 +60,8 @@ def test_the_shipped_bundle_reads():
 
 def test_a_bundle_reads_with_its_values(bundle_dir):
     bundle = Bundle.load(bundle_dir)
-    assert (bundle.name, bundle.classes, bundle.window) == ("brain-mr", ("lesion",), "liver")
+    shipped = Bundle.load(SHIPPED_BUNDLE)
+    assert (bundle.name, bundle.classes, bundle.window) == ("brain-mr", shipped.classes, "liver")
     assert bundle.detector.score_threshold == 0.4 and bundle.detector.box_margin == 0.1
     assert bundle.sam.weights == bundle_dir / "sam.pt" and bundle.sam.recipe == "lora"
     assert [p.name for p in bundle.files()] == ["model.json", "detector.pt", "sam.pt"]
@@ -93,13 +97,14 @@ def broken(directory: Path, case: str) -> str:
         return "detector.pt"
     if case == "no sam weights":
         write_bundle(directory, sam={"weights": "sam.pt"})
+        (directory / "sam.pt").unlink(missing_ok=True)
         return "sam.pt"
     if case == "weights outside":
         write_bundle(directory, detector={"weights": "../detector.pt"})
         return "outside the bundle"
     if case == "other classes":
-        write_bundle(directory, classes=["tumour"])
-        return "['lesion']"
+        write_bundle(directory, classes=["not-its-class"])
+        return str(list(Bundle.load(SHIPPED_BUNDLE).classes))  # what detector.pt says
     if case == "bad threshold":
         write_bundle(directory, detector={"score_threshold": 2})
         return "score_threshold"

@@ -126,6 +126,7 @@ def test_segment_answers_with_the_bundle_classes_and_names_it(served, tumour_bun
         "score_threshold": tumour_bundle.detector.score_threshold,
         "box_margin": MARGIN,
         "window": "liver",
+        "modality": tumour_bundle.modality,
     }
     assert body["models"]["detector"]["classes"] == {"0": "tumour"}
 
