@@ -41,7 +41,7 @@ from finetune.unet import load_unet, predict_unet
 from lesionseg.backends.torch_runner import TorchSamRunner
 from lesionseg.data import LitsCase, LitsSlice
 from lesionseg.detector import Detector
-from lesionseg.evaluation import DetectionCounts, assign_instances, dice, match_detections
+from lesionseg.evaluation import DetectionCounts, LesionScores, dice, match_detections
 from lesionseg.pipeline import filter_detections
 from lesionseg.sam_models import load_sam
 from lesionseg.segmenter import Segmenter
@@ -61,7 +61,7 @@ Predict = Callable[[LitsSlice], tuple[np.ndarray, bool]]  # -> ((K, H, W) bool, 
 def score(slices: list[LitsSlice], predict: Predict, min_area: int) -> dict:
     """The row's metrics over ``slices``; ``predict`` returns instances and whether they are
     one per GT lesion (box-prompted) or free (automatic)."""
-    lesion_dice, image_dice = [], []
+    scores, image_dice = LesionScores(), []
     inter = total = 0
     counts, automatic = DetectionCounts(), False
     for sl in slices:
@@ -71,14 +71,14 @@ def score(slices: list[LitsSlice], predict: Predict, min_area: int) -> dict:
         image_dice.append(dice(union, sl.tumour_mask))
         inter += int((union & sl.tumour_mask).sum())
         total += int(union.sum() + sl.tumour_mask.sum())
-        if prompted:
-            per_lesion = list(masks)
-        else:
-            lesions = [sl.instances == k + 1 for k in range(len(sl.areas))]
-            per_lesion = assign_instances(
-                np.asarray(masks, bool).reshape(-1, *union.shape),
-                np.array(lesions, bool).reshape(-1, *union.shape),
-            )
+        lesions = [sl.instances == k + 1 for k in range(len(sl.areas))]
+        scores.add(
+            np.asarray(masks, bool).reshape(-1, *union.shape),
+            np.array(lesions, bool).reshape(-1, *union.shape),
+            prompted=prompted,
+            min_area=min_area,
+        )
+        if not prompted:
             boxes = np.array([mask_to_box(m) for m in masks if m.any()], np.float32)
             counts += match_detections(
                 boxes,
@@ -87,10 +87,7 @@ def score(slices: list[LitsSlice], predict: Predict, min_area: int) -> dict:
                 iou_threshold=DETECTION_IOU,
                 min_area=DETECTION_MIN_AREA,
             )
-        for k, area in enumerate(sl.areas):
-            if area >= min_area:
-                lesion_dice.append(dice(per_lesion[k], sl.instances == k + 1))
-    ld = np.array(lesion_dice)
+    ld = np.array(scores.dices)
     return {
         "lesions": len(ld),
         "lesion_dice": round(float(ld.mean()), 4),
