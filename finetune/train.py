@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lesionseg.bundle import FORMAT, RECORD_FILE
 from lesionseg.datasets import FORMATS, open_dataset
 from lesionseg.errors import DatasetError, LesionSegError
 from lesionseg.provenance import git_commit, hardware, versions
@@ -43,8 +44,6 @@ from .train_detector import (
     train_yolo,
     write_yolo_dataset,
 )
-
-BUNDLE_FORMAT = "lesionseg-bundle/1"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -164,7 +163,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
         "image_size": settings.detector_image_size,
     }
     shutil.copyfile(settings.detector_weights, shipped["weights"])
-    shipped["classes"] = settings.bundle().classes if settings.bundle() else None
+    bundle = settings.bundle()
+    shipped["classes"] = bundle.classes if bundle else None
     # Written into a staging folder and swapped in at the end: an aborted run leaves the old
     # bundle in --out as it was.
     stage = out.parent / f".{out.name}.partial"
@@ -175,7 +175,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
     def train_frames():
         for part in split.train:
             for frame in part.frames(AXES[args.axes]):
-                samples.extend(frame_samples([frame]))
+                if args.sam != "none":  # SAM's training samples, gathered on the same pass
+                    samples.extend(frame_samples([frame]))
                 yield frame
 
     data = write_yolo_dataset(
@@ -203,7 +204,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
     if choice.sam == "zero-shot" and (stage / "sam.pt").exists():
         (stage / "sam.pt").rename(stage / "logs" / "sam.not-selected.pt")
     record = {
-        "format": BUNDLE_FORMAT,
+        "format": FORMAT,
         "name": args.name or out.resolve().name,
         "classes": list(dataset.classes),
         "detector": {
@@ -247,7 +248,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
         "git_commit": git_commit(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    (stage / "model.json").write_text(json.dumps(record, indent=2) + "\n")
+    (stage / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     _publish(stage, out)
     print((out / "evaluation.md").read_text())
     print(f"bundle -> {out}: {json.dumps(record['metrics']['selected'])}")

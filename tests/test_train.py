@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from finetune.train import BUNDLE_FORMAT
 from finetune.train import main as train
+from lesionseg.bundle import FORMAT as BUNDLE_FORMAT
 from lesionseg.bundle import Bundle
 from lesionseg.sam_models import load_sam
 
