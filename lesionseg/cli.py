@@ -114,9 +114,10 @@ def _fetch(args: argparse.Namespace) -> int:
     from .examples import write_lits_nnunet
     from .settings import Settings
 
-    print(fetch_lits(Settings().cache_dir))
+    cache = Settings().cache_dir
+    print(fetch_lits(cache))
     if args.nnunet:
-        print(write_lits_nnunet(LitsCase(Settings().cache_dir), Path(args.nnunet)))
+        print(write_lits_nnunet(LitsCase(cache), Path(args.nnunet)))
     return 0
 
 
