@@ -21,30 +21,9 @@ from torch import nn
 from .checksums import file_sha256
 from .errors import ModelLoadError
 from .sam_delta import apply_delta, is_delta
-from .transforms import Normalisation
+from .types import SamSpec  # defined without torch; imported from here too
 
 LITEMEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
-
-
-@dataclass(frozen=True)
-class SamSpec:
-    """What the preprocessing needs to know about a SAM checkpoint.
-
-    Attributes:
-        family: "litemedsam" or "hf".
-        name: human-readable model name for responses and logs.
-        image_size: S, side of the square model input in px.
-        normalisation: intensity normalisation of the input.
-        sha256: checksum of the weights file (first weights file for HF directories).
-        mask_size: side of the decoder's low-res logits (4 x the embedding grid).
-    """
-
-    family: str
-    name: str
-    image_size: int
-    normalisation: Normalisation
-    sha256: str
-    mask_size: int = 256
 
 
 @dataclass

@@ -12,8 +12,12 @@ Conventions used everywhere in this package:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .transforms import Normalisation
 
 
 @dataclass(frozen=True)
@@ -144,3 +148,25 @@ class SegmentationResult:
     pixel_spacing_mm: tuple[float, float] | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     pixel_spacing_source: str | None = None
+
+
+@dataclass(frozen=True)
+class SamSpec:
+    """What the preprocessing needs to know about a SAM checkpoint (torch-free, so that the
+    runtimes that serve exported files need no torch).
+
+    Attributes:
+        family: "litemedsam" or "hf".
+        name: human-readable model name for responses and logs.
+        image_size: S, side of the square model input in px.
+        normalisation: intensity normalisation of the input.
+        sha256: checksum of the weights file (first weights file for HF directories).
+        mask_size: side of the decoder's low-res logits (4 x the embedding grid).
+    """
+
+    family: str
+    name: str
+    image_size: int
+    normalisation: Normalisation
+    sha256: str
+    mask_size: int = 256

@@ -1,7 +1,8 @@
-"""Runtimes that execute the SAM encoder/decoder behind one small interface.
+"""Runtimes that execute the models behind small interfaces.
 
 A runner takes and returns numpy arrays so that the :class:`~lesionseg.segmenter.Segmenter`
-does not care whether torch, ONNX Runtime or TensorRT does the work.
+and the :class:`~lesionseg.detector.Detector` do not care whether torch, ONNX Runtime,
+OpenVINO or TensorRT does the work. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..sam_models import SamSpec
+from ..types import SamSpec
 
 
 class SamRunner(Protocol):
@@ -29,3 +30,22 @@ class SamRunner(Protocol):
     def decode(
         self, embedding: np.ndarray, boxes: np.ndarray, mask_input: np.ndarray, has_mask: bool
     ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class DetectorRunner(Protocol):
+    """Executes one YOLOv8-style detector exported without NMS (ultralytics ``export``).
+
+    ``run(batch (B, 3, S, S) float32 RGB in 0..1) -> (B, 4 + K, A) float32``: the raw head
+    output, per anchor a box (centre x, centre y, width, height) in the S x S letterboxed
+    frame followed by the K class scores (sigmoid, 0..1). Decoding and NMS are the
+    :class:`~lesionseg.detector.Detector`'s (numpy).
+
+    Attributes:
+        names: class id -> class name, K entries.
+        image_size: S, side of the square input in px.
+    """
+
+    names: dict[int, str]
+    image_size: int
+
+    def run(self, batch: np.ndarray) -> np.ndarray: ...

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelLoadError
-from ..sam_models import SamSpec
+from ..types import SamSpec
 
 RECORD_FILE = "export.json"
 
