@@ -10,13 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .backends import SamRunner
 from .errors import InvalidBoxesError
 from .settings import Settings
-from .transforms import clip_boxes, preprocess, resized_hw, scale_boxes
+from .transforms import clip_boxes, preprocess, resize_bilinear, resized_hw, scale_boxes
 from .types import ImageEmbedding, MaskPrediction
 
 
@@ -81,7 +79,9 @@ class Segmenter:
     @classmethod
     def from_settings(cls, settings: Settings) -> Segmenter:
         """Load the SAM model and runtime (torch, onnxruntime, tensorrt) named in settings."""
-        if settings.torch_threads:
+        if settings.torch_threads and settings.backend == "torch":
+            import torch  # only here: the other backends serve without torch
+
             torch.set_num_threads(settings.torch_threads)
         if settings.backend == "onnxruntime":
             from .backends.onnx_runner import OnnxSamRunner
@@ -180,12 +180,10 @@ class Segmenter:
     def _to_original(
         self, logits: np.ndarray, resized: tuple[int, int], original: tuple[int, int], size: int
     ) -> np.ndarray:
-        """(N, s, s) low-res logits -> (N, H, W) bool: upsample to S, crop padding, resize."""
+        """(N, s, s) low-res logits -> (N, H, W) bool: upsample to S, crop padding, resize
+        (bilinear as torch's ``F.interpolate(align_corners=False)``, the same masks)."""
         out = np.empty((logits.shape[0], *original), bool)
         for i, lg in enumerate(logits):  # one at a time: large images x many boxes add up
-            x = torch.from_numpy(np.ascontiguousarray(lg))[None, None]
-            x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False)
-            x = x[..., : resized[0], : resized[1]]
-            x = F.interpolate(x, original, mode="bilinear", align_corners=False)
-            out[i] = (x[0, 0] > self.mask_threshold).numpy()
+            x = resize_bilinear(lg, (size, size))[: resized[0], : resized[1]]
+            out[i] = resize_bilinear(x, original) > self.mask_threshold
         return out

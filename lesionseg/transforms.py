@@ -37,6 +37,48 @@ def resize_longest_side(image: np.ndarray, target: int) -> np.ndarray:
     return cv2.resize(image, (new_w, new_h), interpolation=interpolation)
 
 
+def resize_bilinear(x: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Resize (h, w) float32 to (H, W) float32, bilinear, half-pixel centres, no antialias.
+
+    Equals ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` on the CPU
+    bit for bit, without torch (measured against torch 2.14 in tests/test_segmenter.py). Its
+    compiled kernels fuse multiply-adds, emulated here in float64 (in rare double-rounding
+    cases that can differ in the last float32 bit), and outputs with H + W <= 128 go through
+    another kernel that weighs the four source pixels at once.
+    """
+    if x.shape == tuple(out_hw):
+        return x  # torch's weights are then (1, 0): the same values
+    h0, h1, hw0, hw1 = _linear_taps(x.shape[0], out_hw[0])
+    w0, w1, ww0, ww1 = _linear_taps(x.shape[1], out_hw[1])
+    if out_hw[0] + out_hw[1] <= 128:  # torch's "vectorized" (channels-last) kernel
+        r0, r1 = x[h0], x[h1]  # (H, w)
+        out = r0[:, w1] * (hw0[:, None] * ww1)
+        for rows, wh, cols, ww in ((r0, hw0, w0, ww0), (r1, hw1, w0, ww0), (r1, hw1, w1, ww1)):
+            out = _fma(rows[:, cols], wh[:, None] * ww, out)
+        return out
+    rows = _fma(x[:, w0], ww0, x[:, w1] * ww1)  # (h, W): every source row along the width
+    return _fma(rows[h0], hw0[:, None], rows[h1] * hw1[:, None])  # (H, W)
+
+
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, ...]:
+    """Per output index along one axis: the two source indices and their float32 weights,
+    computed the way torch's upsample kernel computes them."""
+    scale = np.float32(n_in) / np.float32(n_out)
+    centres = np.arange(n_out, dtype=np.float32) + np.float32(0.5)
+    source = np.maximum(_fma(centres, scale, np.float32(-0.5)), np.float32(0))
+    i0 = np.minimum(source.astype(np.int64), n_in - 1)  # floor: source >= 0
+    lambda1 = np.clip(source - i0.astype(np.float32), 0, 1)
+    return i0, i0 + (i0 < n_in - 1), np.float32(1) - lambda1, lambda1
+
+
+def _fma(a: np.ndarray, b: np.ndarray | np.float32, c: np.ndarray | np.float32) -> np.ndarray:
+    """float32 ``a * b + c`` rounded once (the product of two float32 is exact in float64)."""
+    out = a.astype(np.float64)
+    out *= b
+    out += c
+    return out.astype(np.float32)
+
+
 def normalise(image: np.ndarray, mode: Normalisation) -> np.ndarray:
     """Map a (h, w, 3) uint8 image to float32.
 

@@ -130,3 +130,54 @@ def test_boxes_are_clipped_to_the_image():
         validate_boxes([[-5, -5, 150, 50]], (100, 120)), [[0, 0, 120, 50]]
     )
     assert validate_boxes([], (10, 10)).shape == (0, 4)
+
+
+@pytest.fixture(scope="module")
+def real_logits(litemedsam, lits) -> np.ndarray:
+    """(N, 256, 256) low-res logits of the shipped SAM for the GT boxes of 3 validation slices."""
+    slices = [s for s in lits.slices("val", step=4) if len(s.boxes)][:3]
+    embeddings = litemedsam.embed([s.image for s in slices])
+    preds = litemedsam.predict(embeddings, [s.boxes for s in slices])
+    return np.concatenate([p.low_res_logits for p in preds])
+
+
+def _torch_to_original(logits, resized, original, size, threshold):
+    """The torch implementation the masks used to come from (F.interpolate, twice)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(logits))[:, None]  # (N, 1, s, s)
+    x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False)
+    x = x[..., : resized[0], : resized[1]]
+    values = F.interpolate(x, original, mode="bilinear", align_corners=False)[:, 0]
+    return values.numpy(), (values > threshold).numpy()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "original", [(128, 128), (512, 512), (300, 200), (97, 513), (1000, 700), (64, 40), (5, 9)]
+)
+def test_masks_come_back_as_torch_would_make_them(litemedsam, real_logits, original):
+    # (64, 40) and (5, 9): outputs with H + W <= 128, which torch sends through another kernel.
+    from lesionseg.transforms import resize_bilinear, resized_hw
+
+    size, resized = 256, resized_hw(original, 256)
+    values, masks = _torch_to_original(real_logits, resized, original, size, 0.0)
+    ours = np.stack([resize_bilinear(x[: resized[0], : resized[1]], original) for x in real_logits])
+    np.testing.assert_array_equal(ours, values)  # bit for bit, not only the masks
+    got = litemedsam._to_original(real_logits, resized, original, size)
+    assert got.dtype == bool and np.array_equal(got, masks)
+    assert masks.any() and not masks.all()  # real masks, not an empty or full image
+
+
+def test_resize_bilinear_upsamples_from_both_mask_sizes():
+    # A mask side != the model side (HF SAM: 256 -> 1024) goes through the first resize too.
+    import torch
+    import torch.nn.functional as F
+
+    from lesionseg.transforms import resize_bilinear
+
+    x = np.random.default_rng(0).normal(0, 8, (256, 256)).astype(np.float32)
+    for out in [(1024, 1024), (256, 255), (17, 300)]:
+        ref = F.interpolate(torch.from_numpy(x)[None, None], out, mode="bilinear")[0, 0]
+        np.testing.assert_array_equal(resize_bilinear(x, out), ref.numpy())
