@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lesionseg.provenance import git_commit, hardware, versions
+from lesionseg.provenance import cpu_flags, git_commit, hardware, versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -21,8 +21,9 @@ def provenance() -> dict:
         "commit": git_commit(),
         "cpu": hw["cpu"],
         "cpu_cores": hw["cpu_cores"],
+        "cpu_flags": cpu_flags(),
         "gpu": hw.get("gpu", ""),
-        **{f"v_{k}": v for k, v in versions("torch", "onnxruntime", "bentoml").items()},
+        **{f"v_{k}": v for k, v in versions("torch", "onnxruntime", "openvino", "bentoml").items()},
     }
 
 

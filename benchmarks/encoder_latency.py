@@ -1,9 +1,11 @@
-"""SAM image-encoder latency: torch vs onnxruntime (vs int8 when kept), side by side.
+"""SAM latency: torch vs onnxruntime vs openvino (fp32, and bf16 where the CPU has it; int8
+when the export kept it), side by side: the image encoder per image at each batch size, and
+the mask decoder per call with 1 and 4 boxes on one image.
 
 Configurations are interleaved round by round, so machine noise hits all of them alike; the
 first round is warm-up and not counted. Writes results/encoder_<device>.csv and .md.
 
-    python -m benchmarks.encoder_latency [--rounds 6] [--batches 1 4]
+    python -m benchmarks.encoder_latency [--rounds 6] [--batches 1 4] [--boxes 1 4]
 """
 
 from __future__ import annotations
@@ -28,6 +30,15 @@ def segmenters(settings: Settings) -> dict[str, Segmenter]:
             settings.model_copy(update={"backend": "onnxruntime"})
         ),
     }
+    openvino = {  # auto: bf16 where the CPU has it
+        p: Segmenter.from_settings(
+            settings.model_copy(update={"backend": "openvino", "precision": p})
+        )
+        for p in ("fp32", "auto")
+    }
+    out["openvino-fp32"] = openvino["fp32"]
+    if (chosen := openvino["auto"].runner.precision) != "fp32":
+        out[f"openvino-{chosen}"] = openvino["auto"]
     int8 = settings.exports() / "sam_encoder.int8.onnx"
     if int8.is_file():  # only present when the export kept it (Dice within 0.01)
         from lesionseg.backends.onnx_runner import OnnxSamRunner
@@ -42,6 +53,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=6, help="rounds after one warm-up")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--boxes", type=int, nargs="+", default=[1, 4], help="decoder")
     parser.add_argument("--out", type=Path, default=RESULTS / "encoder_cpu")
     args = parser.parse_args(argv)
 
@@ -49,53 +61,64 @@ def main(argv: list[str] | None = None) -> list[dict]:
     case = LitsCase(settings.cache_dir)
     images = [s.image for s in case.slices("val", step=7)]  # 4 real slices
     runners = segmenters(settings)
-    samples: dict[tuple[str, int], list[float]] = {
-        (n, b): [] for n in runners for b in args.batches
+    # The decoder's inputs: a real embedding and 1..4 real lesion boxes (repeated if fewer).
+    sl = next(s for s in case.slices("val") if len(s.boxes) >= 2)
+    embedding = runners["torch-fp32"].embed([sl.image])[0]
+    stages = [("encoder", b) for b in args.batches] + [("decoder", n) for n in args.boxes]
+    samples: dict[tuple[str, str, int], list[float]] = {
+        (stage, name, n): [] for stage, n in stages for name in runners
     }
     for round_ in range(args.rounds + 1):
-        for batch in args.batches:
+        for stage, n in stages:
             for name, seg in runners.items():
-                batch_images = [images[(round_ + i) % len(images)] for i in range(batch)]
                 start = time.perf_counter()
-                seg.embed(batch_images)
-                ms_per_image = (time.perf_counter() - start) * 1000 / batch
+                if stage == "encoder":
+                    seg.embed([images[(round_ + i) % len(images)] for i in range(n)])
+                else:
+                    seg.predict([embedding], [np.resize(sl.boxes, (n, 4))])
+                ms = (time.perf_counter() - start) * 1000 / (n if stage == "encoder" else 1)
                 if round_:  # round 0 is warm-up
-                    samples[(name, batch)].append(ms_per_image)
+                    samples[(stage, name, n)].append(ms)
     base = provenance()
     rows = []
-    for (name, batch), values in samples.items():
+    for (stage, name, n), values in samples.items():
         backend, precision = name.split("-")
         p = percentiles(values)
         rows.append(
             {
                 **base,
                 "model": runners[name].spec.name,
+                "stage": stage,
                 "backend": backend,
                 "precision": precision,
                 "device": "cpu",
-                "batch": batch,
+                "batch": n,  # encoder: images; decoder: boxes on one image
                 "rounds": len(values),
                 **p,
-                "images_per_s": round(1000 / float(np.mean(values)), 3),
+                "calls_per_s": round(1000 / float(np.mean(values)), 3),
             }
         )
     write_rows(args.out.with_suffix(".csv"), rows)
-    torch_p50 = {r["batch"]: r["p50_ms"] for r in rows if r["backend"] == "torch"}
+    torch_p50 = {(r["stage"], r["batch"]): r["p50_ms"] for r in rows if r["backend"] == "torch"}
     lines = [
-        f"# SAM encoder latency ({rows[0]['model']}, CPU)",
+        f"# SAM latency ({rows[0]['model']}, CPU)",
         "",
-        f"{base['cpu']}, {base['cpu_cores']} cores; commit {base['commit']}; {base['date']}; "
-        f"torch {base['v_torch']}, onnxruntime {base['v_onnxruntime']}. "
-        f"{args.rounds} interleaved rounds after one warm-up; ms per image.",
+        f"{base['cpu']}, {base['cpu_cores']} cores (flags: {base['cpu_flags']}); commit "
+        f"{base['commit']}; {base['date']}; torch {base['v_torch']}, onnxruntime "
+        f"{base['v_onnxruntime']}, openvino {base['v_openvino']}. {args.rounds} interleaved "
+        "rounds after one warm-up. Encoder: ms per image (batch = images per call); decoder: "
+        "ms per call of `Segmenter.predict` on one image (batch = boxes), logits to masks "
+        "included.",
         "",
-        "| backend | precision | batch | p50 ms/img | p95 | p99 | img/s | vs torch (p50) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| stage | backend | precision | batch | p50 ms | p95 | p99 | per s | vs torch (p50) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        ratio = torch_p50[r["batch"]] / r["p50_ms"]
+        ratio = torch_p50[(r["stage"], r["batch"])] / r["p50_ms"]
         lines.append(
-            f"| {r['backend']} | {r['precision']} | {r['batch']} | {r['p50_ms']} | "
-            f"{r['p95_ms']} | {r['p99_ms']} | {r['images_per_s']} | {ratio:.2f}x |"
+            f"| {r['stage']} | {r['backend']} | {r['precision']} | {r['batch']} | "
+            f"{r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['calls_per_s']} | "
+            f"{ratio:.2f}x |"
         )
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -34,6 +34,31 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# /proc/cpuinfo flags that decide which kernels the CPU runtimes pick (bf16/int8/fp16 paths).
+SPEED_FLAGS = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
+
+
+def cpu_flags() -> str:
+    """The :data:`SPEED_FLAGS` this CPU has, space-separated (Linux; empty elsewhere)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return ""
+    for line in cpuinfo.read_text().splitlines():
+        if line.startswith("flags"):
+            present = set(line.split(":", 1)[1].split())
+            return " ".join(f for f in SPEED_FLAGS if f in present)
+    return ""
+
+
 def hardware() -> dict:
     """CPU model and core count, and the CUDA device when torch sees one."""
     import os

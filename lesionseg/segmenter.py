@@ -78,16 +78,28 @@ class Segmenter:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Segmenter:
-        """Load the SAM model and runtime (torch, onnxruntime, tensorrt) named in settings."""
+        """Load the SAM model and runtime (torch, onnxruntime, openvino, tensorrt) named in
+        settings."""
         if settings.torch_threads and settings.backend == "torch":
             import torch  # only here: the other backends serve without torch
 
             torch.set_num_threads(settings.torch_threads)
         if settings.backend == "onnxruntime":
-            from .backends.onnx_runner import OnnxSamRunner
+            from .backends.onnx_runner import OnnxSamRunner, check_fp32
 
+            check_fp32(settings.precision)
             runner = OnnxSamRunner(
                 settings.exports(), device=settings.device, multimask=settings.multimask_output
+            )
+        elif settings.backend == "openvino":
+            from .backends.openvino_runner import OpenVinoSamRunner
+
+            runner = OpenVinoSamRunner(
+                settings.exports(),
+                device=settings.device,
+                multimask=settings.multimask_output,
+                precision=settings.precision,
+                threads=settings.cpu_threads,
             )
         elif settings.backend == "tensorrt":
             from .backends.tensorrt_runner import TensorRTSamRunner
@@ -100,7 +112,8 @@ class Segmenter:
             modules = load_sam(
                 settings.sam_family, settings.sam_path, multimask=settings.multimask_output
             )
-            runner = TorchSamRunner(modules, settings.device, settings.precision)
+            precision = "fp32" if settings.precision == "auto" else settings.precision
+            runner = TorchSamRunner(modules, settings.device, precision)
         return cls(
             runner,
             mask_threshold=settings.mask_threshold,

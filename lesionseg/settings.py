@@ -54,7 +54,7 @@ class Settings(BaseSettings):
 
     # --- runtime ------------------------------------------------------------------------------
     device: Literal["cpu", "cuda"] = Field("cpu", description="Where models run.")
-    backend: Literal["torch", "onnxruntime", "tensorrt"] = Field(
+    backend: Literal["torch", "onnxruntime", "openvino", "tensorrt"] = Field(
         "onnxruntime",
         description="Inference runtime of the SAM and detector stages. onnxruntime (default: "
         "the fastest measured on CPU, benchmarks/results) and tensorrt run the files "
@@ -65,11 +65,21 @@ class Settings(BaseSettings):
         description="Exported ONNX files and TensorRT engines (default: "
         "cache_dir/exports/<bundle name>-<digest of the models and export options>).",
     )
-    precision: Literal["fp32", "fp16", "bf16"] = Field(
-        "fp32", description="SAM compute precision; fp16/bf16 need device 'cuda'."
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto",
+        description="Compute precision. openvino: SAM and detector; auto = bf16 where the CPU "
+        "has it (AVX512_BF16 or AMX), else fp32; a precision the CPU lacks fails at start. "
+        "torch: SAM; auto = fp32, fp16/bf16 need device 'cuda'. onnxruntime: fp32 only (auto "
+        "or fp32). tensorrt: the engines' own (`make engines`).",
     )
     torch_threads: int | None = Field(
         None, ge=1, description="torch.set_num_threads for CPU inference (default: torch's own)."
+    )
+    cpu_threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads of each openvino model (INFERENCE_NUM_THREADS; default: "
+        "OpenVINO's own, one per core).",
     )
     max_batch_size: int = Field(
         4, ge=1, le=256, description="Largest batch the service forms for encoder and detector."

@@ -42,6 +42,26 @@ def spec_from_record(record: dict) -> SamSpec:
     )
 
 
+def check_fp32(precision: str) -> None:
+    """The exported files are fp32: refuse a request for another precision."""
+    if precision not in ("auto", "fp32"):
+        raise ModelLoadError(
+            f"LESIONSEG_PRECISION={precision}: the onnxruntime backend runs the fp32 export; "
+            "set LESIONSEG_PRECISION=auto or fp32, or LESIONSEG_BACKEND=openvino (bf16 on CPU) "
+            "or torch (fp16/bf16 on CUDA)"
+        )
+
+
+def check_multimask(record: dict, directory: Path, multimask: bool) -> None:
+    """Refuse an export whose decoder was made with another multimask setting."""
+    if bool(record["sam"]["multimask"]) != multimask:
+        raise ModelLoadError(
+            f"the SAM decoder in {directory} was exported with multimask_output="
+            f"{record['sam']['multimask']}; re-export (`make export`) with "
+            f"LESIONSEG_MULTIMASK_OUTPUT={str(multimask).lower()}"
+        )
+
+
 class OnnxSamRunner:
     """Runs ``sam_encoder.onnx`` / ``sam_decoder.onnx`` with ONNX Runtime.
 
@@ -64,12 +84,7 @@ class OnnxSamRunner:
 
         directory = Path(directory)
         record = read_export_record(directory)
-        if bool(record["sam"]["multimask"]) != multimask:
-            raise ModelLoadError(
-                f"the SAM decoder in {directory} was exported with multimask_output="
-                f"{record['sam']['multimask']}; re-export (`make export`) with "
-                f"LESIONSEG_MULTIMASK_OUTPUT={str(multimask).lower()}"
-            )
+        check_multimask(record, directory, multimask)
         provider = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[device]
         if provider not in ort.get_available_providers():
             raise ModelLoadError(

@@ -1,0 +1,88 @@
+"""OpenVINO backend: precision choice, dynamic shapes, and the accuracy guard against torch."""
+
+import numpy as np
+import pytest
+
+from lesionseg.backends.onnx_runner import OnnxSamRunner
+from lesionseg.backends.openvino_runner import OpenVinoSamRunner, resolve_precision
+from lesionseg.errors import ModelLoadError
+from lesionseg.segmenter import Segmenter
+from lesionseg.settings import Settings
+
+AVX512_BF16 = ["BF16", "WINOGRAD", "FP32", "INT8", "BIN", "EXPORT_IMPORT"]  # this project's CPU
+AVX2_ONLY = ["WINOGRAD", "FP32", "INT8", "BIN", "EXPORT_IMPORT"]
+
+
+@pytest.mark.parametrize(
+    ("requested", "capabilities", "chosen"),
+    [
+        ("auto", AVX512_BF16, "bf16"),
+        ("auto", AVX2_ONLY, "fp32"),
+        ("fp32", AVX512_BF16, "fp32"),
+        ("bf16", AVX512_BF16, "bf16"),
+    ],
+)
+def test_precision_is_bf16_only_where_the_cpu_has_it(requested, capabilities, chosen):
+    assert resolve_precision(requested, capabilities) == chosen
+
+
+@pytest.mark.parametrize("requested", ["bf16", "fp16"])
+def test_a_precision_the_cpu_lacks_fails_at_start(requested):
+    with pytest.raises(ModelLoadError, match=f"PRECISION={requested}.*auto or fp32"):
+        resolve_precision(requested, AVX2_ONLY)
+
+
+def test_openvino_is_refused_on_cuda_and_without_exports(tmp_path):
+    with pytest.raises(ModelLoadError, match="runs on the CPU"):
+        Segmenter.from_settings(Settings(backend="openvino", device="cuda", export_dir=tmp_path))
+    with pytest.raises(ModelLoadError, match="make export"):
+        Segmenter.from_settings(Settings(backend="openvino", export_dir=tmp_path))
+
+
+def test_onnxruntime_refuses_a_precision_it_does_not_run(tmp_path):
+    with pytest.raises(ModelLoadError, match="onnxruntime backend runs the fp32 export"):
+        Segmenter.from_settings(
+            Settings(backend="onnxruntime", precision="bf16", export_dir=tmp_path)
+        )
+
+
+@pytest.mark.slow
+def test_dynamic_batch_and_box_count_match_onnxruntime(exported):
+    directory = exported[0]
+    reference = OnnxSamRunner(directory)
+    fp32 = OpenVinoSamRunner(directory, precision="fp32", threads=2)
+    chosen = OpenVinoSamRunner(directory)  # auto
+    assert chosen.precision in ("bf16", "fp32")
+    images = np.random.default_rng(0).random((3, 3, 256, 256), np.float32)
+    want = reference.encode(images)
+    for batch in (1, 3):
+        np.testing.assert_allclose(fp32.encode(images[:batch]), want[:batch], atol=1e-3)
+        assert chosen.encode(images[:batch]).shape == want[:batch].shape
+    boxes = np.array([[40, 40, 120, 140], [10, 20, 60, 50], [100, 90, 200, 250], [0, 0, 256, 256]])
+    for n in (1, 4):
+        args = (want[:1], boxes[:n].astype(np.float32), np.zeros((n, 1, 256, 256), np.float32))
+        for got, ref in zip(fp32.decode(*args, False), reference.decode(*args, False), strict=True):
+            np.testing.assert_allclose(got, ref, atol=1e-3)
+        logits, iou = chosen.decode(*args, False)
+        assert logits.shape == (n, 1, 256, 256) and iou.shape == (n, 1)
+
+
+@pytest.mark.slow
+def test_openvino_lesion_dice_within_001_of_fp32_torch(exported, lits, settings):
+    """The accuracy guard (benchmarks/openvino_accuracy.py on every second validation slice):
+    the openvino backend at the precision it picks here must keep the lesion Dice of fp32
+    torch within 0.01 on the same lesions and ground-truth boxes, or it is not used."""
+    from benchmarks.openvino_accuracy import TOLERANCE, compare
+
+    slices = list(lits.slices("val", step=2))
+    rows = compare(settings, slices, exported[0], openvino_fp32=False)
+    for row in rows:  # the figures, in the test log (-rA or a failure)
+        print(
+            f"{row['backend']} {row['precision']}: lesion Dice {row['lesion_dice']} "
+            f"({row['vs_torch']:+.4f} vs fp32 torch) over {row['lesions']} lesions"
+        )
+    torch_row, ort_row, ov_row = rows
+    assert torch_row["backend"] == "torch" and ov_row["backend"] == "openvino"
+    assert torch_row["lesions"] >= 20 and ov_row["lesions"] == torch_row["lesions"]
+    assert abs(ort_row["vs_torch"]) <= TOLERANCE
+    assert abs(ov_row["vs_torch"]) <= TOLERANCE, ov_row
