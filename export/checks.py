@@ -38,18 +38,31 @@ def mask_agreement(reference: Segmenter, candidate: Segmenter, case: LitsCase, s
     }
 
 
-def detector_agreement(reference: Detector, candidate: Detector, case: LitsCase) -> dict:
-    """Per validation slice: same box count, and the IoU of matched boxes (same order)."""
+def detector_agreement(
+    reference: Detector, candidate: Detector, case: LitsCase, score_threshold: float | None = None
+) -> dict:
+    """Per validation slice: same box count and classes, and the IoU and score difference of
+    matched boxes (same order), at ``score_threshold`` (default: the reference's own)."""
+    if score_threshold is None:
+        score_threshold = reference.score_threshold
     images = [s.image for s in case.slices("val")]
-    same_count, ious = 0, []
-    for r, c in zip(reference.detect(images), candidate.detect(images), strict=True):
+    ref = reference.detect(images, score_threshold=score_threshold)
+    cand = candidate.detect(images, score_threshold=score_threshold)
+    same_count, same_classes, ious, score_diffs = 0, 0, [], []
+    for r, c in zip(ref, cand, strict=True):
         if len(r) == len(c):
             same_count += 1
+            same_classes += bool(np.array_equal(r.class_ids, c.class_ids) and r.labels == c.labels)
             if len(r):
                 ious.extend(np.diag(box_iou(r.boxes, c.boxes)).tolist())
+                score_diffs.extend(np.abs(r.scores - c.scores).tolist())
     return {
+        "score_threshold": score_threshold,
         "images": len(images),
+        "boxes": sum(len(d) for d in ref),
         "images_with_same_count": same_count,
+        "images_with_same_classes": same_classes,
         "min_box_iou": float(min(ious)) if ious else None,
         "mean_box_iou": float(np.mean(ious)) if ious else None,
+        "max_score_diff": float(max(score_diffs)) if score_diffs else None,
     }

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lesionseg.datasets import Frame
-from lesionseg.detector import Detector
+from lesionseg.detector import UltralyticsDetector
 from lesionseg.sam_models import SamModules, load_sam
 
 from . import evaluate
@@ -68,7 +68,7 @@ def validate(
     }
     detections = {
         d.name: detect_frames(
-            Detector(d.weights, image_size=d.image_size, score_threshold=evaluate.FLOOR),
+            UltralyticsDetector(d.weights, image_size=d.image_size, score_threshold=evaluate.FLOOR),
             frames,
             score_threshold=evaluate.FLOOR,
         )

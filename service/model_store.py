@@ -21,7 +21,6 @@ import bentoml
 from lesionseg.backends.onnx_runner import export_is_current
 from lesionseg.bundle import BUNDLE_SUBDIR
 from lesionseg.checksums import file_sha256
-from lesionseg.sam_models import load_sam
 from lesionseg.settings import Settings
 
 SAM_MODEL = "lesionseg-sam"
@@ -38,6 +37,8 @@ def _latest_sha(name: str) -> str | None:
 
 def import_sam(settings: Settings) -> str:
     """Store the configured SAM checkpoint (verified by loading it); return the model tag."""
+    from lesionseg.sam_models import load_sam  # torch: not imported where exports are served
+
     spec = load_sam(settings.sam_family, settings.sam_path).spec  # checksum + load check
     if _latest_sha(SAM_MODEL) == spec.sha256:
         return str(bentoml.models.get(f"{SAM_MODEL}:latest").tag)

@@ -120,3 +120,12 @@ def orthanc(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def served_export() -> Path:
+    """The ONNX export of the models in force (what `make serve` serves), exported now when
+    missing or stale (~1 min); unlike ``exported``, reused across sessions."""
+    from export.__main__ import ensure_onnx
+
+    return ensure_onnx(Settings())

@@ -30,10 +30,14 @@ def test_exported_litemedsam_masks_match_torch(exported):
     assert parity["encoder_max_abs_err"] < 1e-3
 
 
-def test_exported_detector_matches_torch(exported):
-    parity = exported[1]["detector"]["parity"]
+@pytest.mark.parametrize("threshold", ["parity", "parity_at_floor"])
+def test_exported_detector_matches_torch(exported, threshold):
+    # The export's own check: ultralytics on the .pt vs onnxruntime + the numpy decoding.
+    parity = exported[1]["detector"][threshold]
+    assert parity["boxes"] >= parity["images"]
     assert parity["images_with_same_count"] == parity["images"]
-    assert parity["min_box_iou"] >= 0.95
+    assert parity["images_with_same_classes"] == parity["images"]
+    assert parity["min_box_iou"] >= 0.999 and parity["max_score_diff"] <= 1e-4
 
 
 def test_onnx_backend_from_settings(exported, lits, litemedsam):

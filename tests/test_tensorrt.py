@@ -5,7 +5,8 @@ import importlib.util
 import numpy as np
 import pytest
 
-from lesionseg.backends.tensorrt_runner import INSTALL_HINT, engine_mismatch
+from lesionseg.backends.tensorrt_runner import INSTALL_HINT, engine_header, engine_mismatch
+from lesionseg.detector import Detector
 from lesionseg.errors import ModelLoadError
 from lesionseg.segmenter import Segmenter
 from lesionseg.settings import Settings
@@ -30,10 +31,26 @@ def test_sidecar_mismatch_is_explained():
     assert "tensorrt_version" in engine_mismatch(built, {**built, "tensorrt_version": "10.4.0"})
 
 
+def test_ultralytics_engine_header_is_read_and_skipped(tmp_path):
+    # ultralytics writes a 4-byte length and its metadata (names, imgsz) before the engine.
+    import json
+
+    meta = json.dumps({"names": {"0": "tumour"}, "imgsz": [256, 256]}).encode()
+    engine = b"\x00\x01ftrt-engine-bytes" * 10
+    with_header = tmp_path / "detector.engine"
+    with_header.write_bytes(len(meta).to_bytes(4, "little") + meta + engine)
+    offset, found = engine_header(with_header)
+    assert with_header.read_bytes()[offset:] == engine and found["names"] == {"0": "tumour"}
+    plain = tmp_path / "plain.engine"
+    plain.write_bytes(engine)
+    assert engine_header(plain) == (0, {})
+
+
 @pytest.mark.skipif(SKIP_REASON is None, reason="TensorRT is available here")
-def test_asking_for_tensorrt_without_it_fails_with_install_hint(tmp_path):
+@pytest.mark.parametrize("stage", [Segmenter, Detector])
+def test_asking_for_tensorrt_without_it_fails_with_install_hint(tmp_path, stage):
     with pytest.raises(ModelLoadError) as info:
-        Segmenter.from_settings(Settings(backend="tensorrt", export_dir=tmp_path))
+        stage.from_settings(Settings(backend="tensorrt", export_dir=tmp_path))
     assert str(info.value) in (
         INSTALL_HINT,
         "LESIONSEG_BACKEND=tensorrt needs a CUDA GPU; torch sees none",

@@ -75,13 +75,14 @@ def _train(dataset: Path, out: Path, *args: str) -> dict:
 
 def _check_bundle(out: Path) -> dict:
     """A bundle the service loads: model.json, detector names = classes, the table."""
-    from lesionseg.detector import Detector
+    from lesionseg.detector import UltralyticsDetector
 
     record = json.loads((out / "model.json").read_text())
     assert record["format"] == BUNDLE_FORMAT
     bundle = Bundle.load(out)  # checks model.json's keys, files and the detector's names
     assert list(bundle.classes) == record["classes"]
-    names = Detector(out / "detector.pt", image_size=record["detector"]["image_size"]).names
+    size = record["detector"]["image_size"]
+    names = UltralyticsDetector(out / "detector.pt", image_size=size).names
     assert list(names.values()) == record["classes"] and list(names) == list(range(len(names)))
     assert 0.0 <= record["detector"]["score_threshold"] <= 1.0
     with (out / "evaluation.csv").open(newline="") as handle:

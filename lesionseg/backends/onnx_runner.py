@@ -62,6 +62,20 @@ def check_multimask(record: dict, directory: Path, multimask: bool) -> None:
         )
 
 
+def inference_session(path: Path, device: str = "cpu"):
+    """An ONNX Runtime session of ``path`` on "cpu" or "cuda" (needs onnxruntime-gpu; never
+    falls back to another device silently)."""
+    import onnxruntime as ort
+
+    provider = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[device]
+    if provider not in ort.get_available_providers():
+        raise ModelLoadError(
+            f"onnxruntime has no {provider} here (available: {ort.get_available_providers()});"
+            " install onnxruntime-gpu for LESIONSEG_DEVICE=cuda"
+        )
+    return ort.InferenceSession(str(path), providers=[provider])
+
+
 class OnnxSamRunner:
     """Runs ``sam_encoder.onnx`` / ``sam_decoder.onnx`` with ONNX Runtime.
 
@@ -80,22 +94,12 @@ class OnnxSamRunner:
         multimask: bool = False,
         encoder_file: str = "sam_encoder.onnx",
     ):
-        import onnxruntime as ort
-
         directory = Path(directory)
         record = read_export_record(directory)
         check_multimask(record, directory, multimask)
-        provider = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[device]
-        if provider not in ort.get_available_providers():
-            raise ModelLoadError(
-                f"onnxruntime has no {provider} here (available: {ort.get_available_providers()});"
-                " install onnxruntime-gpu for LESIONSEG_DEVICE=cuda"
-            )
         self.spec = spec_from_record(record)
-        self.encoder = ort.InferenceSession(str(directory / encoder_file), providers=[provider])
-        self.decoder = ort.InferenceSession(
-            str(directory / "sam_decoder.onnx"), providers=[provider]
-        )
+        self.encoder = inference_session(directory / encoder_file, device)
+        self.decoder = inference_session(directory / "sam_decoder.onnx", device)
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         return self.encoder.run(None, {"images": images.astype(np.float32, copy=False)})[0]

@@ -73,16 +73,31 @@ def check_engine(path: Path) -> dict:
     return sidecar
 
 
-class _Engine:
-    """One deserialised engine; inputs and outputs bound by tensor name, torch CUDA buffers."""
+def engine_header(path: Path) -> tuple[int, dict]:
+    """The JSON header ultralytics writes before a serialised engine (4-byte little-endian
+    length, then the metadata: names, imgsz, ...) and the offset of the engine bytes; (0, {})
+    without one."""
+    with Path(path).open("rb") as f:
+        n = int.from_bytes(f.read(4), byteorder="little")
+        if 0 < n <= Path(path).stat().st_size - 4:
+            try:
+                return 4 + n, json.loads(f.read(n))
+            except (UnicodeDecodeError, ValueError):  # engine bytes, not a header
+                pass
+    return 0, {}
 
-    def __init__(self, path: Path):
+
+class _Engine:
+    """One deserialised engine; inputs and outputs bound by tensor name, torch CUDA buffers.
+    ``offset``: where the engine starts in the file (after an ultralytics header)."""
+
+    def __init__(self, path: Path, offset: int = 0):
         trt = import_tensorrt()
         import torch
 
         self.sidecar = check_engine(path)
         logger = trt.Logger(trt.Logger.WARNING)
-        self.engine = trt.Runtime(logger).deserialize_cuda_engine(path.read_bytes())
+        self.engine = trt.Runtime(logger).deserialize_cuda_engine(path.read_bytes()[offset:])
         if self.engine is None:
             raise ModelLoadError(f"TensorRT could not deserialise {path}")
         self.context = self.engine.create_execution_context()
@@ -145,3 +160,28 @@ class TensorRTSamRunner:
             has_mask=np.array([float(has_mask)], np.float32),
         )
         return out["logits"], out["iou"]
+
+
+class TensorRTDetectorRunner:
+    """Runs ``detector.engine`` (ultralytics' TensorRT export of the detector, no NMS inside):
+    a :class:`~lesionseg.backends.DetectorRunner`; batches above the engine's profile are
+    split."""
+
+    def __init__(self, path: Path):
+        path = Path(path)
+        import_tensorrt()
+        offset, metadata = engine_header(path)
+        if "names" not in metadata or "imgsz" not in metadata:
+            raise ModelLoadError(f"{path} has no ultralytics metadata: rebuild with `make engines`")
+        self.names = {int(k): str(v) for k, v in metadata["names"].items()}
+        self.image_size = int(max(metadata["imgsz"]))
+        self.engine = _Engine(path, offset)
+        (self.output,) = self.engine.outputs
+        self.max_batch = int(self.engine.sidecar["profiles"]["images"]["max"][0])
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        chunks = [
+            self.engine(images=batch[i : i + self.max_batch])[self.output]
+            for i in range(0, len(batch), self.max_batch)
+        ]
+        return np.concatenate(chunks)

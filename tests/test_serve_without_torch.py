@@ -1,0 +1,36 @@
+"""Serving exported models (backend onnxruntime) imports no torch, torchvision, ultralytics,
+transformers, monai or peft: what a lean serving image (requirements-serve.lock) relies on."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lesionseg.settings import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def test_onnxruntime_serving_imports_no_torch(served_export):
+    env = {
+        **os.environ,
+        "LESIONSEG_BACKEND": "onnxruntime",
+        "LESIONSEG_EXPORT_DIR": str(served_export),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.serve_without_torch"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["onnxruntime"] and result["heavy_imported"] == []
+    # The example slice has tumours: detection and SAM really ran.
+    assert result["lesions"] > 0 and len(result["labels"]) == result["lesions"]
+    assert min(result["mask_pixels"]) > 0
