@@ -21,7 +21,7 @@ export YOLO_AUTOINSTALL := false
 .DEFAULT_GOAL := help
 .PHONY: help setup data export engines models serve demo build bench bench-encoder test test-fast \
 	lint format train train-default clean pacs-deps train-unet \
-	bench-accuracy browser-deps
+	bench-accuracy bench-gpu browser-deps
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -63,8 +63,13 @@ demo: setup data export ## run the pipeline once from the command line on the ex
 build: export models ## bentoml build: a bento with the service, the library and the served bundle
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/bentoml build
 
-bench: setup data export models ## Locust load benchmark over real servers (~11 min on 2 cores)
-	$(PY) -m benchmarks.load
+# BENCH_ARGS narrows a run, e.g. BENCH_ARGS="--configs default --users 1 --seconds 3".
+BENCH_ARGS ?=
+bench: setup data export models ## naive vs default vs fastest servers, 1-8 users, issue 13 targets (~12 min)
+	$(PY) -m benchmarks.load $(BENCH_ARGS)
+
+bench-gpu: setup data export ## GPU: encoder batch 1-32 per runtime, HTTP at 8/32/64 users (CUDA needed)
+	$(PY) -m benchmarks.gpu $(BENCH_ARGS)
 
 bench-encoder: setup export ## SAM encoder ms/img: torch vs onnxruntime, side by side
 	$(PY) -m benchmarks.encoder_latency

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,6 +16,9 @@ from pathlib import Path
 import httpx
 
 from lesionseg.settings import REPO_ROOT
+
+# What service/app.py logs when loading fails: it stays unready, so waiting longer is useless.
+UNREADY_FOREVER = re.compile(r"loading (the models )?failed; the (runner|service) stays unready")
 
 
 def free_port() -> int:
@@ -61,6 +65,8 @@ def running_server(
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"bentoml serve exited:\n{Path(log).read_text()[-3000:]}")
+            if UNREADY_FOREVER.search(Path(log).read_text(errors="replace")):
+                raise RuntimeError(f"loading failed:\n{Path(log).read_text()[-3000:]}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"not ready in {timeout}s:\n{Path(log).read_text()[-3000:]}")
             with contextlib.suppress(httpx.TransportError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import re
@@ -17,7 +18,8 @@ import pydicom
 import pytest
 from pycocotools import mask as mask_utils
 
-from benchmarks.load import run_locust, scrape
+from benchmarks.load import main as load_benchmark
+from benchmarks.load import scrape
 from lesionseg.evaluation import dice
 from lesionseg.examples import write_examples
 from lesionseg.masks import decode_rle
@@ -154,9 +156,20 @@ def test_concurrent_requests_are_batched_and_routed_back(server, lits):
             assert dice(decode_rle(a["mask"]), decode_rle(b["mask"])) >= 0.98
 
 
-def test_locust_smoke(server, tmp_path):
-    """A few seconds of the benchmark's Locust users: no failed request, stats written."""
-    total = run_locust(server, users=2, seconds=12, prefix=tmp_path / "smoke")
-    assert (tmp_path / "smoke_stats.csv").is_file() and (tmp_path / "smoke_failures.csv").is_file()
-    assert int(total["Request Count"]) > 0, total
-    assert int(total["Failure Count"]) == 0, total
+def test_load_benchmark_dry_run(server, tmp_path):
+    """`make bench`'s code end to end against this server with tiny settings (the full run
+    starts one server per configuration the same way this fixture does): single-user and
+    re-prompt requests, Locust with 2 users, the results and the targets table written."""
+    out = tmp_path / "load"
+    argv = ["--url", server, "--users", "2", "--seconds", "10", "--repeats", "2", "--out", str(out)]
+    assert load_benchmark(argv) == 0
+    with out.with_suffix(".csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["measure"] for r in rows] == ["single", "reprompt", "load"]
+    for r in rows:
+        assert int(r["requests"]) > 0 and int(r["failures"]) == 0, r
+        assert float(r["p50_ms"]) > 0 and r["served"].startswith("torch"), r
+    assert float(rows[2]["ok_per_s"]) > 0 and float(rows[2]["embed_ms"]) > 0
+    text = out.with_suffix(".md").read_text()
+    assert "## Targets (issue 13)" in text and rows[0]["commit"] in text
+    assert out.with_suffix(".png").is_file()

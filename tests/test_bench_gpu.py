@@ -1,0 +1,42 @@
+"""`make bench-gpu` starts and degrades per engine: its CPU dry run (these machines have no GPU)."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from benchmarks.gpu import ENGINES, SERVERS, main
+from benchmarks.payloads import EXAMPLE
+from lesionseg.examples import write_examples
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is here: nothing to refuse")
+def test_without_cuda_it_refuses_to_write_gpu_results(tmp_path, capsys):
+    assert main(["--out", str(tmp_path / "gpu")]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_dry_run_times_torch_on_cpu_and_records_every_other_engine_as_skipped(lits, tmp_path):
+    if not EXAMPLE.is_file():  # `make data` writes it; a bare pytest run needs it too
+        write_examples(lits, EXAMPLE.parent, 110)
+    out = tmp_path / "gpu"
+    assert main(["--dry-run", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.with_suffix(".csv").open()))
+    timed = [r for r in rows if r["status"] == "ok"]
+    assert [(r["engine"], r["batch"], r["device"]) for r in timed] == [
+        ("torch-fp32", "1", "cpu"),
+        ("torch-fp32", "2", "cpu"),
+    ]
+    assert all(float(r["ms_per_img"]) > 0 and float(r["img_per_s"]) > 0 for r in timed)
+    skipped = {(r["section"], r["engine"]): r["status"] for r in rows if r["status"] != "ok"}
+    assert set(skipped) == {("encoder", e) for e in ENGINES if e != "torch-fp32"} | {
+        ("http", s) for s in SERVERS
+    }
+    assert all(s.startswith("skipped: ") and len(s) > len("skipped: ") for s in skipped.values())
+    text = out.with_suffix(".md").read_text()
+    assert "DRY RUN on CPU" in text
+    assert ("no GPU:" in text) != torch.cuda.is_available()
