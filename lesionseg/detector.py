@@ -69,7 +69,7 @@ class Detector:
     @classmethod
     def from_settings(cls, settings: Settings) -> Detector:
         """The detector of ``settings``: the .pt through ultralytics (torch), or its export
-        (onnxruntime, tensorrt) through a runner."""
+        (onnxruntime, openvino, tensorrt) through a runner."""
         options = dict(
             score_threshold=settings.score_threshold,
             nms_iou_threshold=settings.nms_iou_threshold,
@@ -88,8 +88,21 @@ class Detector:
 
             weights = settings.exports() / "detector.engine"
             runner = TensorRTDetectorRunner(weights)
-        else:  # onnxruntime, and openvino until it has a detector runner of its own
-            assert settings.backend in ("onnxruntime", "openvino"), settings.backend
+        elif settings.backend == "openvino":
+            from .backends.openvino_runner import OpenVinoDetectorRunner
+
+            # fp32 whatever LESIONSEG_PRECISION says: in bf16 the shipped detector's boxes moved
+            # and 8 of 64 LiTS slices got another box count (SAM keeps its Dice in bf16).
+            weights = settings.exports() / "detector.onnx"
+            runner = OpenVinoDetectorRunner(
+                weights,
+                device=settings.device,
+                precision="fp32",
+                image_size=settings.detector_image_size,
+                threads=settings.cpu_threads,
+            )
+        else:
+            assert settings.backend == "onnxruntime", settings.backend
             from .backends.onnx_detector import OnnxDetectorRunner
 
             weights = settings.exports() / "detector.onnx"
@@ -220,6 +233,7 @@ class UltralyticsDetector(Detector):
         self.names = dict(self.model.names)
         self.image_size = image_size
         self.device = device
+        self.precision = "fp32"  # ultralytics predicts in fp32 unless asked for half
         super().__init__(
             self,
             weights,

@@ -55,10 +55,13 @@ class Settings(BaseSettings):
     # --- runtime ------------------------------------------------------------------------------
     device: Literal["cpu", "cuda"] = Field("cpu", description="Where models run.")
     backend: Literal["torch", "onnxruntime", "openvino", "tensorrt"] = Field(
-        "onnxruntime",
-        description="Inference runtime of the SAM and detector stages. onnxruntime (default: "
-        "the fastest measured on CPU, benchmarks/results) and tensorrt run the files "
-        "`make export` / `make engines` wrote to export_dir; torch runs the checkpoints.",
+        "openvino",
+        description="Inference runtime of the SAM and detector stages. Default: the fastest "
+        "that passes the accuracy guard (lesion Dice within 0.01 of fp32 torch, "
+        "tests/test_openvino.py): openvino on the CPU (bf16 where the CPU has it; "
+        "benchmarks/results), onnxruntime with device 'cuda'. onnxruntime, openvino and "
+        "tensorrt run the files `make export` / `make engines` wrote to export_dir; torch runs "
+        "the checkpoints. onnxruntime is the CPU fallback (e.g. where OpenVINO is missing).",
     )
     export_dir: Path | None = Field(
         None,
@@ -67,8 +70,9 @@ class Settings(BaseSettings):
     )
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto",
-        description="Compute precision. openvino: SAM and detector; auto = bf16 where the CPU "
-        "has it (AVX512_BF16 or AMX), else fp32; a precision the CPU lacks fails at start. "
+        description="Compute precision. openvino: SAM, auto = bf16 where the CPU has it "
+        "(AVX512_BF16 or AMX), else fp32; a precision the CPU lacks fails at start; the "
+        "detector runs fp32 (bf16 changed its detections). "
         "torch: SAM; auto = fp32, fp16/bf16 need device 'cuda'. onnxruntime: fp32 only (auto "
         "or fp32). tensorrt: the engines' own (`make engines`).",
     )
@@ -212,6 +216,14 @@ class Settings(BaseSettings):
     push_max_delay_s: float = Field(
         300.0, gt=0, description="Longest wait (s) between push retries (back-off cap)."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backend_of_the_device(cls, data: Any) -> Any:
+        """No backend set and device 'cuda': onnxruntime (openvino runs on the CPU only)."""
+        if isinstance(data, dict) and not data.get("backend") and data.get("device") == "cuda":
+            return {**data, "backend": "onnxruntime"}
+        return data
 
     @model_validator(mode="before")
     @classmethod

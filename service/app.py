@@ -31,7 +31,7 @@ from lesionseg.types import Detections, MedicalImage, SegmentationResult
 from lesionseg.uploads import Upload, decode_upload, split_boxes
 from service.jobs import Jobs
 from service.lesions3d import Lesions3DRoutes
-from service.metrics import timed
+from service.metrics import report_models, timed
 from service.model_store import (
     DETECTOR_MODEL,
     EXPORTS_MODEL,
@@ -103,8 +103,17 @@ def model_info(models: dict, settings: Settings, segmenter: Segmenter, detector:
         "backend": settings.backend,
         "store": {name: str(model.tag) for name, model in models.items()},
         "bundle": served_bundle(settings),
-        "sam": {"family": spec.family, "name": spec.name, "sha256": spec.sha256},
-        "detector": {"weights": detector.weights.name, "classes": detector.names},
+        "sam": {
+            "family": spec.family,
+            "name": spec.name,
+            "sha256": spec.sha256,
+            "precision": segmenter.runner.precision,
+        },
+        "detector": {
+            "weights": detector.weights.name,
+            "classes": detector.names,
+            "precision": detector.runner.precision,
+        },
     }
 
 
@@ -214,6 +223,7 @@ class LesionSeg(ViewerRoutes, Lesions3DRoutes, VolumeOutputs, _StoreModels):
             self.segmenter = await asyncio.to_thread(Segmenter.from_settings, settings)
             self.settings = settings  # the stored bundle's thresholds, margin and window
             self.models = await self._describe_runner()
+            report_models(self.models)
             if self.settings.warmup:
                 embedding = (await self.runner.to_async.embed([WARMUP_IMAGE]))[0]
                 await self.runner.to_async.detect([WARMUP_IMAGE])

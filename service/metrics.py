@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import Histogram
+from prometheus_client import Gauge, Histogram
 
 STAGE_SECONDS = Histogram(
     "lesionseg_stage_duration_seconds",
@@ -26,3 +26,17 @@ def timed(stage: str, timings: dict[str, float]) -> Iterator[None]:
         seconds = time.perf_counter() - start
         timings[stage] = timings.get(stage, 0.0) + seconds * 1000
         STAGE_SECONDS.labels(stage).observe(seconds)
+
+
+MODEL_PRECISION = Gauge(
+    "lesionseg_model_precision",
+    "1 per served model with its backend and the compute precision it runs in",
+    ["model", "backend", "precision"],
+    multiprocess_mode="max",
+)
+
+
+def report_models(models: dict) -> None:
+    """Publish the precisions of a models block (``service.app.model_info``)."""
+    for model in ("sam", "detector"):
+        MODEL_PRECISION.labels(model, models["backend"], models[model]["precision"]).set(1)

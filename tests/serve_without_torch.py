@@ -1,4 +1,5 @@
-"""Serve one image the way the service does with LESIONSEG_BACKEND=onnxruntime, then report
+"""Serve one image the way the service does with LESIONSEG_BACKEND=onnxruntime or openvino, then
+report
 which heavy training packages got imported (none may be: issue 12's lean serving image).
 
 ``python -m tests.serve_without_torch`` prints one JSON line; tests/test_serve_without_torch.py
@@ -24,7 +25,7 @@ def main() -> dict:
     from lesionseg.settings import Settings
 
     settings = Settings()
-    assert settings.backend == "onnxruntime", settings.backend
+    assert settings.backend in ("onnxruntime", "openvino"), settings.backend
     image = decode_image(EXAMPLE.read_bytes(), max_pixels=settings.max_image_pixels).pixels
     detector = Detector.from_settings(settings)
     segmenter = Segmenter.from_settings(settings)
@@ -34,7 +35,7 @@ def main() -> dict:
         "lesions": len(found),
         "labels": list(found.labels),
         "mask_pixels": [int(m.sum()) for m in prediction.masks],
-        "onnxruntime": "onnxruntime" in sys.modules,
+        "runtime_imported": settings.backend in sys.modules,
         "heavy_imported": [name for name in HEAVY if name in sys.modules],
     }
 

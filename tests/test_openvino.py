@@ -5,6 +5,7 @@ import pytest
 
 from lesionseg.backends.onnx_runner import OnnxSamRunner
 from lesionseg.backends.openvino_runner import OpenVinoSamRunner, resolve_precision
+from lesionseg.detector import Detector
 from lesionseg.errors import ModelLoadError
 from lesionseg.segmenter import Segmenter
 from lesionseg.settings import Settings
@@ -32,11 +33,12 @@ def test_a_precision_the_cpu_lacks_fails_at_start(requested):
         resolve_precision(requested, AVX2_ONLY)
 
 
-def test_openvino_is_refused_on_cuda_and_without_exports(tmp_path):
+@pytest.mark.parametrize("stage", [Segmenter, Detector])
+def test_openvino_is_refused_on_cuda_and_without_exports(tmp_path, stage):
     with pytest.raises(ModelLoadError, match="runs on the CPU"):
-        Segmenter.from_settings(Settings(backend="openvino", device="cuda", export_dir=tmp_path))
+        stage.from_settings(Settings(backend="openvino", device="cuda", export_dir=tmp_path))
     with pytest.raises(ModelLoadError, match="make export"):
-        Segmenter.from_settings(Settings(backend="openvino", export_dir=tmp_path))
+        stage.from_settings(Settings(backend="openvino", export_dir=tmp_path))
 
 
 def test_onnxruntime_refuses_a_precision_it_does_not_run(tmp_path):
@@ -46,9 +48,17 @@ def test_onnxruntime_refuses_a_precision_it_does_not_run(tmp_path):
         )
 
 
+def test_the_default_backend_is_openvino_on_the_cpu_onnxruntime_on_cuda(monkeypatch):
+    for name in ("LESIONSEG_BACKEND", "LESIONSEG_DEVICE"):
+        monkeypatch.delenv(name, raising=False)
+    assert Settings().backend == "openvino"
+    assert Settings(device="cuda").backend == "onnxruntime"
+    assert Settings(device="cuda", backend="tensorrt").backend == "tensorrt"
+
+
 @pytest.mark.slow
-def test_dynamic_batch_and_box_count_match_onnxruntime(exported):
-    directory = exported[0]
+def test_dynamic_batch_and_box_count_match_onnxruntime(served_export):
+    directory = served_export
     reference = OnnxSamRunner(directory)
     fp32 = OpenVinoSamRunner(directory, precision="fp32", threads=2)
     chosen = OpenVinoSamRunner(directory)  # auto
@@ -68,14 +78,31 @@ def test_dynamic_batch_and_box_count_match_onnxruntime(exported):
 
 
 @pytest.mark.slow
-def test_openvino_lesion_dice_within_001_of_fp32_torch(exported, lits, settings):
+def test_openvino_detector_matches_ultralytics(served_export, detector, lits):
+    """fp32 whatever the SAM precision (bf16 changed the detections); at the served threshold
+    and the service's score floor, every slice of the validation slab."""
+    from export.checks import detector_agreement
+
+    ours = Detector.from_settings(Settings(backend="openvino", export_dir=served_export))
+    assert ours.runner.precision == "fp32" and ours.names == detector.names
+    served = Settings()
+    for threshold in (served.score_threshold, served.detector_score_floor):
+        parity = detector_agreement(detector, ours, lits, score_threshold=threshold)
+        assert parity["boxes"] >= parity["images"], parity  # real detections were compared
+        assert parity["images_with_same_count"] == parity["images"], parity
+        assert parity["images_with_same_classes"] == parity["images"], parity
+        assert parity["min_box_iou"] >= 0.99 and parity["max_score_diff"] < 1e-3, parity
+
+
+@pytest.mark.slow
+def test_openvino_lesion_dice_within_001_of_fp32_torch(served_export, lits, settings):
     """The accuracy guard (benchmarks/openvino_accuracy.py on every second validation slice):
     the openvino backend at the precision it picks here must keep the lesion Dice of fp32
     torch within 0.01 on the same lesions and ground-truth boxes, or it is not used."""
     from benchmarks.openvino_accuracy import TOLERANCE, compare
 
     slices = list(lits.slices("val", step=2))
-    rows = compare(settings, slices, exported[0], openvino_fp32=False)
+    rows = compare(settings, slices, served_export, openvino_fp32=False)
     for row in rows:  # the figures, in the test log (-rA or a failure)
         print(
             f"{row['backend']} {row['precision']}: lesion Dice {row['lesion_dice']} "

@@ -79,7 +79,7 @@ def test_shipped_bundle_record_holds_on_validation(lits_volume, settings, detect
 
 @pytest.fixture
 def onnx_env(exported, monkeypatch):
-    """The CLI runs the default backend (onnxruntime) on the exported files."""
+    """The CLI runs the default backend (openvino on the CPU) on the exported files."""
     monkeypatch.setenv("LESIONSEG_EXPORT_DIR", str(exported[0]))
 
 

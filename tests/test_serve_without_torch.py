@@ -1,5 +1,6 @@
-"""Serving exported models (backend onnxruntime) imports no torch, torchvision, ultralytics,
-transformers, monai or peft: what a lean serving image (requirements-serve.lock) relies on."""
+"""Serving exported models (backends onnxruntime, openvino) imports no torch, torchvision,
+ultralytics, transformers, monai or peft: what a lean serving image (requirements-serve.lock)
+relies on."""
 
 import json
 import os
@@ -13,10 +14,11 @@ from lesionseg.settings import REPO_ROOT
 pytestmark = pytest.mark.slow
 
 
-def test_onnxruntime_serving_imports_no_torch(served_export):
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_serving_imports_no_torch(served_export, backend):
     env = {
         **os.environ,
-        "LESIONSEG_BACKEND": "onnxruntime",
+        "LESIONSEG_BACKEND": backend,
         "LESIONSEG_EXPORT_DIR": str(served_export),
     }
     proc = subprocess.run(
@@ -30,7 +32,7 @@ def test_onnxruntime_serving_imports_no_torch(served_export):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["onnxruntime"] and result["heavy_imported"] == []
+    assert result["runtime_imported"] and result["heavy_imported"] == []
     # The example slice has tumours: detection and SAM really ran.
     assert result["lesions"] > 0 and len(result["labels"]) == result["lesions"]
     assert min(result["mask_pixels"]) > 0

@@ -21,9 +21,12 @@ class SamRunner(Protocol):
 
     ``decode(embedding (1, C, h, w), boxes (N, 4), mask_input (N, 1, 4h, 4w), has_mask: bool)
     -> (logits (N, M, 4h, 4w) float32, iou (N, M) float32)``, boxes XYXY in the model frame.
+
+    ``precision``: the compute precision it runs ("fp32", "bf16", ...), reported by the service.
     """
 
     spec: SamSpec
+    precision: str
 
     def encode(self, images: np.ndarray) -> np.ndarray: ...
 
@@ -43,9 +46,11 @@ class DetectorRunner(Protocol):
     Attributes:
         names: class id -> class name, K entries.
         image_size: S, side of the square input in px.
+        precision: the compute precision it runs ("fp32", "fp16", ...).
     """
 
     names: dict[int, str]
     image_size: int
+    precision: str
 
     def run(self, batch: np.ndarray) -> np.ndarray: ...

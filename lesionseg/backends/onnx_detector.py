@@ -30,6 +30,23 @@ def detector_names(metadata: dict[str, str], directory: Path) -> dict[int, str]:
     return dict(enumerate(classes))
 
 
+def detector_metadata(
+    metadata: dict[str, str], path: Path, image_size: int | None
+) -> tuple[dict[int, str], int]:
+    """Class names and input side S of the exported detector at ``path`` from its ONNX
+    metadata (``image_size``, when given, instead of the recorded ``imgsz``); an end-to-end
+    export (NMS inside) is refused."""
+    if metadata.get("end2end") == "True":
+        raise ModelLoadError(
+            f"{path} was exported end-to-end (NMS inside); the detector decodes the raw "
+            "head output: re-export it with `make export`"
+        )
+    size = image_size or max(ast.literal_eval(metadata.get("imgsz", "[0]")))
+    if not size:
+        raise ModelLoadError(f"{path} records no imgsz: pass the detector image size")
+    return detector_names(metadata, path.parent), int(size)
+
+
 class OnnxDetectorRunner:
     """Runs ``detector.onnx``: a :class:`~lesionseg.backends.DetectorRunner`.
 
@@ -45,15 +62,8 @@ class OnnxDetectorRunner:
             raise ModelLoadError(f"no exported detector at {path}: run `make export`")
         self.session = inference_session(path, device)
         metadata = self.session.get_modelmeta().custom_metadata_map
-        if metadata.get("end2end") == "True":
-            raise ModelLoadError(
-                f"{path} was exported end-to-end (NMS inside); the detector decodes the raw "
-                "head output: re-export it with `make export`"
-            )
-        self.names = detector_names(metadata, path.parent)
-        self.image_size = image_size or max(ast.literal_eval(metadata.get("imgsz", "[0]")))
-        if not self.image_size:
-            raise ModelLoadError(f"{path} records no imgsz: pass the detector image size")
+        self.names, self.image_size = detector_metadata(metadata, path, image_size)
+        self.precision = "fp32"
         self.input = self.session.get_inputs()[0].name
 
     def run(self, batch: np.ndarray) -> np.ndarray:

@@ -77,7 +77,7 @@ def inference_session(path: Path, device: str = "cpu"):
 
 
 class OnnxSamRunner:
-    """Runs ``sam_encoder.onnx`` / ``sam_decoder.onnx`` with ONNX Runtime.
+    """Runs ``sam_encoder.onnx`` / ``sam_decoder.onnx`` (fp32) with ONNX Runtime.
 
     Args:
         directory: where ``python -m export onnx`` wrote the files and ``export.json``.
@@ -98,6 +98,8 @@ class OnnxSamRunner:
         record = read_export_record(directory)
         check_multimask(record, directory, multimask)
         self.spec = spec_from_record(record)
+        # The export's: fp32, or the encoder's dynamic int8 quantisation (sam_encoder.int8.onnx).
+        self.precision = "int8" if ".int8." in encoder_file else "fp32"
         self.encoder = inference_session(directory / encoder_file, device)
         self.decoder = inference_session(directory / "sam_decoder.onnx", device)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelLoadError
+from .onnx_detector import detector_metadata
 from .onnx_runner import check_multimask, read_export_record, spec_from_record
 
 # Our precision names -> OpenVINO's capability name and element type name.
@@ -51,13 +52,11 @@ class _Compiled:
     """One compiled model with one infer request per calling thread (requests are not
     thread-safe; the service decodes on several threads)."""
 
-    def __init__(self, core, path: Path, precision: str, threads: int | None):
+    def __init__(self, core, model, precision: str, threads: int | None):
         import openvino as ov
         import openvino.properties as props
         import openvino.properties.hint as hints
 
-        if not path.is_file():
-            raise ModelLoadError(f"{path} is missing: run `make export`")
         element = getattr(ov.Type, _ELEMENT[precision])
         config = {
             hints.inference_precision: element,
@@ -65,9 +64,13 @@ class _Compiled:
         }
         if threads:
             config[props.inference_num_threads] = threads
-        self.model = core.compile_model(str(path), "CPU", config)
+        self.model = core.compile_model(model, "CPU", config)
         got = self.model.get_property(hints.inference_precision)
-        assert got == element, (path.name, got, precision)  # never silently another precision
+        assert got == element, (
+            model.get_friendly_name(),
+            got,
+            precision,
+        )  # never silently another precision
         self._local = threading.local()
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -84,6 +87,17 @@ def check_cpu(device: str) -> None:
             f"LESIONSEG_BACKEND=openvino runs on the CPU, not LESIONSEG_DEVICE={device}: set "
             "LESIONSEG_DEVICE=cpu, or a GPU backend (torch, onnxruntime, tensorrt)"
         )
+
+
+def _read(core, path: Path):
+    """The ov.Model of an exported ONNX file."""
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is missing: run `make export`")
+    return core.read_model(str(path))
+
+
+def _capabilities(core) -> list[str]:
+    return core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def _core():
@@ -121,11 +135,11 @@ class OpenVinoSamRunner:
         check_multimask(record, directory, multimask)
         core = _core()
         self.spec = spec_from_record(record)
-        self.precision = resolve_precision(
-            precision, core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        self.precision = resolve_precision(precision, _capabilities(core))
+        self.encoder, self.decoder = (
+            _Compiled(core, _read(core, directory / f"sam_{name}.onnx"), self.precision, threads)
+            for name in ("encoder", "decoder")
         )
-        self.encoder = _Compiled(core, directory / "sam_encoder.onnx", self.precision, threads)
-        self.decoder = _Compiled(core, directory / "sam_decoder.onnx", self.precision, threads)
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         return self.encoder({"images": images.astype(np.float32, copy=False)})[0]
@@ -142,3 +156,43 @@ class OpenVinoSamRunner:
             }
         )
         return logits, iou
+
+
+class OpenVinoDetectorRunner:
+    """Runs ``detector.onnx`` with OpenVINO on the CPU: a
+    :class:`~lesionseg.backends.DetectorRunner`.
+
+    Args:
+        path: the .onnx file ``python -m export onnx`` wrote.
+        device: must be "cpu".
+        precision: as :class:`OpenVinoSamRunner`'s; fp32 by default (the service's choice,
+            see :meth:`lesionseg.detector.Detector.from_settings`).
+        image_size: S (default: the ``imgsz`` the export was made for).
+        threads: ``INFERENCE_NUM_THREADS`` (None: OpenVINO's choice).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        device: str = "cpu",
+        precision: str = "fp32",
+        image_size: int | None = None,
+        threads: int | None = None,
+    ):
+        check_cpu(device)
+        path = Path(path)
+        core = _core()
+        model = _read(core, path)
+        # ultralytics' metadata_props, as OpenVINO keeps them.
+        metadata = model.get_rt_info(["framework"]).value if model.has_rt_info("framework") else {}
+        self.names, self.image_size = detector_metadata(metadata, path, image_size)
+        self.input = model.inputs[0].get_any_name()
+        self.precision = resolve_precision(precision, _capabilities(core))
+        self.model = _Compiled(core, model, self.precision, threads)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """(B, 3, S, S) float32 RGB 0..1 -> (B, 4 + K, A) float32."""
+        out = self.model({self.input: batch.astype(np.float32, copy=False)})[0]
+        assert out.shape[1] == 4 + len(self.names), (out.shape, self.names)
+        return out

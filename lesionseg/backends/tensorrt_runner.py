@@ -141,6 +141,7 @@ class TensorRTSamRunner:
         self.spec = spec_from_record(record)
         self.encoder = _Engine(directory / "sam_encoder.engine")
         self.decoder = _Engine(directory / "sam_decoder.engine")
+        self.precision = self.encoder.sidecar["precision"]  # as `make engines` built it
         self.max_batch = int(self.encoder.sidecar["profiles"]["images"]["max"][0])
 
     def encode(self, images: np.ndarray) -> np.ndarray:
@@ -176,6 +177,7 @@ class TensorRTDetectorRunner:
         self.names = {int(k): str(v) for k, v in metadata["names"].items()}
         self.image_size = int(max(metadata["imgsz"]))
         self.engine = _Engine(path, offset)
+        self.precision = self.engine.sidecar["precision"]  # as `make engines` built it
         (self.output,) = self.engine.outputs
         self.max_batch = int(self.engine.sidecar["profiles"]["images"]["max"][0])
 

@@ -26,6 +26,7 @@ class TorchSamRunner:
         if precision != "fp32" and device != "cuda":
             raise ModelLoadError(f"precision {precision} needs LESIONSEG_DEVICE=cuda")
         self.spec = modules.spec
+        self.precision = precision
         self.device = torch.device(device)
         self.dtype = _DTYPES[precision]
         self.encoder = modules.encoder.to(self.device, self.dtype).eval()

@@ -38,7 +38,7 @@ def server(model_store, lits, tmp_path_factory):
     """`bentoml serve` on a free loopback port, as `make serve` runs it."""
     if not (EXAMPLE.parent / "lits117.nii.gz").exists():  # `make data` writes the examples;
         write_examples(lits, EXAMPLE.parent, 110)  # a bare pytest run needs them too
-    # The torch backend here; the in-process tests cover the default, onnxruntime.
+    # The torch backend here; the in-process tests cover the default, openvino.
     env = {
         "LESIONSEG_MAX_BATCH_SIZE": "4",
         "LESIONSEG_MAX_LATENCY_MS": "120000",

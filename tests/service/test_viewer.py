@@ -40,7 +40,7 @@ HIGHLIGHT_ALPHA = 0.6
 def server(model_store, lits, tmp_path_factory):
     if not (EXAMPLES / "lits117.nii.gz").exists():  # `make data` writes them; a bare pytest
         write_examples(lits, EXAMPLES, 110)  # run needs them too
-    env = {"LESIONSEG_MAX_BATCH_SIZE": "1"}  # the default backend, onnxruntime
+    env = {"LESIONSEG_MAX_BATCH_SIZE": "1"}  # the default backend, openvino
     with running_server(env, tmp_path_factory.mktemp("viewer") / "serve.log") as url:
         yield url
 
