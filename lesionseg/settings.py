@@ -101,6 +101,23 @@ class Settings(BaseSettings):
         description="Requests in flight per API worker above which the service "
         "answers 503 (overload) instead of queueing.",
     )
+    max_queue_wait_s: float = Field(
+        20.0,
+        gt=0,
+        description="Admission control: a request whose expected wait in the queue is over "
+        "this many seconds gets 503 with Retry-After at once instead of waiting. Expected "
+        "wait = requests in flight x the busy time per completed request over the last 16 "
+        "completions (service/admission.py). Default: a third of a typical client's 60 s timeout.",
+    )
+    embedding_cache_mb: int = Field(
+        256,
+        ge=0,
+        description="Memory (MiB, per API worker) of the LRU cache of SAM embeddings and "
+        "detections keyed by a digest of the decoded pixels and the models: an image sent "
+        "again (a re-prompt, another threshold, a series sent again) skips the encoder and "
+        "the detector. 0 turns it off. 256 MiB holds 64 LiteMedSAM embeddings (4 MiB each): "
+        "the images a few viewer users are working on, small beside the models' own memory.",
+    )
     warmup: bool = Field(True, description="Run one request through every model before ready.")
 
     # --- detection and segmentation ------------------------------------------------------------

@@ -29,9 +29,10 @@ from lesionseg.segmenter import Segmenter, validate_boxes
 from lesionseg.settings import Settings
 from lesionseg.types import Detections, MedicalImage, SegmentationResult
 from lesionseg.uploads import Upload, decode_upload, split_boxes
+from service.admission import QueueWaitEstimator
 from service.jobs import Jobs
 from service.lesions3d import Lesions3DRoutes
-from service.metrics import report_models, timed
+from service.metrics import ADMISSION_REJECTED, report_models, timed
 from service.model_store import (
     DETECTOR_MODEL,
     EXPORTS_MODEL,
@@ -39,7 +40,8 @@ from service.model_store import (
     bundle_in_store,
     sam_path_in_store,
 )
-from service.retry import RunnerConnectionError, call_runner
+from service.retry import RunnerConnectionError
+from service.runner_calls import CachedRunnerCalls
 from service.schemas import FramesResponse, SegmentResponse
 from service.viewer import Viewer, ViewerRoutes
 from service.volumes import VolumeOutputs
@@ -181,8 +183,10 @@ def _bad_request(exc: InputError) -> JSONResponse:
     return JSONResponse({"error": str(exc)}, status_code=400)
 
 
-def _unavailable(message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=503, headers={"Retry-After": "5"})
+def _unavailable(message: str, retry_after_s: int = 5) -> JSONResponse:
+    return JSONResponse(
+        {"error": message}, status_code=503, headers={"Retry-After": str(retry_after_s)}
+    )
 
 
 # /jobs: persistent async studies; its lifespan runs the job worker and the DICOMweb pusher.
@@ -194,7 +198,7 @@ VIEWER = Viewer(lambda: bentoml.get_current_service().settings)
 @bentoml.asgi_app(VIEWER.app, path="/")
 @bentoml.asgi_app(JOBS.app, path="/")
 @bentoml.service(name="lesionseg", traffic={"timeout": 600})
-class LesionSeg(ViewerRoutes, Lesions3DRoutes, VolumeOutputs, _StoreModels):
+class LesionSeg(ViewerRoutes, Lesions3DRoutes, VolumeOutputs, CachedRunnerCalls, _StoreModels):
     """Automatic lesion segmentation over HTTP: ``/segment``, ``/segment/boxes``,
     ``/segment/overlay``, ``/segment/dicom-seg``, ``/segment/nifti``, ``/segment/propagate``,
     ``/segment/dicom-sr``, async ``/jobs``, the
@@ -205,7 +209,7 @@ class LesionSeg(ViewerRoutes, Lesions3DRoutes, VolumeOutputs, _StoreModels):
 
     def __init__(self) -> None:
         self.settings = SETTINGS
-        self.pending = 0
+        self.queue = QueueWaitEstimator()
         self._ready = asyncio.Event()
 
     def __is_ready__(self) -> bool:
@@ -224,6 +228,7 @@ class LesionSeg(ViewerRoutes, Lesions3DRoutes, VolumeOutputs, _StoreModels):
             self.settings = settings  # the stored bundle's thresholds, margin and window
             self.models = await self._describe_runner()
             report_models(self.models)
+            self._start_cache()
             if self.settings.warmup:
                 embedding = (await self.runner.to_async.embed([WARMUP_IMAGE]))[0]
                 await self.runner.to_async.detect([WARMUP_IMAGE])
@@ -309,6 +314,7 @@ class LesionSeg(ViewerRoutes, Lesions3DRoutes, VolumeOutputs, _StoreModels):
         frame_of_many: bool = False,
     ) -> SegmentationResult:
         hw = (image.height, image.width)
+        key = None
         if boxes is not None and frame_of_many and not boxes:
             prompts, labels, scores = np.zeros((0, 4), np.float32), [], np.zeros(0, np.float32)
         elif boxes is not None:
@@ -323,10 +329,9 @@ class LesionSeg(ViewerRoutes, Lesions3DRoutes, VolumeOutputs, _StoreModels):
                     f"score_threshold {threshold} is below the service's floor of "
                     f"{self.settings.detector_score_floor} (LESIONSEG_DETECTOR_SCORE_FLOOR)"
                 )
+            key = await self._image_key(image)
             with timed("detect", timings):
-                rows = (
-                    await call_runner(lambda: self.runner.to_async.detect([image.pixels]), "detect")
-                )[0]
+                rows = await self._detections(image, key)
             names = self.models["detector"]["classes"]
             classes = rows[:, 5].astype(np.int64)
             detections = Detections(
@@ -341,14 +346,13 @@ class LesionSeg(ViewerRoutes, Lesions3DRoutes, VolumeOutputs, _StoreModels):
             )
             prompts, labels, scores = kept.boxes, kept.labels, kept.scores
         if len(prompts):
+            key = key or await self._image_key(image)
             with timed("embed", timings):
-                features = (
-                    await call_runner(lambda: self.runner.to_async.embed([image.pixels]), "embed")
-                )[0]
+                embedding = await self._embedding(image, key)
             with timed("mask_decode", timings):
                 (prediction,) = await asyncio.to_thread(
                     self.segmenter.predict,
-                    [self.segmenter.wrap(np.asarray(features, np.float32), hw)],
+                    [embedding],
                     [prompts],
                     refine_iterations=refine_iterations,
                 )
@@ -361,9 +365,17 @@ class LesionSeg(ViewerRoutes, Lesions3DRoutes, VolumeOutputs, _StoreModels):
         (``make`` may be a coroutine function taking the request's options itself)."""
         if not self._ready.is_set():
             return _unavailable("the models are still loading; retry once /readyz answers 200")
-        if self.pending >= self.settings.max_pending_requests:
-            return _unavailable(f"overloaded: {self.pending} requests in flight; retry later")
-        self.pending += 1
+        pending = self.queue.in_flight
+        if pending >= self.settings.max_pending_requests:
+            return _unavailable(f"overloaded: {pending} requests in flight; retry later")
+        if (wait := self.queue.expected_wait_s()) > self.settings.max_queue_wait_s:
+            ADMISSION_REJECTED.inc()
+            return _unavailable(
+                f"overloaded: {pending} requests in flight, an expected wait of {wait:.0f} s "
+                f"(LESIONSEG_MAX_QUEUE_WAIT_S={self.settings.max_queue_wait_s:g}); retry later",
+                self.queue.retry_after_s(self.settings.max_queue_wait_s),
+            )
+        self.queue.started()
         try:
             if asyncio.iscoroutinefunction(make):
                 return await make(**kwargs)
@@ -382,7 +394,7 @@ class LesionSeg(ViewerRoutes, Lesions3DRoutes, VolumeOutputs, _StoreModels):
         except RunnerConnectionError as exc:
             return _unavailable(f"{exc}; retry later")
         finally:
-            self.pending -= 1
+            self.queue.finished()
 
     def _json(
         self, upload: Upload, results: list[SegmentationResult]

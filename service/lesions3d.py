@@ -1,10 +1,11 @@
 """3-D routes of the ``LesionSeg`` service, as a mixin of its class: ``/segment/propagate``
 (one box per lesion carried through a volume) and ``/segment/dicom-sr`` (SEG + TID 1500 SR).
 
-The host class provides ``settings``, ``models``, ``runner``, ``segmenter``, ``_decode``,
-``_decode_dicom_files``, ``_segment_frames``, ``segment_to_reports``, ``_volume_body`` and
-``_respond``. Propagation itself is :mod:`lesionseg.propagate`; this file embeds the frames it
-asks for through the batched runner (each frame once per request) and decodes the boxes.
+The host class provides ``settings``, ``models``, ``segmenter``, ``_embedding``,
+``_image_key``, ``_decode``, ``_decode_dicom_files``, ``_segment_frames``,
+``segment_to_reports``, ``_volume_body`` and ``_respond``. Propagation itself is
+:mod:`lesionseg.propagate`; this file embeds the frames it asks for through the batched runner
+and the per-image cache (each frame once per request) and decodes the boxes.
 """
 
 import asyncio
@@ -25,7 +26,6 @@ from lesionseg.segmenter import validate_boxes
 from lesionseg.types import ImageEmbedding, MedicalImage, SegmentationResult
 from lesionseg.uploads import Upload, split_boxes, uploads_geometry
 from service.metrics import timed
-from service.retry import call_runner
 from service.schemas import FramesResponse
 
 
@@ -79,12 +79,7 @@ class Lesions3DRoutes:
 
         async def embed(frame: int) -> None:
             image = frames[frame]
-            features = await call_runner(
-                lambda: self.runner.to_async.embed([image.pixels]), "embed"
-            )
-            embeddings[frame] = self.segmenter.wrap(
-                np.asarray(features[0], np.float32), (image.height, image.width)
-            )
+            embeddings[frame] = await self._embedding(image, await self._image_key(image))
 
         def decode(pending: dict[int, np.ndarray]) -> dict:
             return {

@@ -1,4 +1,5 @@
-"""Per-stage latency histograms, exported at /metrics beside BentoML's own."""
+"""Per-stage latency histograms, the per-image cache and admission control, exported at
+/metrics beside BentoML's own."""
 
 from __future__ import annotations
 
@@ -6,13 +7,34 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 STAGE_SECONDS = Histogram(
     "lesionseg_stage_duration_seconds",
     "Wall time of one pipeline stage for one request",
     ["stage"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+# kind: "embedding" (SAM encoder) or "detections" (detector); per API worker, summed.
+CACHE_HITS = Counter(
+    "lesionseg_embedding_cache_hits", "Per-image cache lookups that skipped a model", ["kind"]
+)
+CACHE_MISSES = Counter(
+    "lesionseg_embedding_cache_misses", "Per-image cache lookups that ran the model", ["kind"]
+)
+CACHE_BYTES = Gauge(
+    "lesionseg_embedding_cache_bytes",
+    "Bytes held by the per-image cache",
+    multiprocess_mode="livesum",
+)
+CACHE_ENTRIES = Gauge(
+    "lesionseg_embedding_cache_entries",
+    "Entries in the per-image cache",
+    multiprocess_mode="livesum",
+)
+ADMISSION_REJECTED = Counter(
+    "lesionseg_admission_rejected",
+    "Requests answered 503 at once: expected queue wait over LESIONSEG_MAX_QUEUE_WAIT_S",
 )
 
 
