@@ -37,8 +37,17 @@ def test_gives_up_with_a_typed_error_after_the_last_attempt():
     assert len(calls) == 3
 
 
-def test_other_errors_are_not_retried():
-    call, calls = flaky([ValueError("the runner answered with an error")])
-    with pytest.raises(ValueError):
+def test_a_connection_closed_while_reading_the_answer_is_retried():
+    call, calls = flaky([RuntimeError("Connection closed.")])  # aiohttp's StreamReader
+    assert asyncio.run(call_runner(call, "embed", delay_s=0)) == "ok"
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize(
+    "error", [ValueError("the runner answered with an error"), RuntimeError("something else")]
+)
+def test_other_errors_are_not_retried(error):
+    call, calls = flaky([error])
+    with pytest.raises(type(error)):
         asyncio.run(call_runner(call, "detect", delay_s=0))
     assert len(calls) == 1
