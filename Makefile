@@ -71,7 +71,7 @@ bench: setup data export models ## naive vs default vs fastest servers, 1-8 user
 bench-gpu: setup data export ## GPU: encoder batch 1-32 per runtime, HTTP at 8/32/64 users (CUDA needed)
 	$(PY) -m benchmarks.gpu $(BENCH_ARGS)
 
-bench-encoder: setup export ## SAM encoder ms/img: torch vs onnxruntime, side by side
+bench-encoder: setup export ## SAM encoder ms/img, decoder ms: torch, onnxruntime, openvino fp32/bf16
 	$(PY) -m benchmarks.encoder_latency
 
 # Orthanc + its DICOMweb plugin from Debian, for the PACS integration tests (installed only when
@@ -123,8 +123,9 @@ train-default: setup $(LITS_NNUNET) ## rebuild the shipped LiTS bundle models/li
 train-unet: setup data ## 2-D U-Net baseline (MONAI) -> models/unet/lits-unet2d.pt
 	$(PY) -m finetune.unet --epochs 30 --out models/unet/lits-unet2d
 
-bench-accuracy: setup data ## accuracy table on the LiTS validation slab -> benchmarks/results
+bench-accuracy: setup data export ## accuracy tables on the LiTS validation slab -> benchmarks/results
 	$(PY) -m benchmarks.accuracy
+	$(PY) -m benchmarks.openvino_accuracy
 
 clean: ## remove caches and outputs (keeps .venv and fetched data)
 	rm -rf out runs .pytest_cache .ruff_cache

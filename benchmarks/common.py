@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ def provenance() -> dict:
         "cpu": hw["cpu"],
         "cpu_cores": hw["cpu_cores"],
         "cpu_flags": cpu_flags(),
+        # The machine is shared: runs of other jobs at the same time show here.
+        "load_avg_1m": round(os.getloadavg()[0], 2),
         "gpu": hw.get("gpu", ""),
         **{f"v_{k}": v for k, v in versions("torch", "onnxruntime", "openvino", "bentoml").items()},
     }

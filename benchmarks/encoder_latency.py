@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "",
         f"{base['cpu']}, {base['cpu_cores']} cores (flags: {base['cpu_flags']}); commit "
         f"{base['commit']}; {base['date']}; torch {base['v_torch']}, onnxruntime "
-        f"{base['v_onnxruntime']}, openvino {base['v_openvino']}. {args.rounds} interleaved "
+        f"{base['v_onnxruntime']}, openvino {base['v_openvino']}; load average "
+        f"{base['load_avg_1m']} at the end (shared machine). {args.rounds} interleaved "
         "rounds after one warm-up. Encoder: ms per image (batch = images per call); decoder: "
         "ms per call of `Segmenter.predict` on one image (batch = boxes), logits to masks "
         "included.",
