@@ -66,11 +66,8 @@ class _Compiled:
             config[props.inference_num_threads] = threads
         self.model = core.compile_model(model, "CPU", config)
         got = self.model.get_property(hints.inference_precision)
-        assert got == element, (
-            model.get_friendly_name(),
-            got,
-            precision,
-        )  # never silently another precision
+        # Never silently another precision than the one asked for and reported.
+        assert got == element, (model.get_friendly_name(), got, precision)
         self._local = threading.local()
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
