@@ -21,7 +21,8 @@ export YOLO_AUTOINSTALL := false
 .DEFAULT_GOAL := help
 .PHONY: help setup data export engines models serve demo build bench bench-encoder test test-fast \
 	lint format train train-default clean pacs-deps train-unet \
-	bench-accuracy bench-gpu browser-deps
+	bench-accuracy bench-gpu browser-deps container-deps container container-gpu \
+	bench-container
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -91,7 +92,24 @@ browser-deps: ## install chromium and chromium-driver (Debian packages) if missi
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 			chromium chromium-driver; }
 
-test: setup data pacs-deps browser-deps ## run the whole test suite (unit, slow, integration, bentoml build)
+# Podman, runc and debootstrap from Debian, for `make container` where no Docker daemon answers
+# (installed only when missing; needs root or sudo; deploy/engine.py says how podman runs here).
+container-deps: ## install podman, runc and debootstrap (Debian packages) unless Docker runs
+	@docker info >/dev/null 2>&1 || dpkg -s podman runc debootstrap >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			podman runc debootstrap; }
+
+container: container-deps export models ## image lesionseg:<version> and :latest (README "Deploy")
+	$(PY) -m deploy.container build
+
+container-gpu: container-deps export models ## CUDA image lesionseg-gpu (onnxruntime-gpu, TensorRT)
+	$(PY) -m deploy.container build --gpu
+
+bench-container: container-deps export models ## image size, build times, cold start -> benchmarks/results
+	$(PY) -m benchmarks.container
+
+test: setup data pacs-deps browser-deps container-deps ## run the whole test suite (unit, slow, integration, bentoml build, container)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup ## unit tests only (no slow real-model checks)

@@ -1,0 +1,1 @@
+"""Shipping the service: the container image (container.py) and Kubernetes (kubernetes/)."""
