@@ -159,7 +159,7 @@ def build_bento(engine: Engine, base_image: str | None, gpu: bool = False) -> st
 def containerize(engine: Engine, bento: str, name: str, no_cache: bool = False) -> tuple[str, str]:
     """``bentoml containerize`` the bento (tagged ``<name>-bento:<version>``, kept as the build
     cache of the next one), then the last stage (:data:`FINAL_STAGE`); returns the version tag
-    and the latest tag."""
+    and the latest tag. Earlier versions of both are removed."""
     version = bento.split(":", 1)[1]
     stage = f"{name}-bento:{version}"
     command = _bentoml("containerize", bento, "--backend", engine.name, "-t", stage)
@@ -174,6 +174,7 @@ def containerize(engine: Engine, bento: str, name: str, no_cache: bool = False) 
         engine.run("build", *options, "-t", image, "-t", latest, "-f", "-", context,
                    input=FINAL_STAGE.format(stage=stage))  # fmt: skip
     prune_older(engine, stage)
+    prune_older(engine, image)  # squashed, each version is a whole copy (~1.2 GB)
     return image, latest
 
 

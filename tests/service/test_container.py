@@ -26,7 +26,6 @@ from deploy.container import (
     USER_ID,
     build,
     image_size,
-    prune_older,
     running_container,
 )
 from deploy.engine import find_engine
@@ -58,9 +57,7 @@ def engine():
 
 @pytest.fixture(scope="module")
 def image(engine, model_store):
-    built = build(NAME)
-    yield built
-    prune_older(engine, built.image)  # keep this one: the next build starts from its layers
+    return build(NAME)  # removes the test's earlier images; the next build starts from its layers
 
 
 @pytest.fixture(scope="module")
