@@ -107,7 +107,10 @@ class Detector:
 
             weights = settings.exports() / "detector.onnx"
             runner = OnnxDetectorRunner(
-                weights, device=settings.device, image_size=settings.detector_image_size
+                weights,
+                device=settings.device,
+                image_size=settings.detector_image_size,
+                threads=settings.cpu_threads,
             )
         return cls(runner, weights, **options)
 

@@ -80,16 +80,19 @@ class Segmenter:
     def from_settings(cls, settings: Settings) -> Segmenter:
         """Load the SAM model and runtime (torch, onnxruntime, openvino, tensorrt) named in
         settings."""
-        if settings.torch_threads and settings.backend == "torch":
+        if settings.backend == "torch":
             import torch  # only here: the other backends serve without torch
 
-            torch.set_num_threads(settings.torch_threads)
+            torch.set_num_threads(settings.cpu_threads)
         if settings.backend == "onnxruntime":
             from .backends.onnx_runner import OnnxSamRunner, check_fp32
 
             check_fp32(settings.precision)
             runner = OnnxSamRunner(
-                settings.exports(), device=settings.device, multimask=settings.multimask_output
+                settings.exports(),
+                device=settings.device,
+                multimask=settings.multimask_output,
+                threads=settings.cpu_threads,
             )
         elif settings.backend == "openvino":
             from .backends.openvino_runner import OpenVinoSamRunner

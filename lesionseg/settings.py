@@ -7,6 +7,7 @@ override only the fields the user passed on the command line.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -76,14 +77,12 @@ class Settings(BaseSettings):
         "torch: SAM; auto = fp32, fp16/bf16 need device 'cuda'. onnxruntime: fp32 only (auto "
         "or fp32). tensorrt: the engines' own (`make engines`).",
     )
-    torch_threads: int | None = Field(
-        None, ge=1, description="torch.set_num_threads for CPU inference (default: torch's own)."
-    )
-    cpu_threads: int | None = Field(
-        None,
+    cpu_threads: int = Field(
+        default_factory=lambda: len(os.sched_getaffinity(0)),
         ge=1,
-        description="CPU threads of each openvino model (INFERENCE_NUM_THREADS; default: "
-        "OpenVINO's own, one per core).",
+        description="CPU threads of each model: onnxruntime intra-op threads (idle ones sleep "
+        "rather than spin), OpenVINO INFERENCE_NUM_THREADS, torch.set_num_threads. Default: "
+        "the cores this process may run on (its CPU affinity, e.g. a container's cpuset).",
     )
     max_batch_size: int = Field(
         4, ge=1, le=256, description="Largest batch the service forms for encoder and detector."

@@ -54,13 +54,21 @@ class OnnxDetectorRunner:
         path: the .onnx file.
         device: "cpu" or "cuda" (needs onnxruntime-gpu; never falls back silently).
         image_size: S (default: the ``imgsz`` the export was made for).
+        threads: intra-op threads (LESIONSEG_CPU_THREADS; None: one per physical core).
     """
 
-    def __init__(self, path: Path, *, device: str = "cpu", image_size: int | None = None):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        device: str = "cpu",
+        image_size: int | None = None,
+        threads: int | None = None,
+    ):
         path = Path(path)
         if not path.is_file():
             raise ModelLoadError(f"no exported detector at {path}: run `make export`")
-        self.session = inference_session(path, device)
+        self.session = inference_session(path, device, threads)
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.names, self.image_size = detector_metadata(metadata, path, image_size)
         self.precision = "fp32"

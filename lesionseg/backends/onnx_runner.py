@@ -62,9 +62,10 @@ def check_multimask(record: dict, directory: Path, multimask: bool) -> None:
         )
 
 
-def inference_session(path: Path, device: str = "cpu"):
+def inference_session(path: Path, device: str = "cpu", threads: int | None = None):
     """An ONNX Runtime session of ``path`` on "cpu" or "cuda" (needs onnxruntime-gpu; never
-    falls back to another device silently)."""
+    falls back to another device silently), with ``threads`` intra-op threads (None: one per
+    physical core) that sleep when idle."""
     import onnxruntime as ort
 
     provider = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[device]
@@ -73,7 +74,14 @@ def inference_session(path: Path, device: str = "cpu"):
             f"onnxruntime has no {provider} here (available: {ort.get_available_providers()});"
             " install onnxruntime-gpu for LESIONSEG_DEVICE=cuda"
         )
-    return ort.InferenceSession(str(path), providers=[provider])
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1  # the graph runs sequentially; parallelism is intra-op
+    # Idle pool threads otherwise spin-wait, burning the cores that the service's other
+    # sessions (encoder, detector and decoder, in two processes) need at the same time.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=[provider])
 
 
 class OnnxSamRunner:
@@ -84,6 +92,8 @@ class OnnxSamRunner:
         device: "cpu" or "cuda" (needs onnxruntime-gpu; never falls back silently).
         multimask: the multimask setting the caller expects; must match the export.
         encoder_file: alternative encoder (e.g. the int8 one).
+        threads: intra-op threads of each session (LESIONSEG_CPU_THREADS; None: one per
+            physical core).
     """
 
     def __init__(
@@ -93,6 +103,7 @@ class OnnxSamRunner:
         device: str = "cpu",
         multimask: bool = False,
         encoder_file: str = "sam_encoder.onnx",
+        threads: int | None = None,
     ):
         directory = Path(directory)
         record = read_export_record(directory)
@@ -100,8 +111,8 @@ class OnnxSamRunner:
         self.spec = spec_from_record(record)
         # The export's: fp32, or the encoder's dynamic int8 quantisation (sam_encoder.int8.onnx).
         self.precision = "int8" if ".int8." in encoder_file else "fp32"
-        self.encoder = inference_session(directory / encoder_file, device)
-        self.decoder = inference_session(directory / "sam_decoder.onnx", device)
+        self.encoder = inference_session(directory / encoder_file, device, threads)
+        self.decoder = inference_session(directory / "sam_decoder.onnx", device, threads)
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         return self.encoder.run(None, {"images": images.astype(np.float32, copy=False)})[0]
