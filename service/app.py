@@ -30,6 +30,7 @@ from lesionseg.settings import Settings
 from lesionseg.types import Detections, MedicalImage, SegmentationResult
 from lesionseg.uploads import Upload, decode_upload, split_boxes
 from service.admission import QueueWaitEstimator
+from service.drain import Drain
 from service.jobs import Jobs
 from service.lesions3d import Lesions3DRoutes
 from service.metrics import ADMISSION_REJECTED, report_models, timed
@@ -127,6 +128,9 @@ class ModelRunner(_StoreModels):
         # Load in a thread so that /readyz answers 503 (not a hang) until the models are warm.
         self._ready = threading.Event()
         threading.Thread(target=self._load_logged, daemon=True, name="model-loader").start()
+        # SIGTERM waits until the API has answered what it has in flight (service/drain.py).
+        self._drain = Drain()
+        self._drain.install()
 
     def __is_ready__(self) -> bool:
         return self._ready.is_set()
@@ -156,18 +160,27 @@ class ModelRunner(_StoreModels):
     def detect(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Per image (K, 6) float32 rows [x0, y0, x1, y1, score, class_id], scores descending."""
         self._wait_ready()
+        with self._drain.call():
+            detections = self.detector.detect(images)
         return [
             np.concatenate([d.boxes, d.scores[:, None], d.class_ids[:, None]], axis=1)
             .astype(np.float32)
             .reshape(-1, 6)
-            for d in self.detector.detect(images)
+            for d in detections
         ]
 
     @bentoml.api(**BATCH_ARGS)
     def embed(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Per image the (C, h, w) float32 SAM embedding; one encoder pass for the batch."""
         self._wait_ready()
-        return [e.features for e in self.segmenter.embed(images)]
+        with self._drain.call():
+            return [e.features for e in self.segmenter.embed(images)]
+
+    @bentoml.api
+    def api_drained(self) -> None:
+        """The API process has answered its requests and is stopping (a deferred SIGTERM may
+        proceed: service/drain.py)."""
+        self._drain.api_drained()
 
     @bentoml.api
     def describe(self) -> dict:
@@ -219,6 +232,15 @@ class LesionSeg(ViewerRoutes, Lesions3DRoutes, VolumeOutputs, CachedRunnerCalls,
     async def _begin_loading(self) -> None:
         # A task, not an await: startup returns at once and /readyz answers 503 until done.
         self._loading = asyncio.create_task(self._load())
+
+    @bentoml.on_shutdown
+    async def _release_runner(self) -> None:
+        # Runs once every request in flight has been answered: the runner, which deferred its
+        # SIGTERM for them, may stop now (service/drain.py).
+        try:
+            await asyncio.wait_for(self.runner.to_async.api_drained(), timeout=5)
+        except Exception as exc:  # the runner may be gone already: it stops by itself then
+            log.info("model runner not told of the drain: %s", exc)
 
     async def _load(self) -> None:
         try:
