@@ -120,7 +120,17 @@ def model_info(models: dict, settings: Settings, segmenter: Segmenter, detector:
     }
 
 
-@bentoml.service(name="lesionseg-models", workers=1, traffic={"timeout": 600})
+# BentoML 1.4's client of this service opens a new HTTP session every `max_requests` calls (100)
+# or `max_age` seconds and closes the old one with calls still in flight on it: under load
+# those calls lost their connection or, worse, waited for an answer that never came (measured
+# at 8 users: every ~100 runner calls, 3-5 dropped and 2 hung). One session for good: the
+# runner is a local process, there is nothing to rebalance.
+@bentoml.service(
+    name="lesionseg-models",
+    workers=1,
+    traffic={"timeout": 600},
+    runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9},
+)
 class ModelRunner(_StoreModels):
     """The batched stages: YOLO detection and SAM image encoding."""
 

@@ -4,7 +4,9 @@ Under load, the HTTP connection between the two BentoML processes can be dropped
 is on it (measured by `make bench`: ``aiohttp ServerDisconnectedError`` and then
 ``Connector is closed`` for the other requests on that client, HTTP 500 at 8 users; and, when
 the connection closes while the answer is read, aiohttp's ``RuntimeError("Connection closed.")``
-from ``StreamReader``, one HTTP 500 in a 30 s run at 8 users). The runner's
+from ``StreamReader``, one HTTP 500 in a 30 s run at 8 users). The cause was BentoML renewing
+its client session every 100 calls with calls in flight, which ``ModelRunner`` now turns off
+(service/app.py); this stays as the guard against any other drop. The runner's
 ``detect`` and ``embed`` are pure functions of their input, so sending the call again is safe;
 only connection failures are retried, never an answer of the runner (errors, overload).
 """

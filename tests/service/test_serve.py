@@ -38,11 +38,14 @@ def server(model_store, lits, tmp_path_factory):
     """`bentoml serve` on a free loopback port, as `make serve` runs it."""
     if not (EXAMPLE.parent / "lits117.nii.gz").exists():  # `make data` writes the examples;
         write_examples(lits, EXAMPLE.parent, 110)  # a bare pytest run needs them too
-    # The torch backend here; the in-process tests cover the default, openvino.
+    # The torch backend here; the in-process tests cover the default, openvino. No per-image
+    # cache: the batching test sends its images twice and needs the runner both times (the
+    # cache has its own tests, tests/service/test_cache_inprocess.py).
     env = {
         "LESIONSEG_MAX_BATCH_SIZE": "4",
         "LESIONSEG_MAX_LATENCY_MS": "120000",
         "LESIONSEG_BACKEND": "torch",
+        "LESIONSEG_EMBEDDING_CACHE_MB": "0",
     }
     with running_server(env, tmp_path_factory.mktemp("serve") / "serve.log") as url:
         yield url
@@ -154,6 +157,32 @@ def test_concurrent_requests_are_batched_and_routed_back(server, lits):
         for a, b in zip(ref["lesions"], got["lesions"], strict=True):
             np.testing.assert_allclose(a["box"], b["box"], atol=0.02)
             assert dice(decode_rle(a["mask"]), decode_rle(b["mask"])) >= 0.98
+
+
+def test_no_runner_call_is_lost_when_bentoml_would_renew_its_session(server):
+    """BentoML's client of a dependency renews its session every 100 calls by default and
+    closes the old one with calls in flight (dropped, or left waiting 600 s for an answer);
+    ModelRunner keeps one session (service/app.py). 120 concurrent detector calls (images
+    without lesions) cross such a boundary whatever ran before."""
+
+    def retries() -> float:
+        text = httpx.get(f"{server}/metrics", timeout=10).text
+        return sum(
+            float(v)
+            for v in re.findall(r"lesionseg_runner_call_retries_total\{[^}]*\} (\S+)", text)
+        )
+
+    blank = png_bytes(np.full((64, 64), 90, np.uint8))
+
+    def call(_: int) -> int:
+        files = {"image": ("blank.png", blank, "image/png")}
+        return httpx.post(f"{server}/segment", files=files, timeout=120).status_code
+
+    before = retries()
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(call, range(120)))
+    assert codes == [200] * 120
+    assert retries() == before
 
 
 def test_load_benchmark_dry_run(server, tmp_path):
