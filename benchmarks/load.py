@@ -47,12 +47,12 @@ CONFIGS: dict[str, dict[str, str]] = {
         "LESIONSEG_EMBEDDING_CACHE_MB": "0",
     },
     "default": {},
-    "fastest": {"LESIONSEG_BACKEND": "openvino"},
+    "fastest": {"LESIONSEG_BACKEND": "openvino", "LESIONSEG_MAX_BATCH_SIZE": "1"},
 }
 ABOUT = {
     "naive": "torch eager fp32, adaptive batching off, no embedding cache",
     "default": "the service's defaults",
-    "fastest": "OpenVINO (bf16 where the CPU has it)",
+    "fastest": "OpenVINO (bf16 where the CPU has it), adaptive batching off",
     "url": "a server already running (--url), its settings unknown here",
 }
 BACKEND_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
