@@ -66,7 +66,7 @@ build: export models ## bentoml build: a bento with the service, the library and
 
 # BENCH_ARGS narrows a run, e.g. BENCH_ARGS="--configs default --users 1 --seconds 3".
 BENCH_ARGS ?=
-bench: setup data export models ## naive vs default vs fastest servers, 1-8 users, issue 13 targets (~12 min)
+bench: setup data export models ## naive vs default vs fastest servers, 1-8 users, issue 13 targets (~7 min)
 	$(PY) -m benchmarks.load $(BENCH_ARGS)
 
 bench-gpu: setup data export ## GPU: encoder batch 1-32 per runtime, HTTP at 8/32/64 users (CUDA needed)
