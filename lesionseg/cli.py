@@ -88,9 +88,9 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _ensure_export(settings: Settings) -> None:
-    """The onnxruntime backend runs the ONNX export of the models in force: on a fresh set-up
-    (or with a new bundle) export it now, once, and say so."""
-    if settings.backend != "onnxruntime":
+    """The openvino and onnxruntime backends run the ONNX export of the models in force: on a
+    fresh set-up (or with a new bundle) export it now, once, and say so."""
+    if settings.backend not in ("openvino", "onnxruntime"):
         return
     from export.__main__ import ensure_onnx
 
