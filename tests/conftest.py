@@ -129,3 +129,19 @@ def served_export() -> Path:
     from export.__main__ import ensure_onnx
 
     return ensure_onnx(Settings())
+
+
+def assert_same_detections(reference, ours, lits, *, min_iou: float, max_score_diff: float):
+    """``ours`` detects what ``reference`` (ultralytics) does on the LiTS validation slab, at the
+    served threshold and at the service's score floor (export.checks.detector_agreement)."""
+    from export.checks import detector_agreement
+    from lesionseg.settings import Settings
+
+    served = Settings()
+    for threshold in (served.score_threshold, served.detector_score_floor):
+        parity = detector_agreement(reference, ours, lits, score_threshold=threshold)
+        assert parity["boxes"] >= parity["images"], parity  # real detections were compared
+        assert parity["images_with_same_count"] == parity["images"], parity
+        assert parity["images_with_same_classes"] == parity["images"], parity
+        assert parity["min_box_iou"] >= min_iou, parity
+        assert parity["max_score_diff"] < max_score_diff, parity

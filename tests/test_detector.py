@@ -8,7 +8,7 @@ from lesionseg.detector import Detector, UltralyticsDetector
 from lesionseg.errors import ModelLoadError
 from lesionseg.settings import DEFAULT_DETECTOR
 
-from .conftest import disk
+from .conftest import assert_same_detections, disk
 
 
 def test_detector_on_tiny_images_batch(detector):
@@ -173,14 +173,5 @@ def test_numpy_decoding_of_the_network_is_ultralytics_own(detector, lits):
 
 @pytest.mark.slow
 def test_onnx_detector_matches_ultralytics_on_lits_validation(detector, onnx_detector, lits):
-    from export.checks import detector_agreement
-    from lesionseg.settings import Settings
-
     assert type(onnx_detector) is Detector  # onnxruntime + numpy, no ultralytics
-    served = Settings()
-    for threshold in (served.score_threshold, served.detector_score_floor):
-        parity = detector_agreement(detector, onnx_detector, lits, score_threshold=threshold)
-        assert parity["boxes"] >= parity["images"], parity  # real detections were compared
-        assert parity["images_with_same_count"] == parity["images"], parity
-        assert parity["images_with_same_classes"] == parity["images"], parity
-        assert parity["min_box_iou"] >= 0.999 and parity["max_score_diff"] <= 1e-4, parity
+    assert_same_detections(detector, onnx_detector, lits, min_iou=0.999, max_score_diff=1e-4)

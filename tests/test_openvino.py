@@ -10,6 +10,8 @@ from lesionseg.errors import ModelLoadError
 from lesionseg.segmenter import Segmenter
 from lesionseg.settings import Settings
 
+from .conftest import assert_same_detections
+
 AVX512_BF16 = ["BF16", "WINOGRAD", "FP32", "INT8", "BIN", "EXPORT_IMPORT"]  # this project's CPU
 AVX2_ONLY = ["WINOGRAD", "FP32", "INT8", "BIN", "EXPORT_IMPORT"]
 
@@ -81,17 +83,9 @@ def test_dynamic_batch_and_box_count_match_onnxruntime(served_export):
 def test_openvino_detector_matches_ultralytics(served_export, detector, lits):
     """fp32 whatever the SAM precision (bf16 changed the detections); at the served threshold
     and the service's score floor, every slice of the validation slab."""
-    from export.checks import detector_agreement
-
     ours = Detector.from_settings(Settings(backend="openvino", export_dir=served_export))
     assert ours.runner.precision == "fp32" and ours.names == detector.names
-    served = Settings()
-    for threshold in (served.score_threshold, served.detector_score_floor):
-        parity = detector_agreement(detector, ours, lits, score_threshold=threshold)
-        assert parity["boxes"] >= parity["images"], parity  # real detections were compared
-        assert parity["images_with_same_count"] == parity["images"], parity
-        assert parity["images_with_same_classes"] == parity["images"], parity
-        assert parity["min_box_iou"] >= 0.99 and parity["max_score_diff"] < 1e-3, parity
+    assert_same_detections(detector, ours, lits, min_iou=0.99, max_score_diff=1e-3)
 
 
 @pytest.mark.slow
