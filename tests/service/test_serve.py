@@ -162,7 +162,7 @@ def test_concurrent_requests_are_batched_and_routed_back(server, lits):
 def test_no_runner_call_is_lost_when_bentoml_would_renew_its_session(server):
     """BentoML's client of a dependency renews its session every 100 calls by default and
     closes the old one with calls in flight (dropped, or left waiting 600 s for an answer);
-    ModelRunner keeps one session (service/app.py). 120 concurrent detector calls (images
+    ModelRunner keeps one session (service/runner.py). 120 concurrent detector calls (images
     without lesions) cross such a boundary whatever ran before."""
 
     def retries() -> float:

@@ -1,0 +1,178 @@
+"""The model runner: a BentoML service of its own that batches the detector and the SAM image
+encoder, so that concurrent requests share one model call. ``service.app.LesionSeg`` depends on
+it; the store models of the configured backend are declared here for both services.
+"""
+
+import logging
+import threading
+from pathlib import Path
+
+import bentoml
+import numpy as np
+
+from lesionseg.bundle import served_bundle
+from lesionseg.detector import Detector
+from lesionseg.segmenter import Segmenter
+from lesionseg.settings import Settings
+from service.drain import Drain
+from service.model_store import (
+    DETECTOR_MODEL,
+    EXPORTS_MODEL,
+    SAM_MODEL,
+    bundle_in_store,
+    sam_path_in_store,
+)
+
+log = logging.getLogger("lesionseg.service")
+
+SETTINGS = Settings()  # batching parameters are needed by the decorators below
+BATCHING = SETTINGS.max_batch_size > 1  # BentoML wants max_batch_size >= 2; 1 = batching off
+BATCH_ARGS = dict(
+    batchable=BATCHING,
+    **(
+        {"max_batch_size": SETTINGS.max_batch_size, "max_latency_ms": SETTINGS.max_latency_ms}
+        if BATCHING
+        else {}
+    ),
+)
+WARMUP_IMAGE = np.zeros((64, 64, 3), np.uint8)
+WARMUP_IMAGE[24:40, 24:40] = 200
+
+
+class StoreModels:
+    """Declares the BentoML store models of the configured backend as class attributes (the
+    only place BentoML resolves them, and what `bentoml build` packages)."""
+
+    if SETTINGS.backend == "torch":
+        sam_model = bentoml.models.BentoModel(f"{SAM_MODEL}:latest")
+        detector_model = bentoml.models.BentoModel(f"{DETECTOR_MODEL}:latest")
+    else:
+        exports_model = bentoml.models.BentoModel(f"{EXPORTS_MODEL}:latest")
+
+    @property
+    def store(self) -> dict:
+        names = ("sam_model", "detector_model", "exports_model")
+        return {n.removesuffix("_model"): getattr(self, n) for n in names if hasattr(self, n)}
+
+
+def runtime_settings(models: dict) -> Settings:
+    """The process settings, with the model paths pointing into the BentoML store and the
+    stored bundle in force (its thresholds and window, unless set in the environment)."""
+    if "exports" in models:
+        root = Path(models["exports"].path)
+        return Settings(export_dir=root, **_stored_bundle(root))
+    family = models["sam"].info.labels["family"]
+    root = Path(models["detector"].path)
+    return Settings(
+        sam_family=family,
+        sam_path=sam_path_in_store(Path(models["sam"].path), family),
+        detector_weights=root / "weights.pt",
+        **_stored_bundle(root),
+    )
+
+
+def _stored_bundle(model_path: Path) -> dict:
+    bundle = bundle_in_store(model_path)
+    return {} if bundle is None else {"model_dir": bundle}
+
+
+def model_info(models: dict, settings: Settings, segmenter: Segmenter, detector: Detector) -> dict:
+    spec = segmenter.spec
+    return {
+        "backend": settings.backend,
+        "store": {name: str(model.tag) for name, model in models.items()},
+        "bundle": served_bundle(settings),
+        "sam": {
+            "family": spec.family,
+            "name": spec.name,
+            "sha256": spec.sha256,
+            "precision": segmenter.runner.precision,
+        },
+        "detector": {
+            "weights": detector.weights.name,
+            "classes": detector.names,
+            "precision": detector.runner.precision,
+        },
+    }
+
+
+# BentoML 1.4's client of this service opens a new HTTP session every `max_requests` calls (100)
+# or `max_age` seconds and closes the old one with calls still in flight on it: under load
+# those calls lost their connection or, worse, waited for an answer that never came (measured
+# at 8 users: every ~100 runner calls, 3-5 dropped and 2 hung). One session for good: the
+# runner is a local process, there is nothing to rebalance.
+@bentoml.service(
+    name="lesionseg-models",
+    workers=1,
+    traffic={"timeout": 600},
+    runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9},
+)
+class ModelRunner(StoreModels):
+    """The batched stages: YOLO detection and SAM image encoding."""
+
+    def __init__(self) -> None:
+        # Load in a thread so that /readyz answers 503 (not a hang) until the models are warm.
+        self._ready = threading.Event()
+        threading.Thread(target=self._load_logged, daemon=True, name="model-loader").start()
+        # SIGTERM waits until the API has answered what it has in flight (service/drain.py).
+        self._drain = Drain()
+        self._drain.install()
+
+    def __is_ready__(self) -> bool:
+        return self._ready.is_set()
+
+    def _wait_ready(self) -> None:
+        if not self._ready.wait(timeout=900):
+            raise RuntimeError("models are not loaded (see the service log)")
+
+    def _load_logged(self) -> None:
+        try:
+            self._load()
+            self._ready.set()
+        except Exception:  # the thread has no caller to report to: log, stay unready
+            log.exception("loading the models failed; the runner stays unready")
+
+    def _load(self) -> None:
+        self.settings = settings = runtime_settings(self.store)
+        self.segmenter = Segmenter.from_settings(settings)
+        self.detector = Detector.from_settings(settings)
+        self.detector.score_threshold = settings.detector_score_floor
+        if settings.warmup:
+            self.detector.detect([WARMUP_IMAGE])
+            self.segmenter.embed([WARMUP_IMAGE])
+        log.info("model runner ready: %s", self._models())
+
+    @bentoml.api(**BATCH_ARGS)
+    def detect(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Per image (K, 6) float32 rows [x0, y0, x1, y1, score, class_id], scores descending."""
+        self._wait_ready()
+        with self._drain.call():
+            detections = self.detector.detect(images)
+        return [
+            np.concatenate([d.boxes, d.scores[:, None], d.class_ids[:, None]], axis=1)
+            .astype(np.float32)
+            .reshape(-1, 6)
+            for d in detections
+        ]
+
+    @bentoml.api(**BATCH_ARGS)
+    def embed(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Per image the (C, h, w) float32 SAM embedding; one encoder pass for the batch."""
+        self._wait_ready()
+        with self._drain.call():
+            return [e.features for e in self.segmenter.embed(images)]
+
+    @bentoml.api
+    def api_drained(self) -> None:
+        """The API process has answered its requests and is stopping (a deferred SIGTERM may
+        proceed: service/drain.py)."""
+        self._drain.api_drained()
+
+    @bentoml.api
+    def describe(self) -> dict:
+        """Models served: store tags, checksums, detector classes."""
+        self._wait_ready()
+        return self._models()
+
+    def _models(self) -> dict:
+        return model_info(self.store, self.settings, self.segmenter, self.detector)
