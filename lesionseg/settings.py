@@ -175,6 +175,41 @@ class Settings(BaseSettings):
         "7 bytes per pixel. 256 CT slices of 512 x 512 are 67 M.",
     )
 
+    request_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="Deadline of one synchronous request (s), from its arrival: past it the "
+        "service stops working on it and answers 504. Async /jobs are not bound by it.",
+    )
+
+    # --- access -------------------------------------------------------------------------------
+    api_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated API keys (or their SHA-256 hex digests). With keys set, "
+        "every route but /livez and /readyz needs 'Authorization: Bearer <key>'.",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="File of API keys, one per line (a key or its SHA-256 hex digest; '#' "
+        "starts a comment); combined with api_keys. Read at start.",
+    )
+    metrics_public: bool = Field(
+        False, description="With API keys set, /metrics still answers without a key."
+    )
+    max_requests_per_key: int | None = Field(
+        None,
+        ge=1,
+        description="Most synchronous requests one API key may have in flight; over it, 429 "
+        "with Retry-After. None: no per-key limit (the global limits still apply).",
+    )
+
+    # --- logging ------------------------------------------------------------------------------
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Service log lines: 'text' for people, 'json' (one object per line) for "
+        "log shippers.",
+    )
+
     # --- DICOM / NIfTI intensity windows ------------------------------------------------------
     window_presets: dict[str, tuple[float, float]] = Field(
         {
