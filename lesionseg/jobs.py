@@ -41,10 +41,13 @@ JOB_STATES = ("queued", "running", "done", "failed")
 PUSH_STATES = ("none", "pending", "retrying", "pushed", "failed")
 MAX_TRANSACTION_ID = 128
 
+# ``owner``: the id of the API key that submitted the job (NULL without keys); a transaction
+# id is unique per owner, so one key can neither see nor collide with another key's ids.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
-    transaction_id TEXT UNIQUE,
+    transaction_id TEXT,
+    owner TEXT,
     state TEXT NOT NULL,
     reason TEXT,
     window TEXT,
@@ -59,6 +62,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     pushed_at REAL
 )
 """
+_OWNER_INDEX = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS jobs_owner_transaction_id "
+    "ON jobs (ifnull(owner, ''), transaction_id)"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,16 +86,35 @@ class Job:
     started_at: float | None
     finished_at: float | None
     pushed_at: float | None
+    owner: str | None = None  # the submitting API key's id (service.auth); None without keys
 
     def to_dict(self) -> dict:
-        """JSON-ready status (no file paths)."""
-        return dataclasses.asdict(self)
+        """JSON-ready status (no file paths, no owner)."""
+        body = dataclasses.asdict(self)
+        del body["owner"]
+        return body
 
 
 def backoff_delay(attempts: int, initial_s: float, max_s: float) -> float:
     """Seconds to wait after ``attempts`` failed tries (>= 1): initial, 2x, 4x ... capped."""
     assert attempts >= 1
     return min(max_s, initial_s * 2.0 ** min(attempts - 1, 60))
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a store written before jobs had owners up to date: add ``owner`` and make the
+    transaction id unique per owner (SQLite cannot drop a column's UNIQUE, so the table is
+    rebuilt, rows and rowids kept, in one transaction)."""
+    db.execute("BEGIN IMMEDIATE")  # another process may be opening the same store
+    columns = [row[1] for row in db.execute("PRAGMA table_info(jobs)")]
+    if "owner" not in columns:
+        db.execute(_SCHEMA.replace("IF NOT EXISTS jobs", "jobs_owned"))
+        names = ", ".join(columns)
+        db.execute(f"INSERT INTO jobs_owned (rowid, {names}) SELECT rowid, {names} FROM jobs")
+        db.execute("DROP TABLE jobs")
+        db.execute("ALTER TABLE jobs_owned RENAME TO jobs")
+    db.execute(_OWNER_INDEX)
+    db.execute("COMMIT")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -121,6 +147,7 @@ class JobStore:
         try:
             db.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
             db.execute(_SCHEMA)
+            _migrate(db)
         finally:
             db.close()
 
@@ -178,13 +205,14 @@ class JobStore:
         push: bool = False,
         options: dict | None = None,
         now: float | None = None,
+        owner: str | None = None,
     ) -> Job:
         """Accept a job: copy ``files`` (paths or binary file objects) and the JSON-ready
         segmentation ``options`` into the store and fsync them, then record the job as
-        ``queued``.
+        ``queued``, owned by ``owner`` (an API key's id; None: no owner).
 
-        Returns only once the job is durable. Raises :class:`DuplicateJobError` if
-        ``transaction_id`` was used before, :class:`InputError` for no files or a bad id.
+        Returns only once the job is durable. Raises :class:`DuplicateJobError` if the same
+        owner used ``transaction_id`` before, :class:`InputError` for no files or a bad id.
         """
         if not files:
             raise InputError("no files: submit one or more DICOM files of one study or series")
@@ -192,7 +220,7 @@ class JobStore:
             0 < len(transaction_id) <= MAX_TRANSACTION_ID and transaction_id.isprintable()
         ):
             raise InputError(f"transaction_id must be 1-{MAX_TRANSACTION_ID} printable characters")
-        if transaction_id is not None and (existing := self.find(transaction_id)) is not None:
+        if transaction_id is not None and (existing := self.find(transaction_id, owner)):
             raise DuplicateJobError(transaction_id, existing.id)
         job_id = uuid.uuid4().hex
         staging = self.root / f".incoming-{job_id}"
@@ -214,32 +242,35 @@ class JobStore:
             _fsync_dir(self.root)
             with self._connect() as db:
                 db.execute(
-                    "INSERT INTO jobs (id, transaction_id, state, window, n_files, push_state,"
-                    " created_at) VALUES (?, ?, 'queued', ?, ?, ?, ?)",
-                    (job_id, transaction_id, window, len(files), "pending" if push else "none",
-                     time.time() if now is None else now),
+                    "INSERT INTO jobs (id, transaction_id, owner, state, window, n_files,"
+                    " push_state, created_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
+                    (job_id, transaction_id, owner, window, len(files),
+                     "pending" if push else "none", time.time() if now is None else now),
                 )  # fmt: skip
         except sqlite3.IntegrityError:  # a concurrent submission with the same id won
             shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
-            raise DuplicateJobError(transaction_id, self.find(transaction_id).id) from None
+            raise DuplicateJobError(transaction_id, self.find(transaction_id, owner).id) from None
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
             raise
         return self.get(job_id)
 
-    def get(self, job_id: str) -> Job:
+    def get(self, job_id: str, *, owner: str | None = None) -> Job:
+        """The job ``job_id``. With ``owner`` (an API key's id), a job of another owner, or of
+        none, is not found either: the same error as an unknown id, so ids cannot be probed."""
         with self._connect() as db:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
+        if row is None or (owner is not None and row["owner"] != owner):
             raise JobNotFoundError(f"no job {job_id!r}")
         return Job(**dict(row))
 
-    def find(self, transaction_id: str) -> Job | None:
-        """The job submitted with this transaction id, if any."""
+    def find(self, transaction_id: str, owner: str | None = None) -> Job | None:
+        """The job ``owner`` (None: no owner) submitted with this transaction id, if any."""
         with self._connect() as db:
             row = db.execute(
-                "SELECT * FROM jobs WHERE transaction_id = ?", (transaction_id,)
+                "SELECT * FROM jobs WHERE transaction_id = ? AND owner IS ?",
+                (transaction_id, owner),
             ).fetchone()
         return None if row is None else Job(**dict(row))
 
