@@ -199,8 +199,15 @@ class Settings(BaseSettings):
     max_requests_per_key: int | None = Field(
         None,
         ge=1,
-        description="Most synchronous requests one API key may have in flight; over it, 429 "
-        "with Retry-After. None: no per-key limit (the global limits still apply).",
+        description="Most synchronous requests (the /segment routes) one API key may have in "
+        "flight; over it, 429 with Retry-After. None: no per-key limit (the global limits still "
+        "apply). Without API keys it does not apply: there is no key to count by.",
+    )
+    viewer_public: bool = Field(
+        False,
+        description="With API keys set, the /viewer page's own files (and the / redirect) "
+        "answer without a key, so a browser can open it; the page sends the key typed into its "
+        "key field with every call, and every data route still needs it.",
     )
 
     # --- logging ------------------------------------------------------------------------------

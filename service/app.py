@@ -26,6 +26,7 @@ from lesionseg.segmenter import Segmenter, validate_boxes
 from lesionseg.types import Detections, MedicalImage, SegmentationResult
 from lesionseg.uploads import Upload, decode_upload, split_boxes
 from service.admission import QueueWaitEstimator
+from service.auth import ApiKeyMiddleware, api_key_options
 from service.jobs import Jobs
 from service.lesions3d import Lesions3DRoutes
 from service.metrics import ADMISSION_REJECTED, report_models, timed
@@ -389,3 +390,8 @@ class LesionSeg(ViewerRoutes, Lesions3DRoutes, VolumeOutputs, CachedRunnerCalls,
             refine_iterations=refine_iterations,
             window=window,
         )
+
+
+# --- middleware, outermost first (BentoML's access log, tracing and limits wrap them all) -----
+# API keys first: an unauthenticated upload is refused before its body is read.
+LesionSeg.add_asgi_middleware(ApiKeyMiddleware, **api_key_options(SETTINGS, LesionSeg))

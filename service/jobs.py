@@ -33,6 +33,7 @@ from lesionseg.errors import DuplicateJobError, InputError, JobNotFoundError
 from lesionseg.imaging import check_upload_size
 from lesionseg.jobs import Job, JobStore
 from lesionseg.settings import Settings
+from service.auth import key_id
 
 log = logging.getLogger("lesionseg.jobs")
 
@@ -220,6 +221,7 @@ class Jobs:
                 window=_text(form, "window"),
                 push=self.stow is not None if push is None else push,
                 options=_options(form),
+                owner=key_id(request.scope),
             )
         except DuplicateJobError as exc:
             return _error(409, str(exc), job_id=exc.job_id, location=f"/jobs/{exc.job_id}")
@@ -233,7 +235,9 @@ class Jobs:
         )
 
     async def _job(self, request: Request) -> Job:
-        return await asyncio.to_thread(self.store.get, request.path_params["job_id"])
+        """The job of the request's path; another API key's job is not found (404)."""
+        job_id, owner = request.path_params["job_id"], key_id(request.scope)
+        return await asyncio.to_thread(self.store.get, job_id, owner=owner)
 
     async def status(self, request: Request) -> Response:
         """GET /jobs/{id}: state, failure reason, push state, timestamps (404 if unknown)."""
