@@ -11,6 +11,10 @@ replaced by another. Writes results/gpu.csv and .md, naming the device, driver a
 
     python -m benchmarks.gpu [--batches 1 2 4 8 16 32] [--iters 20] [--users 8 32 64]
     python -m benchmarks.gpu --dry-run   # the same code on CPU: torch fp32, batch 1-2, no HTTP
+
+The files are rewritten after each engine and section, so a run stopped part-way (a time limit,
+a crash in a later section) keeps what it measured; ``--skip-http REASON`` records the HTTP
+section as skipped with that reason (benchmarks/gpu_device.sh: a machine without its packages).
 """
 
 from __future__ import annotations
@@ -59,6 +63,15 @@ def load_runner(settings: Settings, compile_encoder: bool):
     """The SAM runner of ``settings``; raises :class:`SkippedError` when it cannot run here."""
     from lesionseg.segmenter import Segmenter
 
+    if settings.backend == "onnxruntime" and settings.device == "cuda":
+        # Before the export is looked for: without the provider, no export would help.
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise SkippedError(
+                f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (available: "
+                f"{ort.get_available_providers()}): needs onnxruntime-gpu"
+            )
     try:
         runner = Segmenter.from_settings(settings).runner
     except ModelLoadError as exc:
@@ -106,10 +119,10 @@ def sweep(runner, image: np.ndarray, batches: list[int], iters: int, warmup: int
         }
 
 
-def encoder_section(args, image: np.ndarray) -> list[dict]:
-    """The sweep of each engine. A dry run times torch fp32 on the CPU and only loads the
-    others for CUDA, so each is skipped with the reason it would be on this machine."""
-    rows = []
+def encoder_section(args, image: np.ndarray):
+    """The sweep of each engine; yields each row as soon as it is measured. A dry run
+    times torch fp32 on the CPU and only loads the others for CUDA, so each is skipped with the
+    reason it would be on this machine."""
     for name in args.engines:
         fields, compile_encoder = ENGINES[name]
         device = "cpu" if args.dry_run and name == "torch-fp32" else "cuda"
@@ -120,7 +133,7 @@ def encoder_section(args, image: np.ndarray) -> list[dict]:
                 raise SkippedError("--dry-run times torch fp32 on the CPU only (this one loads)")
         except SkippedError as exc:
             print(f"{name}: skipped: {exc}", flush=True)
-            rows.append({**head, "status": f"skipped: {exc}"})
+            yield {**head, "status": f"skipped: {exc}"}
             continue
         head["precision"], head["notes"] = fields.get("precision", "fp32"), ""
         if name == "tensorrt":  # batches larger than the profile's run in chunks
@@ -129,15 +142,14 @@ def encoder_section(args, image: np.ndarray) -> list[dict]:
         try:
             for row in sweep(runner, image, args.batches, args.iters, args.warmup):
                 print(name, row, flush=True)
-                rows.append({**head, "status": "ok", **row})
+                yield {**head, "status": "ok", **row}
         except Exception as exc:
             # An engine that breaks mid-sweep (a compiler error, out of memory at a large
             # batch) must not lose the other engines' figures: recorded as failed, with why.
             print(f"{name}: failed: {exc!r}", flush=True)
-            rows.append({**head, "status": f"failed: {type(exc).__name__}: {str(exc)[:300]}"})
+            yield {**head, "status": f"failed: {type(exc).__name__}: {str(exc)[:300]}"}
         del runner
         release_memory()
-    return rows
 
 
 def release_memory() -> None:
@@ -150,7 +162,9 @@ def release_memory() -> None:
 def http_section(args) -> list[dict]:
     head = {"section": "http"}
     missing = [p for p in ("bentoml", "locust") if find_spec(p) is None]
-    if args.dry_run:
+    if args.skip_http:
+        reason = args.skip_http
+    elif args.dry_run:
         reason = (
             "--dry-run (tests/service/test_serve.py runs the load benchmark's code on a server)"
         )
@@ -190,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, nargs="+", default=[8, 32, 64])
     parser.add_argument("--seconds", type=int, default=20, help="Locust run per level")
     parser.add_argument("--repeats", type=int, default=20, help="single-user requests")
+    parser.add_argument("--skip-http", metavar="REASON", help="record HTTP as skipped: REASON")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, temp dir")
     parser.add_argument("--out", type=Path, help="default results/gpu (dry run: a temp dir)")
     args = parser.parse_args(argv)
@@ -210,10 +225,18 @@ def main(argv: list[str] | None = None) -> int:
     from .payloads import read_example
 
     base = provenance() | device | {"dry_run": args.dry_run}
-    rows = encoder_section(args, read_example()) + http_section(args)
-    assert all(set(r) <= set(COLUMNS) for r in rows)
-    rows = [base | {c: None for c in COLUMNS} | r for r in rows]
-    write_rows(out.with_suffix(".csv"), rows)
+    rows: list[dict] = []
+
+    def save(new: list[dict]) -> None:
+        """Add ``new`` rows and rewrite both files (a run stopped later keeps these)."""
+        assert all(set(r) <= set(COLUMNS) for r in new)
+        rows.extend(base | {c: None for c in COLUMNS} | r for r in new)
+        write_rows(out.with_suffix(".csv"), rows)
+        report(rows, base, out)
+
+    for row in encoder_section(args, read_example()):
+        save([row])
+    save(http_section(args))
     print(report(rows, base, out))
     print(f"written: {out.with_suffix('.csv')}, {out.with_suffix('.md')}")
     return 1 if any(str(r["status"]).startswith("failed") for r in rows) else 0

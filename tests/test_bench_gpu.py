@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 
+import numpy as np
 import pytest
 import torch
 
-from benchmarks.gpu import ENGINES, SERVERS, main
+from benchmarks import gpu, payloads
+from benchmarks.gpu import ENGINES, SERVERS, http_section, main
 from benchmarks.payloads import EXAMPLE
 from lesionseg.examples import write_examples
 
@@ -40,3 +43,31 @@ def test_dry_run_times_torch_on_cpu_and_records_every_other_engine_as_skipped(li
     text = out.with_suffix(".md").read_text()
     assert "DRY RUN on CPU" in text
     assert ("no GPU:" in text) != torch.cuda.is_available()
+
+
+def test_skip_http_records_every_server_as_skipped_with_the_reason():
+    args = argparse.Namespace(skip_http="not carried: too big", dry_run=False, servers=["a", "b"])
+    assert http_section(args) == [
+        {"section": "http", "engine": s, "status": "skipped: not carried: too big"}
+        for s in ("a", "b")
+    ]
+
+
+def test_rows_measured_before_a_run_is_stopped_are_in_the_files(tmp_path, monkeypatch):
+    """benchmarks/gpu_device.sh stops the bench at its time limit: what it measured stays."""
+
+    head = {"section": "encoder", "engine": "torch-fp32", "status": "ok", "precision": "fp32"}
+
+    def two_rows_then_stopped(args, image):
+        for batch in (1, 2):
+            yield {**head, "batch": batch, "ms_per_img": 3.0}
+        raise KeyboardInterrupt  # what a signal from `timeout` does to the sweep
+
+    monkeypatch.setattr(gpu, "encoder_section", two_rows_then_stopped)
+    monkeypatch.setattr(payloads, "read_example", lambda: np.zeros((8, 8, 3), np.uint8))
+    out = tmp_path / "gpu"
+    with pytest.raises(KeyboardInterrupt):
+        main(["--dry-run", "--out", str(out)])
+    rows = list(csv.DictReader(out.with_suffix(".csv").open()))
+    assert [(r["engine"], r["batch"]) for r in rows] == [("torch-fp32", "1"), ("torch-fp32", "2")]
+    assert "| torch-fp32 | fp32 | 2 |" in out.with_suffix(".md").read_text()
