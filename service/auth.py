@@ -119,8 +119,10 @@ def _read_keys_file(path: Path) -> list[bytes]:
         text = path.read_text()
     except FileNotFoundError:
         raise ApiKeysError(f"{where}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ApiKeysError(f"{where}: unreadable ({type(exc).__name__}: {exc.strerror})") from None
+    except OSError as exc:
+        raise ApiKeysError(f"{where}: unreadable ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ApiKeysError(f"{where}: unreadable (not UTF-8 text)") from None
     digests = []
     for n, line in enumerate(text.splitlines(), 1):
         entry = line.split("#", 1)[0].strip()

@@ -76,10 +76,14 @@ def test_unusable_keys_stop_the_start_with_a_clear_message(tmp_path, api_keys, f
 
 
 def test_an_unreadable_keys_file_stops_the_start(tmp_path):
-    directory = tmp_path / "a-directory"  # readable by root too, but not as a file
+    directory = tmp_path / "a-directory"  # unreadable as a file, by root too
     directory.mkdir()
-    with pytest.raises(ApiKeysError, match="unreadable"):
+    with pytest.raises(ApiKeysError, match=r"unreadable \(Is a directory\)"):
         ApiKeys.from_settings(Settings(api_keys_file=directory))
+    binary = tmp_path / "keys.bin"
+    binary.write_bytes(b"\xff\xfe" + KEY_A.encode())
+    with pytest.raises(ApiKeysError, match=r"unreadable \(not UTF-8 text\)"):
+        ApiKeys.from_settings(Settings(api_keys_file=binary))
 
 
 def small_app(seen: list, gate: threading.Event | None = None) -> Starlette:
