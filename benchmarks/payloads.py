@@ -1,11 +1,12 @@
-"""Request bodies for the load benchmarks: the README example and fresh copies of images.
+"""Request bodies for the load benchmarks (the README example, fresh copies of images and DICOM
+series) and the check of their JSON answers.
 
 A server with an embedding cache answers an image it has seen without running the SAM encoder.
 A benchmark of new images must therefore never send the same pixels twice: :func:`fresh_png`
 and :func:`fresh_dicom` flip the least significant bit of the first 24 pixels of row 0 to spell
 a counter (grey levels change by at most 1, in a corner), and a DICOM copy gets a new SOP
-Instance UID too. Re-prompts, on the other hand, re-send the exact bytes of an image already
-sent.
+Instance UID too (and :func:`fresh_series` a new Series Instance UID for its files). Re-prompts,
+on the other hand, re-send the exact bytes of an image already sent.
 """
 
 from __future__ import annotations
@@ -67,9 +68,12 @@ def read_dicom(path: str | Path) -> pydicom.Dataset:
     return ds
 
 
-def fresh_dicom(ds: pydicom.Dataset) -> bytes:
-    """``ds`` written with a new SOP Instance UID and pixels no earlier copy had."""
+def fresh_dicom(ds: pydicom.Dataset, series_uid: str | None = None) -> bytes:
+    """``ds`` written with a new SOP Instance UID and pixels no earlier copy had (in series
+    ``series_uid`` when given)."""
     out = copy.deepcopy(ds)
+    if series_uid is not None:
+        out.SeriesInstanceUID = series_uid
     out.SOPInstanceUID = out.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     pixels = bytearray(ds.PixelData)
     for i, bit in enumerate(_bits()):  # the low byte of each little-endian 16-bit pixel
@@ -78,3 +82,32 @@ def fresh_dicom(ds: pydicom.Dataset) -> bytes:
     buffer = io.BytesIO()
     out.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def fresh_series(datasets: list[pydicom.Dataset]) -> list[bytes]:
+    """The files of one new series: each of ``datasets`` as a :func:`fresh_dicom` copy, all
+    with one new Series Instance UID."""
+    series_uid = generate_uid()
+    return [fresh_dicom(ds, series_uid) for ds in datasets]
+
+
+def result_problem(
+    body: dict, hw: tuple[int, int], boxes: list | None = None, pixel_mm2: float | None = None
+) -> str:
+    """Why ``body``, a /segment or /segment/boxes JSON answer, is not a well-formed result for
+    an (H, W) = ``hw`` image ("" when it is): image size, one RLE mask of that size per lesion,
+    the ``boxes`` sent in their order, areas in mm² from ``pixel_mm2`` (mm² per pixel)."""
+    try:
+        assert (body["height"], body["width"]) == tuple(hw), "wrong image size"
+        for lesion in body["lesions"]:
+            assert lesion["mask"]["size"] == list(hw), "mask size"
+            assert len(lesion["box"]) == 4 and lesion["area_px"] >= 0
+        if boxes is not None:
+            assert [lesion["box"] for lesion in body["lesions"]] == boxes, "box order"
+        if pixel_mm2 is not None:
+            for lesion in body["lesions"]:
+                expected = lesion["area_px"] * pixel_mm2
+                assert abs(lesion["area_mm2"] - expected) <= 1e-3 * max(1.0, expected), "area_mm2"
+    except (AssertionError, KeyError, TypeError) as exc:
+        return f"malformed response: {exc!r}"
+    return ""
