@@ -61,3 +61,13 @@ class PushError(LesionSegError):
         super().__init__(message)
         self.retryable = retryable
         self.retry_after_s = retry_after_s
+
+
+class StorageFullError(LesionSegError):
+    """The volume of the job store has no space (or quota) left for a write (maps to HTTP
+    507 on submission; a result that cannot be stored is retried, never dropped)."""
+
+
+class JobStoreError(LesionSegError):
+    """The job database cannot be used: not a sqlite database, or locked by another process.
+    The message names the file and what to do."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -35,7 +36,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from lesionseg.errors import DuplicateJobError, InputError, JobNotFoundError
+from lesionseg.errors import (
+    DuplicateJobError,
+    InputError,
+    JobNotFoundError,
+    JobStoreError,
+    StorageFullError,
+)
 
 JOB_STATES = ("queued", "running", "done", "failed")
 PUSH_STATES = ("none", "pending", "retrying", "pushed", "failed")
@@ -126,14 +133,57 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _write_durably(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, rename, fsync the directory)."""
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename, fsync the directory);
+    on failure (a full volume) the temp file is removed."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """No space or quota left: the OS's ENOSPC / EDQUOT, or sqlite's SQLITE_FULL."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc)
+
+
+def check_database(root: Path, timeout_s: float = 5.0) -> None:
+    """Fail loudly, before serving, if ``root``'s job database exists but cannot be used:
+    garbage bytes (not sqlite) or a write lock held by another process for ``timeout_s``.
+    Raises :class:`JobStoreError` naming the file and what to do; a missing file is fine."""
+    path = Path(root) / "jobs.sqlite3"
+    if not path.exists():
+        return
+    try:
+        db = sqlite3.connect(path, timeout=timeout_s, isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")  # waits for, then fails on, another writer's lock
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # reads the header
+            db.execute("ROLLBACK")
+        finally:
+            db.close()
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc):
+            raise
+        raise JobStoreError(
+            f"the job database {path} is locked by another process ({exc}): is another "
+            "lesionseg (or a sqlite3 shell) using this LESIONSEG_JOBS_DIR? Stop it, then "
+            "start again"
+        ) from None
+    except sqlite3.DatabaseError as exc:
+        raise JobStoreError(
+            f"the job database {path} is corrupt ({exc}): move it away and start again (an "
+            "empty store is created; the jobs it held are lost unless you restore it from a "
+            "backup)"
+        ) from None
 
 
 class JobStore:
@@ -150,6 +200,10 @@ class JobStore:
             _migrate(db)
         finally:
             db.close()
+        # Held open for the store's life: its WAL index (-shm) and WAL stay allocated, so
+        # status reads keep working on a full volume (writes then fail with SQLITE_FULL).
+        self._keeper = sqlite3.connect(self.db_path, check_same_thread=False)
+        self._keeper.execute("SELECT count(*) FROM jobs").fetchone()
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -224,8 +278,8 @@ class JobStore:
             raise DuplicateJobError(transaction_id, existing.id)
         job_id = uuid.uuid4().hex
         staging = self.root / f".incoming-{job_id}"
-        (staging / "input").mkdir(parents=True)
         try:
+            (staging / "input").mkdir(parents=True)
             for i, source in enumerate(files):
                 with (staging / "input" / f"{i:04d}.dcm").open("wb") as target:
                     if isinstance(source, Path):
@@ -250,9 +304,14 @@ class JobStore:
         except sqlite3.IntegrityError:  # a concurrent submission with the same id won
             shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
             raise DuplicateJobError(transaction_id, self.find(transaction_id, owner).id) from None
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
             shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+            if _disk_full(exc):
+                raise StorageFullError(
+                    "the job store's volume is full: nothing was kept; submit again once "
+                    "space is freed in LESIONSEG_JOBS_DIR"
+                ) from exc
             raise
         return self.get(job_id)
 
@@ -320,20 +379,39 @@ class JobStore:
         sr: bytes | None = None,
     ) -> Job:
         """Store the result (and the SR) durably, then mark the job ``done`` (a push, if
-        asked, is due)."""
-        job_dir = self.job_dir(job_id)
-        _write_durably(job_dir / "summary.json", json.dumps(summary).encode())
-        if sr is not None:
-            _write_durably(self.sr_path(job_id), sr)
-        _write_durably(self.result_path(job_id), seg)
+        asked, is due). On a full volume the files written so far are removed, the job is
+        left as it was and :class:`StorageFullError` is raised: call again once there is
+        space."""
+        outputs = (self.job_dir(job_id) / "summary.json", self.sr_path(job_id))
+        outputs += (self.result_path(job_id),)
         now = time.time() if now is None else now
+        try:
+            _write_durably(outputs[0], json.dumps(summary).encode())
+            if sr is not None:
+                _write_durably(outputs[1], sr)
+            _write_durably(outputs[2], seg)
+            with self._connect() as db:
+                db.execute(
+                    "UPDATE jobs SET state = 'done', reason = NULL, finished_at = ?, "
+                    "push_next_at = CASE WHEN push_state = 'pending' THEN ? END WHERE id = ?",
+                    (now, now, job_id),
+                )
+        except (OSError, sqlite3.OperationalError) as exc:
+            if not _disk_full(exc):
+                raise
+            for path in outputs:
+                path.unlink(missing_ok=True)
+            raise StorageFullError(
+                "the job store's volume is full: the result could not be stored"
+            ) from exc
+        return self.get(job_id)
+
+    def note(self, job_id: str, reason: str) -> None:
+        """Record why a ``running`` job is not done yet (cleared when it is)."""
         with self._connect() as db:
             db.execute(
-                "UPDATE jobs SET state = 'done', reason = NULL, finished_at = ?, "
-                "push_next_at = CASE WHEN push_state = 'pending' THEN ? END WHERE id = ?",
-                (now, now, job_id),
+                "UPDATE jobs SET reason = ? WHERE id = ? AND state = 'running'", (reason, job_id)
             )
-        return self.get(job_id)
 
     def fail(self, job_id: str, reason: str, now: float | None = None) -> Job:
         """Mark the job ``failed`` with a reason a caller can act on (no patient data)."""

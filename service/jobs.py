@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,15 +30,19 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from lesionseg.dicomweb import StowClient, push_due
-from lesionseg.errors import DuplicateJobError, InputError, JobNotFoundError
+from lesionseg.errors import DuplicateJobError, InputError, JobNotFoundError, StorageFullError
 from lesionseg.imaging import check_upload_size
-from lesionseg.jobs import Job, JobStore
+from lesionseg.jobs import Job, JobStore, check_database
 from lesionseg.settings import Settings
 from service.auth import key_id
+from service.forms import read_form
+from service.openapi import check_boxes, check_transaction_id, check_window
+from service.retry import RunnerConnectionError
 
 log = logging.getLogger("lesionseg.jobs")
 
 IDLE_POLL_S = 5.0  # also notices jobs and pushes written by another process
+DISK_FULL_RETRY_S = 10.0  # a result that found the volume full is retried this often
 MAX_FILES = 5000
 
 
@@ -72,8 +77,7 @@ def _options(form) -> dict:
             options["boxes"] = json.loads(boxes)
         except json.JSONDecodeError as exc:
             raise InputError(f"boxes must be JSON, e.g. [[x0, y0, x1, y1, frame]]: {exc}") from None
-        if not isinstance(options["boxes"], list):
-            raise InputError("boxes must be a JSON list of [x0, y0, x1, y1(, frame)] lists")
+        check_boxes(options["boxes"])
     for flag in ("propagate", "sr"):
         if _flag(_text(form, flag), flag):
             options[flag] = True
@@ -89,6 +93,9 @@ class Jobs:
 
     def __init__(self, settings: Settings, get_service: Callable[[], Any]) -> None:
         self.settings = settings
+        # A corrupt or locked database stops `bentoml serve` here, before any worker starts,
+        # with the file and what to do (lesionseg.jobs.check_database).
+        check_database(settings.jobs_dir)
         self._get_service = get_service
         self.stow = StowClient.from_settings(settings)
         self.store: JobStore | None = None
@@ -166,7 +173,9 @@ class Jobs:
         except InputError as exc:  # the caller's data: say why (messages carry no identifiers)
             await asyncio.to_thread(self.store.fail, job.id, str(exc))
             log.info("job %s failed: %s", job.id, exc)
-        except ServiceUnavailable:  # overloaded model queue: try again later, nothing lost
+        except (ServiceUnavailable, RunnerConnectionError) as exc:
+            # Overloaded, or the model runner restarting: try again later, nothing lost.
+            log.warning("job %s re-queued: %s", job.id, exc)
             await asyncio.to_thread(self.store.requeue, job.id)
             await asyncio.sleep(IDLE_POLL_S)
         except Exception:
@@ -174,9 +183,26 @@ class Jobs:
             reason = "internal error while segmenting (see the service log)"
             await asyncio.to_thread(self.store.fail, job.id, reason)
         else:
-            await asyncio.to_thread(self.store.complete, job.id, seg, summary, sr=sr)
+            await self._complete(job, seg, summary, sr)
             log.info("job %s done in %.1f s", job.id, time.monotonic() - started)
             self._push_wake.set()
+
+    async def _complete(self, job: Job, seg: bytes, summary: dict, sr: bytes | None) -> None:
+        """Store the result. While the volume is full the result waits in memory and is stored
+        again every DISK_FULL_RETRY_S; the job stays ``running`` with the reason (a restart
+        meanwhile re-runs it), so it is never lost and no other job overtakes the space."""
+        while True:
+            try:
+                await asyncio.to_thread(self.store.complete, job.id, seg, summary, sr=sr)
+                return
+            except StorageFullError as exc:
+                reason = f"{exc}; retried every {DISK_FULL_RETRY_S:.0f} s until space is freed"
+                log.error("job %s: %s (%s)", job.id, reason, exc.__cause__)
+                try:
+                    await asyncio.to_thread(self.store.note, job.id, reason)
+                except sqlite3.OperationalError as note_exc:  # full too: the log says it
+                    log.warning("job %s: the reason could not be recorded: %s", job.id, note_exc)
+            await asyncio.sleep(DISK_FULL_RETRY_S)
 
     async def _push_once(self) -> float:
         if self.stow is not None:
@@ -202,7 +228,10 @@ class Jobs:
         optional ``transaction_id``, ``window``, ``push``. 202 + Location once stored."""
         if self.store is None:
             return _error(503, "the job store is starting; retry shortly")
-        form = await request.form(max_files=MAX_FILES)
+        try:
+            form = await read_form(request, max_files=MAX_FILES)
+        except InputError as exc:
+            return _error(400, str(exc))
         try:
             uploads = [v for k, v in form.multi_items() if k == "files"]
             if not all(isinstance(u, UploadFile) for u in uploads):
@@ -217,14 +246,17 @@ class Jobs:
             job = await asyncio.to_thread(
                 self.store.submit,
                 [u.file for u in uploads],
-                transaction_id=_text(form, "transaction_id"),
-                window=_text(form, "window"),
+                transaction_id=check_transaction_id(_text(form, "transaction_id")),
+                window=check_window(_text(form, "window"), self.settings),
                 push=self.stow is not None if push is None else push,
                 options=_options(form),
                 owner=key_id(request.scope),
             )
         except DuplicateJobError as exc:
             return _error(409, str(exc), job_id=exc.job_id, location=f"/jobs/{exc.job_id}")
+        except StorageFullError as exc:  # nothing kept, so never a 202 for a lost job
+            log.error("job refused (507): %s (%s)", exc, exc.__cause__)
+            return _error(507, str(exc))
         except InputError as exc:
             return _error(400, str(exc))
         finally:
