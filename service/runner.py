@@ -15,6 +15,7 @@ from lesionseg.detector import Detector
 from lesionseg.segmenter import Segmenter
 from lesionseg.settings import Settings
 from service.drain import Drain
+from service.logs import configure_logging
 from service.model_store import (
     DETECTOR_MODEL,
     EXPORTS_MODEL,
@@ -26,6 +27,7 @@ from service.model_store import (
 log = logging.getLogger("lesionseg.service")
 
 SETTINGS = Settings()  # batching parameters are needed by the decorators below
+configure_logging(SETTINGS)  # both processes import this module first (service/logs.py)
 BATCHING = SETTINGS.max_batch_size > 1  # BentoML wants max_batch_size >= 2; 1 = batching off
 BATCH_ARGS = dict(
     batchable=BATCHING,
