@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 
 from lesionseg.settings import REPO_ROOT
 
@@ -44,6 +45,24 @@ def running_server(
     `bentoml serve` alone. The whole process group is stopped on exit; the server's output
     goes to ``log``.
     """
+    with server_process(
+        env, log, timeout=timeout, ready_path=ready_path, make_serve=make_serve
+    ) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def server_process(
+    env: dict[str, str],
+    log: Path,
+    *,
+    timeout: float = 300,
+    ready_path: str = "/readyz",
+    make_serve: bool = False,
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """As :func:`running_server`, yielding ``(url, process)`` for the fault tests: the process
+    is BentoML's arbiter (:func:`process_tree` lists it with its workers). On exit every
+    process of the server is stopped, workers orphaned by a killed arbiter included."""
     port = free_port()
     if make_serve:
         cmd = ["make", "serve", "HOST=127.0.0.1", f"PORT={port}"]
@@ -60,6 +79,7 @@ def running_server(
             start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
+    started: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -73,11 +93,39 @@ def running_server(
                 if httpx.get(f"{url}{ready_path}", timeout=2).status_code == 200:
                     break
             time.sleep(1)
-        yield url
+        started = process_tree(proc)
+        yield url, proc
     finally:
+        stop_server(proc, started)
+
+
+def process_tree(proc: subprocess.Popen) -> list[psutil.Process]:
+    """The server's processes: ``proc`` and all its descendants. Circus starts each BentoML
+    worker in a session of its own, so signalling ``proc``'s process group misses them."""
+    try:
+        root = psutil.Process(proc.pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def signal_tree(processes: list[psutil.Process], sig: int) -> None:
+    """Send ``sig`` to each of ``processes`` that still runs (psutil checks the pid was not
+    reused)."""
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(sig)
+
+
+def stop_server(proc: subprocess.Popen, known: list[psutil.Process], timeout: float = 60) -> None:
+    """SIGTERM the server's process group (BentoML stops its workers), SIGKILL after
+    ``timeout`` s every process of it still running (``known`` ones included: workers
+    orphaned by a killed arbiter); then reap."""
+    tree = {*known, *process_tree(proc)}
+    with contextlib.suppress(ProcessLookupError):  # the group may be gone already
         os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=timeout)
+    signal_tree(list(tree), signal.SIGKILL)
+    psutil.wait_procs(list(tree), timeout=30)
+    proc.wait()

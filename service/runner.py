@@ -127,6 +127,15 @@ class ModelRunner(StoreModels):
         if not self._ready.wait(timeout=900):
             raise RuntimeError("models are not loaded (see the service log)")
 
+    def _require_ready(self) -> None:
+        # The API calls detect/embed only once describe() has answered, so a runner that is
+        # not ready here was restarted (BentoML respawns a dead worker) and is loading again:
+        # refuse at once (503 to the client) instead of holding the call for the whole load.
+        if not self._ready.is_set():
+            raise bentoml.exceptions.ServiceUnavailable(
+                "the model runner restarted and is loading its models; retry shortly"
+            )
+
     def _load_logged(self) -> None:
         try:
             self._load()
@@ -147,7 +156,7 @@ class ModelRunner(StoreModels):
     @bentoml.api(**BATCH_ARGS)
     def detect(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Per image (K, 6) float32 rows [x0, y0, x1, y1, score, class_id], scores descending."""
-        self._wait_ready()
+        self._require_ready()
         with self._drain.call():
             detections = self.detector.detect(images)
         return [
@@ -160,7 +169,7 @@ class ModelRunner(StoreModels):
     @bentoml.api(**BATCH_ARGS)
     def embed(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Per image the (C, h, w) float32 SAM embedding; one encoder pass for the batch."""
-        self._wait_ready()
+        self._require_ready()
         with self._drain.call():
             return [e.features for e in self.segmenter.embed(images)]
 
