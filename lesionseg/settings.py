@@ -156,7 +156,11 @@ class Settings(BaseSettings):
 
     # --- input limits -------------------------------------------------------------------------
     max_upload_bytes: int = Field(
-        256 * 1024 * 1024, ge=1, description="Largest accepted upload (bytes)."
+        256 * 1024 * 1024,
+        ge=1,
+        description="Largest accepted upload (bytes): each file, and all the files of one "
+        "request together (a series). The request body may be 1 MiB more (the other form "
+        "fields); a larger one is refused with 413 before it is read (service/limits.py).",
     )
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="Largest accepted image (width x height, per frame)."

@@ -29,6 +29,8 @@ from service.admission import QueueWaitEstimator
 from service.auth import ApiKeyMiddleware, api_key_options
 from service.jobs import Jobs
 from service.lesions3d import Lesions3DRoutes
+from service.limits import BodyLimit, RequestDeadline, traffic_timeout_s
+from service.logs import TraceIdHeader
 from service.metrics import ADMISSION_REJECTED, report_models, timed
 from service.retry import RunnerConnectionError
 from service.runner import SETTINGS, WARMUP_IMAGE, ModelRunner, StoreModels, runtime_settings
@@ -58,7 +60,7 @@ VIEWER = Viewer(lambda: bentoml.get_current_service().settings)
 
 @bentoml.asgi_app(VIEWER.app, path="/")
 @bentoml.asgi_app(JOBS.app, path="/")
-@bentoml.service(name="lesionseg", traffic={"timeout": 600})
+@bentoml.service(name="lesionseg", traffic={"timeout": traffic_timeout_s(SETTINGS)})
 class LesionSeg(ViewerRoutes, Lesions3DRoutes, VolumeOutputs, CachedRunnerCalls, StoreModels):
     """Automatic lesion segmentation over HTTP: ``/segment``, ``/segment/boxes``,
     ``/segment/overlay``, ``/segment/dicom-seg``, ``/segment/nifti``, ``/segment/propagate``,
@@ -395,3 +397,6 @@ class LesionSeg(ViewerRoutes, Lesions3DRoutes, VolumeOutputs, CachedRunnerCalls,
 # --- middleware, outermost first (BentoML's access log, tracing and limits wrap them all) -----
 # API keys first: an unauthenticated upload is refused before its body is read.
 LesionSeg.add_asgi_middleware(ApiKeyMiddleware, **api_key_options(SETTINGS, LesionSeg))
+LesionSeg.add_asgi_middleware(TraceIdHeader)  # X-Trace-Id on every answer, 413/504 included
+LesionSeg.add_asgi_middleware(BodyLimit)  # 413 before a big body is read
+LesionSeg.add_asgi_middleware(RequestDeadline)  # 504 past the deadline

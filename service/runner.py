@@ -15,6 +15,7 @@ from lesionseg.detector import Detector
 from lesionseg.segmenter import Segmenter
 from lesionseg.settings import Settings
 from service.drain import Drain
+from service.limits import traffic_timeout_s
 from service.logs import configure_logging
 from service.model_store import (
     DETECTOR_MODEL,
@@ -106,7 +107,7 @@ def model_info(models: dict, settings: Settings, segmenter: Segmenter, detector:
 @bentoml.service(
     name="lesionseg-models",
     workers=1,
-    traffic={"timeout": 600},
+    traffic={"timeout": traffic_timeout_s(SETTINGS)},
     runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9},
 )
 class ModelRunner(StoreModels):
