@@ -22,7 +22,7 @@ export YOLO_AUTOINSTALL := false
 .PHONY: help setup data export engines models serve demo build bench bench-encoder test test-fast \
 	lint format train train-default clean pacs-deps train-unet \
 	bench-accuracy bench-gpu browser-deps container-deps container container-gpu \
-	bench-container
+	bench-container soak
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -68,6 +68,11 @@ build: export models ## bentoml build: a bento with the service, the library and
 BENCH_ARGS ?=
 bench: setup data export models ## naive vs default vs fastest servers, 1-8 users, issue 13 targets (~7 min)
 	$(PY) -m benchmarks.load $(BENCH_ARGS)
+
+# SOAK_ARGS shortens a run, e.g. SOAK_ARGS="--seconds 120 --warmup 60" (the verdicts need a quiet machine).
+SOAK_ARGS ?=
+soak: setup data export models ## 10 min at 80 % of the measured capacity: every request answered, RSS, p99 (~13 min)
+	$(PY) -m benchmarks.soak $(SOAK_ARGS)
 
 bench-gpu: setup data export ## GPU: encoder batch 1-32 per runtime, HTTP at 8/32/64 users (CUDA needed)
 	$(PY) -m benchmarks.gpu $(BENCH_ARGS)
