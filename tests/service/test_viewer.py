@@ -425,3 +425,36 @@ def test_errors_as_the_service_words_them_and_the_api_key(page, tmp_path):
     assert message.startswith("400: ") and "not a readable image" in message, message
     assert js(page, "window.sentAuth") == ["Bearer test-key-123"]
     shot(page, "error.png")
+
+
+VIEWER_KEY = "viewer-key-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def keyed_server(model_store, lits, tmp_path_factory):
+    """A server with an API key whose page is public (LESIONSEG_VIEWER_PUBLIC)."""
+    if not (EXAMPLES / "lits117.nii.gz").exists():
+        write_examples(lits, EXAMPLES, 110)
+    root = tmp_path_factory.mktemp("viewer-keyed")
+    env = {
+        "LESIONSEG_MAX_BATCH_SIZE": "1",
+        "LESIONSEG_API_KEYS": VIEWER_KEY,
+        "LESIONSEG_VIEWER_PUBLIC": "true",
+        "LESIONSEG_JOBS_DIR": str(root / "jobs"),
+    }
+    with running_server(env, root / "serve.log") as url:
+        yield url
+
+
+@pytest.mark.timeout(600)
+def test_with_api_keys_the_public_page_works_once_the_key_is_typed_in(browser, keyed_server):
+    assert httpx.get(f"{keyed_server}/viewer/config.json").status_code == 401
+    browser.get(f"{keyed_server}/viewer")
+    wait(browser, "window.lesionViewer && document.getElementById('error').textContent !== ''")
+    assert page_error(browser).startswith("401: "), page_error(browser)
+    assert js(browser, "document.getElementById('window').options.length") == 1  # no config
+    browser.find_element("id", "api-key").send_keys(VIEWER_KEY + "\t")  # tab: 'change'
+    wait(browser, "document.getElementById('window').options.length > 1")
+    open_files(browser, [EXAMPLES / "lits117-z110.png"])
+    assert page_lesions(browser, 0), "no lesion found with the key"
+    shot(browser, "api-key-public-page.png")
