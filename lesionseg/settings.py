@@ -204,8 +204,9 @@ class Settings(BaseSettings):
         None,
         ge=1,
         description="Most synchronous requests (the /segment routes) one API key may have in "
-        "flight; over it, 429 with Retry-After. None: no per-key limit (the global limits still "
-        "apply). Without API keys it does not apply: there is no key to count by.",
+        "flight in one API process (pod); over it, 429 with Retry-After. None: no per-key limit "
+        "(the global limits still apply). Without API keys it does not apply: there is no key "
+        "to count by.",
     )
     viewer_public: bool = Field(
         False,
