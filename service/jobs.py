@@ -35,8 +35,7 @@ from lesionseg.imaging import check_upload_size
 from lesionseg.jobs import Job, JobStore, check_database
 from lesionseg.settings import Settings
 from service.auth import key_id
-from service.forms import read_form
-from service.openapi import check_boxes, check_transaction_id, check_window
+from service.forms import check_boxes, check_transaction_id, check_window, read_form
 from service.retry import RunnerConnectionError
 
 log = logging.getLogger("lesionseg.jobs")
