@@ -129,7 +129,7 @@ class Segmenter:
             return []
         size = self.spec.image_size
         batch = np.stack([preprocess(im, size, self.spec.normalisation) for im in images])
-        features = self.runner.encode(batch)  # (B, C, h, w)
+        features = self.runner.encode(batch)  # B x (C, h, w)
         return [self.wrap(f, im.shape[:2]) for f, im in zip(features, images, strict=True)]
 
     def wrap(self, features: np.ndarray, original_hw: tuple[int, int]) -> ImageEmbedding:

@@ -7,6 +7,7 @@ OpenVINO or TensorRT does the work. Nothing here imports torch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
@@ -17,7 +18,8 @@ from ..types import SamSpec
 class SamRunner(Protocol):
     """Executes one SAM checkpoint.
 
-    ``encode(images (B, 3, S, S) float32) -> (B, C, h, w) float32``
+    ``encode(images (B, 3, S, S) float32) -> B x (C, h, w) float32``: a (B, C, h, w) array or
+    a sequence of B per-image arrays (torch on CUDA copies each image to the host on its own).
 
     ``decode(embedding (1, C, h, w), boxes (N, 4), mask_input (N, 1, 4h, 4w), has_mask: bool)
     -> (logits (N, M, 4h, 4w) float32, iou (N, M) float32)``, boxes XYXY in the model frame.
@@ -28,7 +30,7 @@ class SamRunner(Protocol):
     spec: SamSpec
     precision: str
 
-    def encode(self, images: np.ndarray) -> np.ndarray: ...
+    def encode(self, images: np.ndarray) -> np.ndarray | Sequence[np.ndarray]: ...
 
     def decode(
         self, embedding: np.ndarray, boxes: np.ndarray, mask_input: np.ndarray, has_mask: bool

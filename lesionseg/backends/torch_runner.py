@@ -36,9 +36,14 @@ class TorchSamRunner:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device, self.dtype)
 
     @torch.inference_mode()
-    def encode(self, images: np.ndarray) -> np.ndarray:
-        out = self.encoder(self._tensor(images))  # (B, C, h, w)
-        return out.float().cpu().numpy()
+    def encode(self, images: np.ndarray) -> list[np.ndarray]:
+        """(B, 3, S, S) -> B (C, h, w) float32 arrays, copied to the host one image at a time:
+        one (B, C, h, w) host array is fresh memory above glibc's 32 MiB mmap threshold from
+        B = 8 (4 MiB per LiteMedSAM embedding), page-faulted at every call. On an H200 that
+        copy took 22-28 ms at batch 8 against 2 ms at batch 7, more than the encoder itself
+        (benchmarks/results/gpu_probe.md)."""
+        out = self.encoder(self._tensor(images)).float()  # (B, C, h, w)
+        return [image.cpu().numpy() for image in out]
 
     @torch.inference_mode()
     def decode(
