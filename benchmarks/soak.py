@@ -78,7 +78,7 @@ def closed_loop(mix: Mix, users: int, seconds: float, ledger: Ledger) -> dict:
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(seconds + mix.job_timeout_s + 60)
+        thread.join(seconds + mix.longest_s + 10)
     tally = ledger.tally(since=start)
     row = {"users": users, "seconds": seconds, "operations_ok": len(ends)}
     row |= {"requests": tally.sent, "failed": tally.failed}
@@ -89,7 +89,7 @@ def closed_loop(mix: Mix, users: int, seconds: float, ledger: Ledger) -> dict:
 
 def open_loop(mix: Mix, run: Run) -> None:
     """Operations at ``run.rate`` per second for ``run.args.seconds``, then wait for the last
-    ones (at most the client timeout + the job timeout); those still running stay open."""
+    ones (at most the longest an operation can take); those still running stay open."""
     names = mix.sequence(seed=0)
     lock = threading.Lock()
 
@@ -109,7 +109,7 @@ def open_loop(mix: Mix, run: Run) -> None:
         time.sleep(max(0.0, due - time.monotonic()))
         futures.append(pool.submit(operation, next(names), due))
         run.scheduled += 1
-    wait(futures, timeout=run.args.timeout + run.args.job_timeout + 10)
+    wait(futures, timeout=mix.longest_s + 10)
     pool.shutdown(wait=False, cancel_futures=True)
 
 

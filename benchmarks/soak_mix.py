@@ -108,6 +108,9 @@ class Mix:
     def __init__(self, url: str, ledger: Ledger, timeout_s: float, job_timeout_s: float) -> None:
         self.ledger = ledger
         self.job_timeout_s = job_timeout_s
+        # the longest an operation can take: a job's submission, its deadline, then one more
+        # poll and the result, each within the client's timeout
+        self.longest_s = job_timeout_s + 3 * timeout_s
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
         self.client = httpx.Client(base_url=url, timeout=timeout_s, limits=limits)
         case = LitsCase(Settings().cache_dir)

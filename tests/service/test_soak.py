@@ -28,7 +28,7 @@ def test_a_minute_of_soak_answers_every_request(model_store, tmp_path):
     tally = run.ledger.tally()
     names = {r.name for r in run.ledger.requests}
     assert {"/segment (example)", "/segment (DICOM)", "/segment/dicom-seg", "/jobs"} <= names
-    assert tally.sent >= run.scheduled + len(run.ramp), tally
+    assert tally.sent >= run.scheduled > 0, tally
     assert tally.complete, tally  # every request sent got an answer
     assert tally.failed == 0, tally.messages
     assert run.scheduled > 0 and run.finished == run.started == run.scheduled
