@@ -78,6 +78,8 @@ def build_sr(
                 ],
             )
         )
+    if not groups:
+        groups.append(_no_lesion_group(algorithm))
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -105,6 +107,21 @@ def build_sr(
             )
     except (ValueError, TypeError, AttributeError) as exc:
         raise InputError(f"cannot make a DICOM SR for this input: {exc}") from exc
+
+
+def _no_lesion_group(
+    algorithm: hd.sr.AlgorithmIdentification,
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """The report of a study in which no lesion was found: one TID 1501 group with the
+    qualitative evaluation "Lesion: Absent" (TID 1500 needs at least one measurement group,
+    and "none found" is a result, not an error)."""
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="no lesion found"),
+        algorithm_id=algorithm,
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(name=codes.SCT.Lesion, value=codes.SCT.Absent)
+        ],
+    )
 
 
 def _referenced_segment(

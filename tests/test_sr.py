@@ -148,6 +148,22 @@ def test_a_lesion_sam_found_nothing_for_is_reported_empty():
     assert [g.referenced_segment.referenced_segment_numbers for g in groups] == [[1], [2]]
 
 
+def test_a_study_without_lesions_gets_a_report_saying_so():
+    """No lesion found is a result: the SR says "Lesion: Absent" (no measurement group could
+    be made, and highdicom refuses a TID 1500 without one: that was a 500 before)."""
+    files = ct_series(2)
+    empty = [SegmentationResult(128, 128, (), (0.661468, 0.661468)) for _ in files]
+    geometry = volume_geometry(files)
+    ids = link_lesions(empty, geometry)
+    assert measure_lesions(empty, ids, geometry) == []
+    seg = build_seg(files, empty, lesion_ids=ids, labels=["lesion"])
+    sr = hd.sr.srread(io.BytesIO(seg_to_bytes(build_sr(files, seg, []))))
+    assert sr.content.get_volumetric_roi_measurement_groups() == []
+    (group,) = sr.content.get_image_measurement_groups()
+    (evaluation,) = group.get_qualitative_evaluations()
+    assert evaluation.name == codes.SCT.Lesion and evaluation.value == codes.SCT.Absent
+
+
 def test_a_job_with_an_sr_pushes_it_with_its_seg_to_a_real_orthanc(report, orthanc, tmp_path):
     from lesionseg.dicomweb import StowClient, push_due
     from lesionseg.jobs import JobStore
