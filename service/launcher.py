@@ -30,24 +30,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(
-    env: dict[str, str],
-    log: Path,
-    *,
-    timeout: float = 300,
-    ready_path: str = "/readyz",
-    make_serve: bool = False,
-) -> Iterator[str]:
-    """Serve on a free loopback port with ``env`` added; yield the base URL once ``ready_path``
-    answers 200 (``/livez`` to talk to the API before the models are loaded).
-
-    ``make_serve``: run `make serve` (export and store import included) instead of
-    `bentoml serve` alone. The whole process group is stopped on exit; the server's output
-    goes to ``log``.
-    """
-    with server_process(
-        env, log, timeout=timeout, ready_path=ready_path, make_serve=make_serve
-    ) as (url, _):
+def running_server(env: dict[str, str], log: Path, **options) -> Iterator[str]:
+    """Serve on a free loopback port with ``env`` added; yield the base URL once ready
+    (``options`` as :func:`server_process`)."""
+    with server_process(env, log, **options) as (url, _):
         yield url
 
 
@@ -60,9 +46,14 @@ def server_process(
     ready_path: str = "/readyz",
     make_serve: bool = False,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """As :func:`running_server`, yielding ``(url, process)`` for the fault tests: the process
-    is BentoML's arbiter (:func:`process_tree` lists it with its workers). On exit every
-    process of the server is stopped, workers orphaned by a killed arbiter included."""
+    """Serve on a free loopback port with ``env`` added; yield ``(url, process)`` once
+    ``ready_path`` answers 200 (``/livez`` to talk to the API before the models are loaded).
+
+    ``make_serve``: run `make serve` (export and store import included) instead of
+    `bentoml serve` alone. The server's output goes to ``log``. ``process`` is BentoML's
+    arbiter (:func:`process_tree` lists it with its workers, for the fault tests). On exit
+    every process of the server is stopped, workers orphaned by a killed arbiter included.
+    """
     port = free_port()
     if make_serve:
         cmd = ["make", "serve", "HOST=127.0.0.1", f"PORT={port}"]

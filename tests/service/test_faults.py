@@ -125,12 +125,19 @@ class Chain:
         return time.monotonic() - started
 
     def runner_pid(self) -> int:
-        """The model runner's process (BentoML's worker of ``ModelRunner``)."""
-        procs = process_tree(self.proc)
-        lines = {p.pid: " ".join(p.cmdline()) for p in procs}
-        found = [pid for pid, line in lines.items() if "--service-name lesionseg-models" in line]
-        assert len(found) == 1, lines
-        return found[0]
+        return runner_process(self.proc).pid
+
+
+def runner_process(proc: subprocess.Popen) -> psutil.Process:
+    """The model runner's process (BentoML's worker of ``ModelRunner``; a killed one that is
+    not reaped yet is a zombie and does not count)."""
+    lines = {}
+    for process in process_tree(proc):
+        with contextlib.suppress(psutil.Error):  # gone, or a zombie
+            lines[process] = " ".join(process.cmdline())
+    found = [p for p, line in lines.items() if "--service-name lesionseg-models" in line]
+    assert len(found) == 1, lines
+    return found[0]
 
 
 @pytest.fixture(scope="module")
@@ -237,6 +244,45 @@ def test_sigterm_with_jobs_queued_and_running_each_completes_and_is_pushed_once(
     url = chain.start()
     for job_id, (study, _) in zip(jobs, studies, strict=True):
         assert_done_and_pushed_once(url, orthanc, job_id, study)
+
+
+@pytest.mark.timeout(240, func_only=True)
+def test_model_runner_killed_in_a_container_the_server_exits_for_the_orchestrator(
+    model_store, tmp_path, lits_png
+):
+    """BentoML's image sets BENTOML_CONTAINERIZED, which turns respawning off: the arbiter
+    stops the API once its requests are answered (at the latest at the request deadline) and
+    exits non-zero, for the orchestrator to restart the container."""
+    env = {
+        "BENTOML_CONTAINERIZED": "true",
+        "LESIONSEG_JOBS_DIR": str(tmp_path / "jobs"),
+        "LESIONSEG_REQUEST_TIMEOUT_S": "10",
+        "LESIONSEG_EMBEDDING_CACHE_MB": "0",
+    }
+    answers: list = []
+
+    def request(url: str) -> None:
+        try:
+            image = {"image": ("s.png", lits_png)}
+            answers.append(httpx.post(f"{url}/segment", files=image, timeout=120).status_code)
+        except httpx.TransportError as exc:  # the server exited with the connection open
+            answers.append(type(exc).__name__)
+
+    with server_process(env, tmp_path / "serve.log") as (url, proc):
+        runner = runner_process(proc)
+        users = [threading.Thread(target=request, args=(url,)) for _ in range(3)]
+        for thread in users:
+            thread.start()
+        time.sleep(0.5)
+        killed = time.monotonic()
+        runner.kill()
+        proc.wait(timeout=150)
+        exited_in = time.monotonic() - killed
+        for thread in users:
+            thread.join(timeout=30)
+    print(f"container mode: exited {proc.returncode} {exited_in:.0f} s after the kill; {answers}")
+    assert proc.returncode != 0
+    assert len(answers) == 3 and 500 not in answers, answers
 
 
 # --- a full jobs volume --------------------------------------------------------------------
