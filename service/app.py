@@ -262,10 +262,10 @@ class LesionSeg(ViewerRoutes, Lesions3DRoutes, VolumeOutputs, CachedRunnerCalls,
             log.info("bad request (400): %s", exc)
             return _bad_request(exc)
         except bentoml.exceptions.ServiceUnavailable:
-            # The runner sheds requests it cannot batch within max_latency_ms.
+            # The runner sheds calls it cannot batch within max_latency_ms, or while it reloads.
             return _unavailable(
-                "overloaded: the model queue is over its latency budget "
-                "(LESIONSEG_MAX_LATENCY_MS); retry later"
+                "the model runner refused: its queue is over the latency budget "
+                "(LESIONSEG_MAX_LATENCY_MS), or it restarted and is loading; retry later"
             )
         except RunnerConnectionError as exc:
             return _unavailable(f"{exc}; retry later")
