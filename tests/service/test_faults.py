@@ -181,7 +181,7 @@ def test_model_runner_sigkilled_under_load_answers_200_or_503_and_recovers(chain
     victim = chain.runner_pid()
     _, files = series(lits, range(104, 108))
     job = submit(url, files, push="false").json()  # a job in flight when the runner dies
-    answers: list[tuple] = []  # (status or error, Retry-After, sent at)
+    answers: list[tuple] = []  # (status or error, Retry-After, sent at, error message)
     stop = threading.Event()
 
     def user() -> None:
@@ -190,9 +190,10 @@ def test_model_runner_sigkilled_under_load_answers_200_or_503_and_recovers(chain
                 sent = time.monotonic()
                 try:
                     r = client.post(f"{url}/segment", files={"image": ("s.png", lits_png)})
-                    answers.append((r.status_code, r.headers.get("retry-after"), sent))
+                    error = r.json().get("error") if r.status_code != 200 else None
+                    answers.append((r.status_code, r.headers.get("retry-after"), sent, error))
                 except httpx.HTTPError as exc:
-                    answers.append((repr(exc), None, sent))
+                    answers.append((repr(exc), None, sent, None))
 
     users = [threading.Thread(target=user, daemon=True) for _ in range(3)]
     for thread in users:
@@ -215,6 +216,7 @@ def test_model_runner_sigkilled_under_load_answers_200_or_503_and_recovers(chain
     after = [a for a in answers if a[2] >= killed - 5]
     counts = collections.Counter(a[0] for a in answers)
     print(f"runner killed: {dict(counts)}; a new request answered 200 {recovered:.1f} s later")
+    print("503 errors:", collections.Counter(a[3] for a in answers if a[0] == 503))
     assert set(counts) <= {200, 503}, counts
     assert all(a[1] for a in answers if a[0] == 503), "a 503 without Retry-After"
     assert any(a[0] == 503 for a in after), "the kill was never seen: nothing to test"
