@@ -226,7 +226,7 @@ class Jobs:
         """POST /jobs (multipart): ``files`` (one or more DICOM files of one study or series),
         optional ``transaction_id``, ``window``, ``push``. 202 + Location once stored."""
         if self.store is None:
-            return _error(503, "the job store is starting; retry shortly")
+            return _error(503, "the job store is starting; retry shortly", {"Retry-After": "2"})
         try:
             form = await read_form(request, max_files=MAX_FILES)
         except InputError as exc:

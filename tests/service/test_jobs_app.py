@@ -116,3 +116,11 @@ def test_jobs_survive_a_restart(service, tmp_path):
     with TestClient(Jobs(settings, lambda: service).app) as second:
         assert wait_for(second, location)["state"] == "done"
         assert submit(second, CT.read_bytes(), transaction_id="acc-2").status_code == 409
+
+
+def test_a_submit_before_the_job_store_is_open_is_503(service, tmp_path):
+    jobs = Jobs(Settings(jobs_dir=tmp_path / "jobs"), lambda: service)
+    client = TestClient(jobs.app)  # no `with`: the lifespan, which opens the store, has not run
+    response = submit(client, CT.read_bytes())
+    assert response.status_code == 503, response.text
+    assert "starting" in response.json()["error"] and response.headers["Retry-After"] == "2"
