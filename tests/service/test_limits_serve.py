@@ -1,6 +1,7 @@
-"""Limits and logs of one real `bentoml serve`: 413 for an oversized body (declared, or streamed
+"""Limits and logs of a real `bentoml serve`: 413 for an oversized body (declared, or streamed
 past the limit), 504 past the request deadline with the work stopped, one log line for a bad
-request, the trace id of a server error in the log and in the response, and JSON log lines."""
+request, the trace id of a server error in the log and in the response, and JSON log lines;
+503 when the model runner sheds calls over its latency budget."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import select
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -197,3 +199,19 @@ def test_every_log_line_is_one_json_object(served):
     assert {"lesionseg.service", "bentoml.access"} <= loggers, loggers
     processes = {json.loads(line)["process"] for line in lines}
     assert len(processes) >= 2, processes  # the API and the model runner (and the arbiter)
+
+
+@pytest.mark.timeout(600)
+def test_the_runner_sheds_calls_over_its_latency_budget_as_503(model_store, tmp_path):
+    """A model runner with a 1 ms latency budget refuses the calls it cannot batch in time:
+    the client gets 503 with Retry-After naming the setting, never a 500 or a hang."""
+    env = {"LESIONSEG_MAX_LATENCY_MS": "1", "LESIONSEG_WARMUP": "false"}
+    files = {"image": ("a.png", PNG.read_bytes(), "image/png")}
+    with running_server(env, tmp_path / "serve.log") as url, ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(lambda _: httpx.post(f"{url}/segment", files=files, timeout=120), range(16))
+        )
+    codes = [a.status_code for a in answers]
+    assert set(codes) <= {200, 503} and 503 in codes, codes
+    for shed in (a for a in answers if a.status_code == 503):
+        assert "LESIONSEG_MAX_LATENCY_MS" in shed.json()["error"] and shed.headers["Retry-After"]
