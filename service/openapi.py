@@ -30,7 +30,7 @@ from starlette.routing import Route
 import lesionseg
 from lesionseg.settings import Settings
 from service.auth import HEALTH_PATHS
-from service.forms import BOXES, window_schema
+from service.forms import BOXES, takes_text, window_schema
 from service.openapi_paths import (
     BINARY,
     REF,
@@ -41,7 +41,7 @@ from service.openapi_paths import (
     other_routes,
     plain,
 )
-from service.schemas import FramesResponse, SegmentResponse
+from service.schemas import ErrorOut, FramesResponse, SegmentResponse
 from service.viewer import PreviewResponse
 
 # Which models a JSON API answers with (/segment: one image, or a volume's frames).
@@ -55,11 +55,7 @@ API_STATUSES = (400, 401, 413, 415, 429, 500, 503, 504)
 
 
 def _or_null(schema: dict[str, Any], nullable: bool) -> dict[str, Any]:
-    if not nullable:
-        return schema
-    if "anyOf" in schema:
-        return {**schema, "anyOf": [*schema["anyOf"], {"type": "null"}]}
-    return {"anyOf": [schema, {"type": "null"}]}
+    return {**schema, "type": [schema["type"], "null"]} if nullable else schema
 
 
 def _api_operation(api, settings: Settings) -> dict[str, Any]:
@@ -74,14 +70,15 @@ def _api_operation(api, settings: Settings) -> dict[str, Any]:
             if prop.get("type") == "array":
                 prop["minItems"] = 1
             continue
-        # BentoML reads every other part as JSON (a part that is no JSON as its text), so
-        # JSON null is an optional field's default, as leaving the field out.
+        if takes_text(api.input_spec.model_fields[name].annotation):  # service.forms
+            encoding[name] = {"contentType": "text/plain"}
+            properties[name] = window_schema(settings) if name == "window" else {"type": "string"}
+            continue
+        # Every other part is JSON (a part that is no JSON: its text), so JSON null is an
+        # optional field's default, as leaving the field out.
         encoding[name] = {"contentType": "application/json"}
-        nullable = {"type": "null"} in prop.get("anyOf", [])
-        if name == "window":
-            properties[name] = _or_null(window_schema(settings), nullable)
-        elif name == "boxes":
-            properties[name] = _or_null(BOXES, nullable)
+        if name == "boxes":
+            properties[name] = _or_null(BOXES, "null" in prop.get("type", []))
     media_type = api.output_spec.mime_type()
     if media_type == "application/json":
         models = JSON_BODIES[api.route]  # a new JSON API must say what it answers here
@@ -119,23 +116,13 @@ def contract(service, settings: Settings) -> dict[str, Any]:
     paths.update(job_routes(settings))
     paths.update(other_routes())
     _, schemas = models_json_schema(
-        [(m, "validation") for m in (SegmentResponse, FramesResponse, PreviewResponse)],
+        [(m, "validation") for m in (SegmentResponse, FramesResponse, PreviewResponse, ErrorOut)],
         ref_template=REF,
     )
     components = copy.deepcopy(schemas["$defs"])
     for name in ("PreviewResponse", "PreviewFrame"):  # dumped with exclude_none
         _null_means_absent(components[name])
     components["JobStatus"] = job_status_schema()
-    components["Error"] = {
-        "type": "object",
-        "description": "Every error: what is wrong in one sentence, optionally structured "
-        "detail (e.g. one entry per invalid field: loc, msg, type).",
-        "required": ["error"],
-        "properties": {
-            "error": {"type": "string", "minLength": 1},
-            "detail": {"description": "optional structured detail"},
-        },
-    }
     spec = {
         "openapi": "3.1.0",
         "info": {

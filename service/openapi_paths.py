@@ -22,7 +22,7 @@ from service.forms import (
 )
 
 REF = "#/components/schemas/{model}"
-ERROR = {"$ref": "#/components/schemas/Error"}
+ERROR = {"$ref": "#/components/schemas/ErrorOut"}  # service.schemas.ErrorOut
 # Why each status is sent; "auth": every route but /livez and /readyz (service.auth, when
 # LESIONSEG_API_KEYS[_FILE] are set); "upload": every POST (service.limits).
 REASONS = {
@@ -68,6 +68,12 @@ def plain(schema: Any) -> Any:
     out = {k: plain(v) for k, v in schema.items() if not (k == "default" and v is None)}
     if out.get("type") == "file":
         out["type"] = "string"
+    branches = out.get("anyOf", [])
+    if len(branches) == 2 and branches[1] == {"type": "null"} and "type" in branches[0]:
+        # X | None as one schema of type [X, null]: a generator breaking one branch of an
+        # anyOf may write null, which the other accepts
+        del out["anyOf"]
+        out.update({**branches[0], "type": [branches[0]["type"], "null"]})
     return out
 
 

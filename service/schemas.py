@@ -107,4 +107,11 @@ class FramesResponse(BaseModel):
 
 
 class ErrorOut(BaseModel):
-    error: str = Field(description="what is wrong with the request, and how to fix it")
+    """Every error's body (service/errors.py makes BentoML's and routing's fit it too)."""
+
+    error: str = Field(
+        min_length=1, description="what is wrong with the request, and how to fix it"
+    )
+    detail: Any = Field(
+        None, description="optional structured detail, e.g. one {loc, msg, type} per bad field"
+    )
