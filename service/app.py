@@ -27,14 +27,12 @@ from lesionseg.types import Detections, MedicalImage, SegmentationResult
 from lesionseg.uploads import Upload, decode_upload, split_boxes
 from service.admission import QueueWaitEstimator
 from service.auth import ApiKeyMiddleware, api_key_options
-from service.errors import ErrorBodies
-from service.forms import exact_forms
 from service.jobs import Jobs
 from service.lesions3d import Lesions3DRoutes
 from service.limits import BodyLimit, RequestDeadline, traffic_timeout_s
 from service.logs import TraceIdHeader
 from service.metrics import ADMISSION_REJECTED, report_models, timed
-from service.openapi import Contract
+from service.openapi import hold_to_contract
 from service.retry import RunnerConnectionError
 from service.runner import SETTINGS, WARMUP_IMAGE, ModelRunner, StoreModels, runtime_settings
 from service.runner_calls import CachedRunnerCalls
@@ -61,7 +59,6 @@ JOBS = Jobs(SETTINGS, bentoml.get_current_service)
 VIEWER = Viewer(lambda: bentoml.get_current_service().settings)
 
 
-@bentoml.asgi_app(Contract(bentoml.get_current_service).app, path="/")  # /docs.json
 @bentoml.asgi_app(VIEWER.app, path="/")
 @bentoml.asgi_app(JOBS.app, path="/")
 @bentoml.service(name="lesionseg", traffic={"timeout": traffic_timeout_s(SETTINGS)})
@@ -404,5 +401,4 @@ LesionSeg.add_asgi_middleware(ApiKeyMiddleware, **api_key_options(SETTINGS, Lesi
 LesionSeg.add_asgi_middleware(TraceIdHeader)  # X-Trace-Id on every answer, 413/504 included
 LesionSeg.add_asgi_middleware(BodyLimit)  # 413 before a big body is read
 LesionSeg.add_asgi_middleware(RequestDeadline)  # 504 past the deadline
-LesionSeg.add_asgi_middleware(ErrorBodies)  # innermost: every error body {"error": ...}
-exact_forms(LesionSeg)  # files only (no URL download), strictly typed values
+hold_to_contract(LesionSeg)  # /docs.json; innermost: every error body {"error": ...}

@@ -12,7 +12,8 @@ every API. ``contract(service, settings)`` writes the document instead:
   list every route);
 - one error body for every status >= 400 (``service.errors`` makes every answer fit it).
 
-``Contract.app`` serves it, mounted before BentoML's own ``/docs.json`` route.
+``Contract.app`` serves it, mounted before BentoML's own ``/docs.json`` route;
+``hold_to_contract(service)`` mounts it and makes the answers and the form parsing fit it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+import bentoml
 from pydantic.json_schema import models_json_schema
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -30,7 +32,8 @@ from starlette.routing import Route
 import lesionseg
 from lesionseg.settings import Settings
 from service.auth import HEALTH_PATHS
-from service.forms import BOXES, takes_text, window_schema
+from service.errors import ErrorBodies
+from service.forms import BOXES, exact_forms, takes_text, window_schema
 from service.openapi_paths import (
     BINARY,
     REF,
@@ -166,3 +169,12 @@ class Contract:
     async def docs_json(self, _request: Request) -> Response:
         instance = self._get_service()
         return JSONResponse(contract(instance.bento_service, instance.settings))
+
+
+def hold_to_contract(service) -> None:
+    """Hold ``service`` (``LesionSeg``) to its contract: serve /docs.json (mounted, so ahead of
+    BentoML's route), answer every error with ``ErrorOut`` (``ErrorBodies``: add it after the
+    other middleware, innermost) and read forms as documented (``service.forms``)."""
+    service.mount_asgi_app(Contract(bentoml.get_current_service).app, path="/")
+    service.add_asgi_middleware(ErrorBodies)
+    exact_forms(service)
