@@ -26,13 +26,11 @@ from lesionseg.segmenter import Segmenter, validate_boxes
 from lesionseg.types import Detections, MedicalImage, SegmentationResult
 from lesionseg.uploads import Upload, decode_upload, split_boxes
 from service.admission import QueueWaitEstimator
-from service.auth import ApiKeyMiddleware, api_key_options
 from service.jobs import Jobs
 from service.lesions3d import Lesions3DRoutes
-from service.limits import BodyLimit, RequestDeadline, traffic_timeout_s
-from service.logs import TraceIdHeader
+from service.limits import traffic_timeout_s
 from service.metrics import ADMISSION_REJECTED, report_models, timed
-from service.openapi import hold_to_contract
+from service.middleware import install_middleware
 from service.retry import RunnerConnectionError
 from service.runner import SETTINGS, WARMUP_IMAGE, ModelRunner, StoreModels, runtime_settings
 from service.runner_calls import CachedRunnerCalls
@@ -395,10 +393,4 @@ class LesionSeg(ViewerRoutes, Lesions3DRoutes, VolumeOutputs, CachedRunnerCalls,
         )
 
 
-# --- middleware, outermost first (BentoML's access log, tracing and limits wrap them all) -----
-# API keys first: an unauthenticated upload is refused before its body is read.
-LesionSeg.add_asgi_middleware(ApiKeyMiddleware, **api_key_options(SETTINGS, LesionSeg))
-LesionSeg.add_asgi_middleware(TraceIdHeader)  # X-Trace-Id on every answer, 413/504 included
-LesionSeg.add_asgi_middleware(BodyLimit)  # 413 before a big body is read
-LesionSeg.add_asgi_middleware(RequestDeadline)  # 504 past the deadline
-hold_to_contract(LesionSeg)  # /docs.json; innermost: every error body {"error": ...}
+install_middleware(LesionSeg, SETTINGS)  # service/middleware.py: keys, limits, contract

@@ -4,7 +4,7 @@
   ``LESIONSEG_API_KEYS_FILE`` (one per line, '#' comments) once, at start: each entry is a key
   or the SHA-256 hex digest of one (64 hex digits; a key itself never has that form). Only
   digests are kept; a presented key is hashed and compared with every digest in constant time.
-- ``ApiKeyMiddleware``, the outermost middleware of ``LesionSeg`` (service/app.py): without a
+- ``ApiKeyMiddleware``, the outermost middleware of ``LesionSeg`` (service/middleware.py): without a
   valid key, 401 before the request's body is read. The key's id (16 hex digits of its digest,
   never the key) goes to the app in ``scope["state"]`` (``key_id``): jobs belong to it
   (service/jobs.py), and ``max_requests_per_key`` bounds its synchronous requests (429).
