@@ -189,9 +189,15 @@ def test_per_key_limit_on_synchronous_requests(served, lits_png):
     url, _ = served
     held = open_upload(url, 1_000_000, key=KEY_C)  # KEY_C's one request in flight
     try:
-        time.sleep(3)  # the server has read its headers and passed them on
         files = {"image": ("ct.png", lits_png, "image/png")}
-        refused = httpx.post(f"{url}/segment", files=files, headers=auth(KEY_C), timeout=120)
+        # Until the server has passed the held request's headers on, KEY_C's slot is free and
+        # a request is answered (200): ask again until the held one counts.
+        deadline = time.monotonic() + 60
+        while (
+            refused := httpx.post(f"{url}/segment", files=files, headers=auth(KEY_C), timeout=120)
+        ).status_code == 200:
+            assert time.monotonic() < deadline, "the held request never took KEY_C's slot"
+            time.sleep(0.5)
         assert refused.status_code == 429, refused.text
         assert int(refused.headers["Retry-After"]) >= 1
         assert "LESIONSEG_MAX_REQUESTS_PER_KEY=1" in refused.json()["error"]
