@@ -54,13 +54,23 @@ class JsonFormatter(logging.Formatter):
 class ClientErrorsAsOneLine(logging.Filter):
     """BentoML logs a refused request (a form field missing or out of range, a 4xx it raised)
     at ERROR with a traceback; it is the client's error: one INFO line, no traceback. The
-    message names the fields and what is wrong with them, never their values (patient data)."""
+    message names the fields and what is wrong with them, never their values (patient data).
+    A 503 refusal of the model runner (``ServiceUnavailable``) is one WARNING line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        status, what = _client_error(record.exc_info[1] if record.exc_info else None)
+        from bentoml.exceptions import ServiceUnavailable
+
+        exc = record.exc_info[1] if record.exc_info else None
+        status, what = _client_error(exc)
+        level = logging.INFO
+        if isinstance(exc, ServiceUnavailable):
+            # A refusal by design (the model runner's queue over its latency budget, or a
+            # restarted runner loading: service/runner.py), answered 503 with Retry-After by
+            # the API: one WARNING line, not a traceback per refused call.
+            status, what, level = 503, str(exc), logging.WARNING
         if status is not None:
             record.msg, record.args = "%s (%d): %s", (record.getMessage(), status, what)
-            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.levelno, record.levelname = level, logging.getLevelName(level)
             record.exc_info, record.exc_text = None, None
         return True
 
