@@ -215,3 +215,6 @@ def test_the_runner_sheds_calls_over_its_latency_budget_as_503(model_store, tmp_
     assert set(codes) <= {200, 503} and 503 in codes, codes
     for shed in (a for a in answers if a.status_code == 503):
         assert "LESIONSEG_MAX_LATENCY_MS" in shed.json()["error"] and shed.headers["Retry-After"]
+    # Each refusal is one WARNING line in the runner's log, not an ERROR traceback.
+    log = (tmp_path / "serve.log").read_text()
+    assert "Traceback" not in log and "(503)" in log, log[-3000:]
