@@ -77,9 +77,11 @@ class Segmenter:
         self.refine_iterations = refine_iterations
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Segmenter:
+    def from_settings(cls, settings: Settings, *, with_encoder: bool = True) -> Segmenter:
         """Load the SAM model and runtime (torch, onnxruntime, openvino, tensorrt) named in
-        settings."""
+        settings. ``with_encoder`` False: onnxruntime and openvino load the prompt encoder and
+        mask decoder only (:meth:`embed` then raises; :meth:`wrap` and :meth:`predict` work on
+        embeddings made elsewhere); torch and tensorrt load the whole model either way."""
         if settings.backend == "torch":
             import torch  # only here: the other backends serve without torch
 
@@ -93,6 +95,7 @@ class Segmenter:
                 device=settings.device,
                 multimask=settings.multimask_output,
                 threads=settings.cpu_threads,
+                with_encoder=with_encoder,
             )
         elif settings.backend == "openvino":
             from .backends.openvino_runner import OpenVinoSamRunner
@@ -103,6 +106,7 @@ class Segmenter:
                 multimask=settings.multimask_output,
                 precision=settings.precision,
                 threads=settings.cpu_threads,
+                with_encoder=with_encoder,
             )
         elif settings.backend == "tensorrt":
             from .backends.tensorrt_runner import TensorRTSamRunner

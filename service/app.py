@@ -94,8 +94,10 @@ class LesionSeg(ViewerRoutes, Lesions3DRoutes, VolumeOutputs, CachedRunnerCalls,
     async def _load(self) -> None:
         try:
             settings = runtime_settings(self.store)
-            # Only the prompt encoder and mask decoder of this copy are used.
-            self.segmenter = await asyncio.to_thread(Segmenter.from_settings, settings)
+            # The embeddings come from the model runner: the prompt encoder and mask decoder only.
+            self.segmenter = await asyncio.to_thread(
+                Segmenter.from_settings, settings, with_encoder=False
+            )
             self.settings = settings  # the stored bundle's thresholds, margin and window
             self.models = await self._describe_runner()
             report_models(self.models)

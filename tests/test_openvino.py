@@ -79,6 +79,25 @@ def test_dynamic_batch_and_box_count_match_onnxruntime(served_export):
         assert logits.shape == (n, 1, 256, 256) and iou.shape == (n, 1)
 
 
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_a_decoder_only_segmenter_decodes_as_the_whole_one(served_export, backend):
+    """The service's API process loads SAM without its encoder: the same masks from the same
+    embedding, and no encoder to run by mistake."""
+    settings = Settings(backend=backend, export_dir=served_export, precision="fp32")
+    whole = Segmenter.from_settings(settings)
+    decoder_only = Segmenter.from_settings(settings, with_encoder=False)
+    assert decoder_only.runner.encoder is None
+    image = np.zeros((96, 128, 3), np.uint8)
+    image[30:60, 40:90] = 200
+    (embedding,) = whole.embed([image])
+    boxes = [np.array([[38, 28, 92, 62]], np.float32)]
+    (want,) = whole.predict([embedding], boxes)
+    (got,) = decoder_only.predict([decoder_only.wrap(embedding.features, (96, 128))], boxes)
+    np.testing.assert_array_equal(got.masks, want.masks)
+    with pytest.raises(ModelLoadError, match="without its encoder"):
+        decoder_only.embed([image])
+
+
 @pytest.mark.slow
 def test_openvino_detector_matches_ultralytics(served_export, detector, lits):
     """fp32 whatever the SAM precision (bf16 changed the detections); at the served threshold

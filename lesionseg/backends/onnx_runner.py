@@ -94,6 +94,8 @@ class OnnxSamRunner:
         encoder_file: alternative encoder (e.g. the int8 one).
         threads: intra-op threads of each session (LESIONSEG_CPU_THREADS; None: one per
             physical core).
+        with_encoder: False loads the decoder only (a process that gets its embeddings from
+            elsewhere, e.g. the service's API from the model runner); ``encode`` then raises.
     """
 
     def __init__(
@@ -104,6 +106,7 @@ class OnnxSamRunner:
         multimask: bool = False,
         encoder_file: str = "sam_encoder.onnx",
         threads: int | None = None,
+        with_encoder: bool = True,
     ):
         directory = Path(directory)
         record = read_export_record(directory)
@@ -111,10 +114,14 @@ class OnnxSamRunner:
         self.spec = spec_from_record(record)
         # The export's: fp32, or the encoder's dynamic int8 quantisation (sam_encoder.int8.onnx).
         self.precision = "int8" if ".int8." in encoder_file else "fp32"
-        self.encoder = inference_session(directory / encoder_file, device, threads)
+        self.encoder = (
+            inference_session(directory / encoder_file, device, threads) if with_encoder else None
+        )
         self.decoder = inference_session(directory / "sam_decoder.onnx", device, threads)
 
     def encode(self, images: np.ndarray) -> np.ndarray:
+        if self.encoder is None:
+            raise ModelLoadError("this SAM runner was loaded without its encoder (decoder only)")
         return self.encoder.run(None, {"images": images.astype(np.float32, copy=False)})[0]
 
     def decode(

@@ -115,6 +115,8 @@ class OpenVinoSamRunner:
         precision: "auto", "fp32", "fp16" or "bf16" (:func:`resolve_precision`); encoder and
             decoder both run in it.
         threads: ``INFERENCE_NUM_THREADS`` of each model (None: OpenVINO's choice, all cores).
+        with_encoder: False compiles the decoder only (a process that gets its embeddings from
+            elsewhere, e.g. the service's API from the model runner); ``encode`` then raises.
     """
 
     def __init__(
@@ -125,6 +127,7 @@ class OpenVinoSamRunner:
         multimask: bool = False,
         precision: str = "auto",
         threads: int | None = None,
+        with_encoder: bool = True,
     ):
         check_cpu(device)
         directory = Path(directory)
@@ -135,10 +138,14 @@ class OpenVinoSamRunner:
         self.precision = resolve_precision(precision, _capabilities(core))
         self.encoder, self.decoder = (
             _Compiled(core, _read(core, directory / f"sam_{name}.onnx"), self.precision, threads)
+            if name == "decoder" or with_encoder
+            else None
             for name in ("encoder", "decoder")
         )
 
     def encode(self, images: np.ndarray) -> np.ndarray:
+        if self.encoder is None:
+            raise ModelLoadError("this SAM runner was loaded without its encoder (decoder only)")
         return self.encoder({"images": images.astype(np.float32, copy=False)})[0]
 
     def decode(
