@@ -31,6 +31,9 @@ class CachedRunnerCalls:
     def _start_cache(self) -> None:
         self.image_cache = EmbeddingCache(self.settings.embedding_cache_mb * MIB)
         self._models_id = models_identity(self.models)
+        # (kind, key) -> the runner call in flight for it: concurrent requests for the same new
+        # image (a series sent twice, quick re-prompts) share one encoder or detector pass.
+        self._pending: dict[tuple[str, str], asyncio.Future] = {}
 
     async def _image_key(self, image: MedicalImage) -> str | None:
         """The image's cache key (None with the cache off); hashed off the event loop."""
@@ -60,13 +63,27 @@ class CachedRunnerCalls:
         return self.segmenter.wrap(features, (image.height, image.width))
 
     async def _cached(self, kind: str, key: str | None, compute) -> np.ndarray:
+        """The cached value, else the call in flight for the same key (counted as a hit), else
+        ``compute()`` once, stored. The call runs as a task of its own: a request that gives up
+        (its deadline, a client gone) leaves it to the others waiting for it, and its result
+        is cached; its error reaches every one of them, and the next request tries again."""
         if key is None:
             return await compute()
+        pending = self._pending.get((kind, key))
+        if pending is not None:
+            CACHE_HITS.labels(kind).inc()
+            return await asyncio.shield(pending)
         value = self.image_cache.get((kind, key))
         if value is not None:
             CACHE_HITS.labels(kind).inc()
             return value
         CACHE_MISSES.labels(kind).inc()
+        task = asyncio.ensure_future(self._compute_and_store(kind, key, compute))
+        self._pending[(kind, key)] = task
+        task.add_done_callback(lambda _: self._pending.pop((kind, key), None))
+        return await asyncio.shield(task)
+
+    async def _compute_and_store(self, kind: str, key: str, compute) -> np.ndarray:
         value = await compute()
         self.image_cache.put((kind, key), value)
         CACHE_BYTES.set(self.image_cache.nbytes)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import re
 import threading
+import time
 
 import bentoml
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 
 from lesionseg.embedding_cache import EmbeddingCache
 from service.admission import QueueWaitEstimator
+from service.metrics import CACHE_HITS
 
 from .conftest import png_bytes
 
@@ -138,6 +140,37 @@ def test_hits_and_misses_in_metrics(client, service, lits):
     after = count("lesionseg_embedding_cache_hits"), count("lesionseg_embedding_cache_misses")
     assert (after[0] - before[0], after[1] - before[1]) == (2, 1)
     assert "lesionseg_embedding_cache_bytes" in client.get("/metrics").text
+
+
+def test_concurrent_requests_for_a_new_image_share_one_encoder_pass(client, service, lits):
+    """A second request for an image whose embedding is being computed waits for that call
+    instead of running the encoder again, and both get the same answer."""
+    image = png_bytes(lits.slice(118).image)
+    boxes = [[10, 10, 60, 60]]
+    spy = service.runner
+    spy.hold = True
+    hits = CACHE_HITS.labels("embedding")
+    answers: list = []
+
+    def send() -> None:
+        answers.append(answer(post(client, "/segment/boxes", image, boxes=boxes)))
+
+    first, second = threading.Thread(target=send), threading.Thread(target=send)
+    try:
+        first.start()
+        assert spy.entered.acquire(timeout=60)  # the first request's encoder call is held
+        before = hits._value.get()
+        second.start()
+        for _ in range(3000):  # until the second joins the call in flight, or calls its own
+            if hits._value.get() > before or spy.calls.count("embed") > 1:
+                break
+            time.sleep(0.01)
+    finally:
+        spy.release.set()
+        for thread in (first, second):
+            thread.join(timeout=120)
+    assert spy.calls == ["embed"]
+    assert len(answers) == 2 and answers[0] == answers[1]
 
 
 def test_admission_refuses_at_once_when_the_expected_wait_is_too_long(
