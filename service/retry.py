@@ -6,7 +6,7 @@ is on it (measured by `make bench`: ``aiohttp ServerDisconnectedError`` and then
 the connection closes while the answer is read, aiohttp's ``RuntimeError("Connection closed.")``
 from ``StreamReader``, one HTTP 500 in a 30 s run at 8 users). The cause was BentoML renewing
 its client session every 100 calls with calls in flight, which ``ModelRunner`` now turns off
-(service/app.py); this stays as the guard against any other drop. The runner's
+(service/runner.py); this stays as the guard against any other drop. The runner's
 ``detect`` and ``embed`` are pure functions of their input, so sending the call again is safe;
 only connection failures are retried, never an answer of the runner (errors, overload).
 """
@@ -35,10 +35,16 @@ class RunnerConnectionError(RuntimeError):
     """The model runner could not be reached in ``attempts`` tries (maps to HTTP 503)."""
 
 
+# A connection lost: aiohttp's connection errors, and its payload error when the connection
+# closes part-way through the answer's body (a runner killed while it answered: "Response
+# payload is not completed", ContentLengthError; measured by tests/service/test_faults.py).
+LOST = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
+
+
 def _dropped(exc: BaseException) -> bool:
-    """A connection lost: aiohttp's own error, or the bare RuntimeError its StreamReader
-    raises when the connection closes while the body is read (aiohttp 3.x)."""
-    if isinstance(exc, aiohttp.ClientConnectionError):
+    """A connection lost: aiohttp's own errors (:data:`LOST`), or the bare RuntimeError its
+    StreamReader raises when the connection closes while the body is read (aiohttp 3.x)."""
+    if isinstance(exc, LOST):
         return True
     return type(exc) is RuntimeError and str(exc) == "Connection closed."
 
@@ -51,7 +57,7 @@ async def call_runner(
     for attempt in range(1, attempts + 1):
         try:
             return await call()
-        except (aiohttp.ClientConnectionError, RuntimeError) as exc:
+        except (*LOST, RuntimeError) as exc:
             if not _dropped(exc):
                 raise
             if attempt == attempts:

@@ -6,6 +6,7 @@ request, the trace id of a server error in the log and in the response, and JSON
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import select
 import socket
@@ -17,6 +18,7 @@ import httpx
 import nibabel as nib
 import numpy as np
 import pytest
+from PIL import Image
 
 from lesionseg.settings import REPO_ROOT
 from service.launcher import running_server
@@ -206,10 +208,18 @@ def test_the_runner_sheds_calls_over_its_latency_budget_as_503(model_store, tmp_
     """A model runner with a 1 ms latency budget refuses the calls it cannot batch in time:
     the client gets 503 with Retry-After naming the setting, never a 500 or a hang."""
     env = {"LESIONSEG_MAX_LATENCY_MS": "1", "LESIONSEG_WARMUP": "false"}
-    files = {"image": ("a.png", PNG.read_bytes(), "image/png")}
+    # 16 different images: requests for one image would share one runner call (the cache).
+    pixels = np.asarray(Image.open(PNG).convert("RGB"))
+    uploads = []
+    for n in range(16):
+        image = pixels.copy()
+        image[0, 0] = (n, n, n)
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        uploads.append({"image": (f"{n}.png", buffer.getvalue(), "image/png")})
     with running_server(env, tmp_path / "serve.log") as url, ThreadPoolExecutor(8) as pool:
         answers = list(
-            pool.map(lambda _: httpx.post(f"{url}/segment", files=files, timeout=120), range(16))
+            pool.map(lambda f: httpx.post(f"{url}/segment", files=f, timeout=120), uploads)
         )
     codes = [a.status_code for a in answers]
     assert set(codes) <= {200, 503} and 503 in codes, codes

@@ -43,6 +43,17 @@ def test_a_connection_closed_while_reading_the_answer_is_retried():
     assert len(calls) == 2
 
 
+def test_an_answer_cut_short_by_a_dying_runner_is_retried():
+    """The runner killed while it sent an embedding: aiohttp's payload error (was a 500)."""
+    cut = aiohttp.ClientPayloadError("Response payload is not completed")
+    call, calls = flaky([cut, cut])
+    assert asyncio.run(call_runner(call, "embed", delay_s=0)) == "ok"
+    assert len(calls) == 3
+    call, calls = flaky([cut] * 3)
+    with pytest.raises(RunnerConnectionError):
+        asyncio.run(call_runner(call, "embed", attempts=3, delay_s=0))
+
+
 @pytest.mark.parametrize(
     "error", [ValueError("the runner answered with an error"), RuntimeError("something else")]
 )
