@@ -35,7 +35,14 @@ from lesionseg.imaging import check_upload_size
 from lesionseg.jobs import Job, JobStore, check_database
 from lesionseg.settings import Settings
 from service.auth import key_id
-from service.forms import check_boxes, check_transaction_id, check_window, read_form
+from service.forms import (
+    FALSE_WORDS,
+    TRUE_WORDS,
+    check_boxes,
+    check_transaction_id,
+    check_window,
+    read_form,
+)
 from service.retry import RunnerConnectionError
 
 log = logging.getLogger("lesionseg.jobs")
@@ -60,9 +67,9 @@ def _flag(value: str | None, name: str) -> bool | None:
     if value is None:
         return None
     lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
+    if lowered in TRUE_WORDS:
         return True
-    if lowered in ("0", "false", "no", "off"):
+    if lowered in FALSE_WORDS:
         return False
     raise InputError(f"{name} must be true or false, got {value[:20]!r}")
 

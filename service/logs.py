@@ -18,6 +18,7 @@ from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lesionseg.settings import Settings
+from service.errors import validation_sentence
 
 TRACE_HEADER = "X-Trace-Id"
 # BentoML logs every exception of an API call here (http_app.log_exception), client errors too.
@@ -81,8 +82,7 @@ def _client_error(exc: BaseException | None) -> tuple[int | None, str]:
 
     if isinstance(exc, ValidationError):
         errors = exc.errors(include_url=False, include_context=False, include_input=False)
-        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
-        return 400, fields
+        return 400, validation_sentence(errors)  # the sentence of the client's error body
     if isinstance(exc, BentoMLException) and exc.error_code < 500:
         return int(exc.error_code), type(exc).__name__
     return None, ""

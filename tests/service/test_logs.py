@@ -37,6 +37,22 @@ def test_refusals_by_design_are_one_line_without_a_traceback(exc, level, status)
     assert f"({status})" in line and "Traceback" not in line and "\n" not in line
 
 
+def test_a_validation_error_is_the_error_body_s_sentence_without_its_values():
+    from pydantic import BaseModel, Field, ValidationError
+
+    class Form(BaseModel):
+        max_lesions: int = Field(le=1000)
+
+    try:
+        Form(max_lesions=1234567)
+    except ValidationError as exc:
+        record = record_of(exc)
+    assert ClientErrorsAsOneLine().filter(record)
+    line = logging.Formatter().format(record)
+    assert "(400): invalid field 'max_lesions': Input should be" in line
+    assert "1234567" not in line and "Traceback" not in line
+
+
 def test_a_server_error_keeps_its_level_and_traceback():
     record = record_of(RuntimeError("a bug"))
     assert ClientErrorsAsOneLine().filter(record)
