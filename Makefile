@@ -38,7 +38,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 setup: $(STAMP) ## create .venv from requirements.lock (cached)
 
-$(EXAMPLES): $(STAMP) lesionseg/examples.py
+$(EXAMPLES): $(STAMP) lesionseg/datasets/examples.py
 	$(PY) -m lesionseg.cli fetch-data
 	$(PY) -m lesionseg.cli example --slice 110 --out data/examples
 
@@ -126,7 +126,7 @@ lint: setup ## ruff lint and format check
 format: setup ## ruff format and autofix
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
-# lesionseg train: one training path for every dataset (finetune/train.py).
+# lesionseg train: one training path for every dataset (lesionseg/train/train.py).
 DATA ?=
 OUT ?=
 TRAIN_ARGS ?=
@@ -135,7 +135,7 @@ train: setup ## train on your data: make train DATA=dir OUT=dir [TRAIN_ARGS="--w
 	$(PY) -m lesionseg.cli train $(DATA) --out $(OUT) $(TRAIN_ARGS)
 
 # The shipped bundle, rebuilt with the same command from the LiTS case (about 80 min on 2 cores).
-$(LITS_NNUNET): $(STAMP) lesionseg/examples.py
+$(LITS_NNUNET): $(STAMP) lesionseg/datasets/examples.py
 	$(PY) -m lesionseg.cli fetch-data --nnunet data/lits117-nnunet
 
 train-default: setup $(LITS_NNUNET) ## rebuild the shipped LiTS bundle models/lits117 (~80 min, 2 cores)
@@ -144,7 +144,7 @@ train-default: setup $(LITS_NNUNET) ## rebuild the shipped LiTS bundle models/li
 		--time-budget 70 --name lits117 --out models/lits117
 
 train-unet: setup data ## 2-D U-Net baseline (MONAI) -> models/unet/lits-unet2d.pt
-	$(PY) -m finetune.unet --epochs 30 --out models/unet/lits-unet2d
+	$(PY) -m lesionseg.train.unet --epochs 30 --out models/unet/lits-unet2d
 
 bench-accuracy: setup data export ## accuracy tables on the LiTS validation slab -> benchmarks/results
 	$(PY) -m benchmarks.accuracy

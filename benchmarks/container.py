@@ -18,11 +18,10 @@ import statistics
 import uuid
 from pathlib import Path
 
+from benchmarks.common import RESULTS, provenance, write_rows
 from deploy.container import NAME, build, image_size, running_container
 from deploy.engine import find_engine
 from service.launcher import free_port
-
-from .common import RESULTS, provenance, write_rows
 
 TARGET_BYTES = 1.5e9
 TARGET_READY_S = 30.0

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lesionseg.data import LitsCase
-from lesionseg.segmenter import Segmenter
+from benchmarks.common import RESULTS, percentiles, provenance, write_rows
+from lesionseg.datasets.lits import LitsCase
+from lesionseg.models.segmenter import Segmenter
 from lesionseg.settings import Settings
-
-from .common import RESULTS, percentiles, provenance, write_rows
 
 
 def segmenters(settings: Settings) -> dict[str, Segmenter]:
@@ -41,7 +40,7 @@ def segmenters(settings: Settings) -> dict[str, Segmenter]:
         out[f"openvino-{chosen}"] = openvino["auto"]
     int8 = settings.exports() / "sam_encoder.int8.onnx"
     if int8.is_file():  # only present when the export kept it (Dice within 0.01)
-        from lesionseg.backends.onnx_runner import OnnxSamRunner
+        from lesionseg.models.backends.onnx_runner import OnnxSamRunner
 
         out["onnxruntime-int8"] = Segmenter(
             OnnxSamRunner(settings.exports(), encoder_file=int8.name)

@@ -28,11 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import RESULTS, percentiles, provenance, write_rows
+from benchmarks.gpu_report import COLUMNS, device_info, report
 from lesionseg.errors import ModelLoadError
 from lesionseg.settings import Settings
-
-from .common import RESULTS, percentiles, provenance, write_rows
-from .gpu_report import COLUMNS, device_info, report
 
 # name -> (Settings fields, torch.compile the encoder)
 ENGINES: dict[str, tuple[dict, bool]] = {
@@ -61,7 +60,7 @@ class SkippedError(Exception):
 
 def load_runner(settings: Settings, compile_encoder: bool):
     """The SAM runner of ``settings``; raises :class:`SkippedError` when it cannot run here."""
-    from lesionseg.segmenter import Segmenter
+    from lesionseg.models.segmenter import Segmenter
 
     if settings.backend == "onnxruntime" and settings.device == "cuda":
         # Before the export is looked for: without the provider, no export would help.
@@ -174,7 +173,7 @@ def http_section(args) -> list[dict]:
         reason = None
     if reason:
         return [{**head, "engine": name, "status": f"skipped: {reason}"} for name in args.servers]
-    from .load import measure
+    from benchmarks.load import measure
 
     rows = []
     with tempfile.TemporaryDirectory() as work:
@@ -222,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out or RESULTS / "gpu"
 
-    from .payloads import read_example
+    from benchmarks.payloads import read_example
 
     base = provenance() | device | {"dry_run": args.dry_run}
     rows: list[dict] = []

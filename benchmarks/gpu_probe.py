@@ -27,10 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import RESULTS, provenance, write_rows
+from benchmarks.gpu_report import device_info
 from lesionseg.settings import Settings
-
-from .common import RESULTS, provenance, write_rows
-from .gpu_report import device_info
 
 BATCHES = [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 32]
 
@@ -117,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from PIL import Image
 
-    from lesionseg.segmenter import Segmenter
+    from lesionseg.models.segmenter import Segmenter
     from lesionseg.transforms import preprocess
 
     cuda = torch.cuda.is_available() and not args.dry_run

@@ -31,12 +31,11 @@ import httpx
 import numpy as np
 from pydantic import ValidationError
 
+from benchmarks.common import RESULTS, provenance, write_rows
+from benchmarks.load_report import COLUMNS, STAGES, report
+from benchmarks.payloads import EXAMPLE, fresh_png, png_bytes, read_example
 from lesionseg.settings import REPO_ROOT, Settings
 from service.launcher import running_server
-
-from .common import RESULTS, provenance, write_rows
-from .load_report import COLUMNS, STAGES, report
-from .payloads import EXAMPLE, fresh_png, png_bytes, read_example
 
 # The configurations compared; env is added to this process's environment for the server.
 CONFIGS: dict[str, dict[str, str]] = {

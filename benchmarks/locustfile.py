@@ -36,7 +36,7 @@ from benchmarks.payloads import (
     read_example,
     result_problem,
 )
-from lesionseg.data import LitsCase
+from lesionseg.datasets.lits import LitsCase
 from lesionseg.settings import Settings
 
 SLICES = [

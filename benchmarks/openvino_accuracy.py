@@ -3,7 +3,7 @@
 The same LiTS validation lesions, prompted with their ground-truth boxes, segmented by the
 served SAM (the shipped bundle's, from its ONNX export) in fp32 torch (the reference),
 onnxruntime fp32 and openvino at the precision it picks here (bf16 where the CPU has it)
-and at fp32. Lesion Dice by :class:`lesionseg.evaluation.LesionScores` (through
+and at fp32. Lesion Dice by :class:`lesionseg.measure.evaluation.LesionScores` (through
 :func:`benchmarks.accuracy.score`), lesions >= ``EVAL_MIN_AREA`` px as in training. The
 backend passes when its Dice is within :data:`TOLERANCE` of torch's; ``make test`` runs the
 same comparison on every second slice (``tests/test_openvino.py``).
@@ -17,17 +17,16 @@ import argparse
 import time
 from pathlib import Path
 
-from finetune.sam_train import EVAL_MIN_AREA, cached_embeddings
-from lesionseg.backends.onnx_runner import OnnxSamRunner, export_is_current
-from lesionseg.backends.openvino_runner import OpenVinoSamRunner
-from lesionseg.backends.torch_runner import TorchSamRunner
-from lesionseg.data import LitsCase, LitsSlice
-from lesionseg.sam_models import load_sam
-from lesionseg.segmenter import Segmenter
+from benchmarks.accuracy import score
+from benchmarks.common import RESULTS, provenance, write_rows
+from lesionseg.datasets.lits import LitsCase, LitsSlice
+from lesionseg.models.backends.onnx_runner import OnnxSamRunner, export_is_current
+from lesionseg.models.backends.openvino_runner import OpenVinoSamRunner
+from lesionseg.models.backends.torch_runner import TorchSamRunner
+from lesionseg.models.sam import load_sam
+from lesionseg.models.segmenter import Segmenter
 from lesionseg.settings import Settings
-
-from .accuracy import score
-from .common import RESULTS, provenance, write_rows
+from lesionseg.train.sam_train import EVAL_MIN_AREA, cached_embeddings
 
 TOLERANCE = 0.01  # lesion Dice a backend may lose against fp32 torch and still be used
 
@@ -56,7 +55,7 @@ def compare(
     ``openvino_fp32`` and auto is not fp32. ``passes``: lesion Dice within TOLERANCE."""
     modules = load_sam(settings.sam_family, settings.sam_path, multimask=settings.multimask_output)
     features = cached_embeddings(
-        modules, [sl.image for sl in slices], settings.cache_dir / "finetune"
+        modules, [sl.image for sl in slices], settings.cache_dir / "train"
     ).numpy()
     rows = [
         {"backend": "torch", "precision": "fp32"}

@@ -2,7 +2,8 @@
 
 GT lesions are the 3-D connected components (26-connected) of the tumour label inside the
 validation slab (slices 100-127). Each is prompted with its tight box on the slice where it is
-largest, and :mod:`lesionseg.propagate` carries it through the slab; next to it, the same SAM
+largest, and :mod:`lesionseg.pipeline.propagate` carries it through the slab; next to it, the same
+SAM
 prompted slice by slice with the GT boxes of that lesion's outlines (the best a per-slice
 prompt can do). Measures per lesion: 3-D Dice; volume error (mm^3) and RECIST long-axis error
 (mm) against the GT's own measurements (:mod:`lesionseg.measure`). LiTS 117 records no spacing:
@@ -17,12 +18,12 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from lesionseg.data import SPLITS, LitsCase
-from lesionseg.evaluation import dice
+from lesionseg.datasets.lits import SPLITS, LitsCase
+from lesionseg.measure.evaluation import dice
 from lesionseg.measure.geometry import VolumeGeometry
 from lesionseg.measure.lesions3d import measure_lesions
-from lesionseg.propagate import Propagation, propagate
-from lesionseg.segmenter import Segmenter
+from lesionseg.models.segmenter import Segmenter
+from lesionseg.pipeline.propagate import Propagation, propagate
 from lesionseg.transforms import mask_to_box
 from lesionseg.types import Lesion, MedicalImage, SegmentationResult
 
@@ -138,7 +139,8 @@ def write_markdown(path: Path, rows: list[dict], prov: dict, min_voxels: int) ->
         "",
         f"3-D tumour components of the validation slab of >= {min_voxels} voxels, each prompted "
         "with its tight GT box on its largest slice and propagated through the slab "
-        "(lesionseg.propagate, its defaults; they were tuned on the training slab, 0-89), next "
+        "(lesionseg.pipeline.propagate, its defaults; they were tuned on the training slab, 0-89), "
+        "next "
         "to SAM prompted with the GT box of every outline of the lesion on every slice. Errors "
         "are absolute, against the GT's own volume and RECIST long axis (lesionseg.measure), "
         "with 0.8 x 0.7 mm pixels and 2.5 mm slices assumed (LiTS 117 records no spacing); "

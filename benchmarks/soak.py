@@ -32,14 +32,13 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.common import RESULTS, provenance
+from benchmarks.ledger import Ledger
+from benchmarks.load import throughput
+from benchmarks.memory import MemorySampler, serve_process
+from benchmarks.soak_mix import Mix
+from benchmarks.soak_report import write_report
 from service.launcher import running_server
-
-from .common import RESULTS, provenance
-from .ledger import Ledger
-from .load import throughput
-from .memory import MemorySampler, serve_process
-from .soak_mix import Mix
-from .soak_report import write_report
 
 POOL = 256  # open-loop operations in flight at most (far above what 80 % of capacity needs)
 

@@ -25,13 +25,12 @@ import httpx
 import pydicom
 from pydicom.data import get_testdata_file
 
-from lesionseg.data import LitsCase
-from lesionseg.examples import lits_ct
+from benchmarks.ledger import Ledger
+from benchmarks.payloads import fresh_dicom, fresh_png, fresh_series, read_dicom, read_example
+from benchmarks.payloads import result_problem as json_problem
+from lesionseg.datasets.examples import lits_ct
+from lesionseg.datasets.lits import LitsCase
 from lesionseg.settings import Settings
-
-from .ledger import Ledger
-from .payloads import fresh_dicom, fresh_png, fresh_series, read_dicom, read_example
-from .payloads import result_problem as json_problem
 
 # Jobs run one at a time in the service's job worker, a few per second at most on 2 cores:
 # one in 18 operations keeps their queue short at 80 % of the capacity.

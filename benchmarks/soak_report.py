@@ -6,11 +6,11 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .common import write_rows
-from .ledger import Tally
+from benchmarks.common import write_rows
+from benchmarks.ledger import Tally
 
 if TYPE_CHECKING:
-    from .soak import Run
+    from benchmarks.soak import Run
 
 RSS_GROWTH = 0.10  # at most, per process, from the end of the warm-up to the end
 P99_DRIFT = 0.20  # the last window's p99 at most this much above the first after the warm-up

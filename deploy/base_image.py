@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .engine import Engine, as_root
+from deploy.engine import Engine, as_root
 
 RELEASE = "bookworm"  # Debian 12: Python 3.11, as bentofile.yaml's python:3.11-slim
 PACKAGES = ("python3", "ca-certificates")  # minbase has bash, apt and useradd already

@@ -32,10 +32,9 @@ from pathlib import Path
 import httpx
 import yaml
 
+from deploy.base_image import ensure_local_base
+from deploy.engine import Engine, as_root, find_engine
 from lesionseg.settings import REPO_ROOT
-
-from .base_image import ensure_local_base
-from .engine import Engine, as_root, find_engine
 
 NAME = "lesionseg"
 GPU_NAME = "lesionseg-gpu"

@@ -1,5 +1,5 @@
-"""Export the SAM encoder/decoder and the YOLO detector to ONNX and TensorRT.
+"""The card's export scripts: ``python -m export onnx`` and ``python -m export tensorrt``.
 
-Importable functions with thin CLIs (``python -m export onnx``, ``python -m export tensorrt``).
+The work is in the library (:mod:`lesionseg.export`); these scripts import it and never the service.
 Every export checks itself against PyTorch and records the result beside the files.
 """

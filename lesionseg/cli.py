@@ -9,18 +9,19 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import LesionSegError
+from lesionseg.errors import LesionSegError
 
 if TYPE_CHECKING:
-    from .settings import Settings
+    from lesionseg.settings import Settings
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .bundle import served_bundle
-    from .pipeline import LesionPipeline
-    from .report import draw_overlay, frame_source, result_to_dict
-    from .settings import Settings
-    from .uploads import decode_upload, split_boxes
+    from lesionseg.io.uploads import decode_upload, split_boxes
+    from lesionseg.models.bundle import served_bundle
+    from lesionseg.outputs.overlay import draw_overlay
+    from lesionseg.outputs.result_json import frame_source, result_to_dict
+    from lesionseg.pipeline.engine import LesionPipeline
+    from lesionseg.settings import Settings
 
     overrides = {
         k: v
@@ -92,16 +93,16 @@ def _ensure_export(settings: Settings) -> None:
     fresh set-up (or with a new bundle) export it now, once, and say so."""
     if settings.backend not in ("openvino", "onnxruntime"):
         return
-    from export.__main__ import ensure_onnx
+    from lesionseg.export.onnx import ensure_onnx
 
     with contextlib.redirect_stdout(sys.stderr):  # stdout is the result line
         ensure_onnx(settings, announce=lambda message: print(f"lesionseg: {message}"))
 
 
 def _example(args: argparse.Namespace) -> int:
-    from .data import LitsCase
-    from .examples import write_examples
-    from .settings import Settings
+    from lesionseg.datasets.examples import write_examples
+    from lesionseg.datasets.lits import LitsCase
+    from lesionseg.settings import Settings
 
     case = LitsCase(Settings().cache_dir)
     for path in write_examples(case, Path(args.out), args.slice):
@@ -110,9 +111,9 @@ def _example(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from .data import LitsCase, fetch_lits
-    from .examples import write_lits_nnunet
-    from .settings import Settings
+    from lesionseg.datasets.examples import write_lits_nnunet
+    from lesionseg.datasets.lits import LitsCase, fetch_lits
+    from lesionseg.settings import Settings
 
     cache = Settings().cache_dir
     print(fetch_lits(cache))
@@ -124,7 +125,7 @@ def _fetch(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train"]:  # its own parser: `lesionseg train --help`
-        from finetune.train import main as train
+        from lesionseg.train.train import main as train
 
         return train(argv[1:])
     parser = argparse.ArgumentParser(prog="lesionseg", description=__doc__)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .settings import REPO_ROOT
+from lesionseg.settings import REPO_ROOT
 
 
 def git_commit() -> str | None:

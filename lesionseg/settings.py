@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .bundle import RECORD_FILE, SHIPPED_BUNDLE, Bundle, export_key
+from lesionseg.models.bundle import RECORD_FILE, SHIPPED_BUNDLE, Bundle, export_key
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DETECTOR = SHIPPED_BUNDLE / "detector.pt"
@@ -311,8 +311,8 @@ class Settings(BaseSettings):
     def _check_default_window(self) -> Settings:
         # Fail at start-up, not with a 400 on every DICOM request.
         if self.default_window:
-            from .dicom import parse_window
-            from .errors import InputError
+            from lesionseg.errors import InputError
+            from lesionseg.io.dicom import parse_window
 
             try:
                 parse_window(self.default_window, self.window_presets)
@@ -329,7 +329,7 @@ class Settings(BaseSettings):
 
     def exports(self) -> Path:
         """Directory of exported models: :attr:`export_dir`, else
-        ``cache_dir/exports/<export key>`` (:func:`lesionseg.bundle.export_key`)."""
+        ``cache_dir/exports/<export key>`` (:func:`lesionseg.models.bundle.export_key`)."""
         return self.export_dir or self.cache_dir / "exports" / self.export_key()
 
     def export_key(self) -> str:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .transforms import Normalisation
+    from lesionseg.transforms import Normalisation
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class MedicalImage:
     """One 2-D image ready for the models.
 
     Attributes:
-        pixels: (H, W, 3) uint8 RGB after the intensity mapping of :mod:`lesionseg.imaging`.
+        pixels: (H, W, 3) uint8 RGB after the intensity mapping of :mod:`lesionseg.io.images`.
         pixel_spacing_mm: (row spacing, column spacing) in mm, or None when unknown.
         source: short description of where the pixels came from (format, bit depth).
         pixel_spacing_source: where the spacing was read ("pixel_spacing",

@@ -19,12 +19,12 @@ from pydantic import Field
 from starlette.responses import JSONResponse
 
 from lesionseg.errors import InputError
-from lesionseg.imaging import check_upload_size
-from lesionseg.pipeline import PROMPT_LABEL, build_result, filter_detections
-from lesionseg.report import draw_overlay
-from lesionseg.segmenter import Segmenter, validate_boxes
+from lesionseg.io.images import check_upload_size
+from lesionseg.io.uploads import Upload, decode_upload, split_boxes
+from lesionseg.models.segmenter import Segmenter, validate_boxes
+from lesionseg.outputs.overlay import draw_overlay
+from lesionseg.pipeline.engine import PROMPT_LABEL, build_result, filter_detections
 from lesionseg.types import Detections, MedicalImage, SegmentationResult
-from lesionseg.uploads import Upload, decode_upload, split_boxes
 from service.admission import QueueWaitEstimator
 from service.jobs import Jobs
 from service.lesions3d import Lesions3DRoutes

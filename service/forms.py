@@ -97,7 +97,7 @@ def exact_forms(service) -> None:
 
 
 # --- the form fields' rules, as the contract has them -------------------------------------
-# 'center,width', width > 0 (lesionseg.dicom.parse_window takes any two floats; this is its
+# 'center,width', width > 0 (lesionseg.io.dicom.parse_window takes any two floats; this is its
 # positive-width, no-exponent subset)
 WINDOW_PATTERN = r"^-?[0-9]+(\.[0-9]+)?,(0*[1-9][0-9]*(\.[0-9]+)?|0*\.[0-9]*[1-9][0-9]*)$"
 

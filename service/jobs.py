@@ -6,7 +6,7 @@ background tasks in the service's event loop:
 - the worker runs queued jobs one at a time through ``service.segment_to_reports`` (once the
   service is ready) and stores the SEG (and the SR when asked), or the reason the job failed;
 - the pusher sends finished SEGs to ``LESIONSEG_DICOMWEB_URL`` with STOW-RS, retrying with
-  exponential back-off while the server is down (``lesionseg.dicomweb.push_due``).
+  exponential back-off while the server is down (``lesionseg.pacs.dicomweb.push_due``).
 
 Everything a job needs is in the persistent ``JobStore``, so both pick up where they were after
 a restart. Nothing here knows about tensors.
@@ -29,10 +29,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from lesionseg.dicomweb import StowClient, push_due
 from lesionseg.errors import DuplicateJobError, InputError, JobNotFoundError, StorageFullError
-from lesionseg.imaging import check_upload_size
-from lesionseg.jobs import Job, JobStore, check_database
+from lesionseg.io.images import check_upload_size
+from lesionseg.pacs.dicomweb import StowClient, push_due
+from lesionseg.pacs.job_store import Job, JobStore, check_database
 from lesionseg.settings import Settings
 from service.auth import key_id
 from service.forms import (
@@ -45,7 +45,7 @@ from service.forms import (
 )
 from service.retry import RunnerConnectionError
 
-log = logging.getLogger("lesionseg.jobs")
+log = logging.getLogger("lesionseg.pacs.job_store")
 
 IDLE_POLL_S = 5.0  # also notices jobs and pushes written by another process
 DISK_FULL_RETRY_S = 10.0  # a result that found the volume full is retried this often
@@ -100,7 +100,7 @@ class Jobs:
     def __init__(self, settings: Settings, get_service: Callable[[], Any]) -> None:
         self.settings = settings
         # A corrupt or locked database stops `bentoml serve` here, before any worker starts,
-        # with the file and what to do (lesionseg.jobs.check_database).
+        # with the file and what to do (lesionseg.pacs.job_store.check_database).
         check_database(settings.jobs_dir)
         self._get_service = get_service
         self.stow = StowClient.from_settings(settings)

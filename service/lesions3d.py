@@ -4,7 +4,8 @@
 The host class provides ``settings``, ``models``, ``segmenter``, ``_embedding``,
 ``_image_key``, ``_decode``, ``_decode_dicom_files``, ``_segment_frames``,
 ``segment_to_reports``, ``_volume_body`` and ``_respond``. Propagation itself is
-:mod:`lesionseg.propagate`; this file embeds the frames it asks for through the batched runner
+:mod:`lesionseg.pipeline.propagate`; this file embeds the frames it asks for through the batched
+runner
 and the per-image cache (each frame once per request) and decodes the boxes.
 """
 
@@ -21,10 +22,10 @@ from pydantic import Field
 from starlette.responses import JSONResponse, Response
 
 from lesionseg.errors import InputError
-from lesionseg.propagate import Propagation
-from lesionseg.segmenter import validate_boxes
+from lesionseg.io.uploads import Upload, split_boxes, uploads_geometry
+from lesionseg.models.segmenter import validate_boxes
+from lesionseg.pipeline.propagate import Propagation
 from lesionseg.types import ImageEmbedding, MedicalImage, SegmentationResult
-from lesionseg.uploads import Upload, split_boxes, uploads_geometry
 from service.metrics import timed
 from service.schemas import FramesResponse
 

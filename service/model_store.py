@@ -18,9 +18,9 @@ from pathlib import Path
 
 import bentoml
 
-from lesionseg.backends.onnx_runner import export_is_current
-from lesionseg.bundle import BUNDLE_SUBDIR
 from lesionseg.checksums import file_sha256
+from lesionseg.models.backends.onnx_runner import export_is_current
+from lesionseg.models.bundle import BUNDLE_SUBDIR
 from lesionseg.settings import Settings
 
 SAM_MODEL = "lesionseg-sam"
@@ -37,7 +37,7 @@ def _latest_sha(name: str) -> str | None:
 
 def import_sam(settings: Settings) -> str:
     """Store the configured SAM checkpoint (verified by loading it); return the model tag."""
-    from lesionseg.sam_models import load_sam  # torch: not imported where exports are served
+    from lesionseg.models.sam import load_sam  # torch: not imported where exports are served
 
     spec = load_sam(settings.sam_family, settings.sam_path).spec  # checksum + load check
     if _latest_sha(SAM_MODEL) == spec.sha256:

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from lesionseg.jobs import JOB_STATES, PUSH_STATES, Job
+from lesionseg.pacs.job_store import JOB_STATES, PUSH_STATES, Job
 from lesionseg.settings import Settings
 from service.forms import (
     BOXES,

@@ -10,9 +10,9 @@ from pathlib import Path
 import bentoml
 import numpy as np
 
-from lesionseg.bundle import served_bundle
-from lesionseg.detector import Detector
-from lesionseg.segmenter import Segmenter
+from lesionseg.models.bundle import served_bundle
+from lesionseg.models.detector import Detector
+from lesionseg.models.segmenter import Segmenter
 from lesionseg.settings import Settings
 from service.drain import Drain
 from service.limits import traffic_timeout_s

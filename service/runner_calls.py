@@ -3,9 +3,10 @@
 The same pixels sent again (``/segment/boxes`` re-prompts from the viewer, ``/segment`` with
 another threshold, refinement, a series sent again, jobs) skip the SAM encoder and the detector:
 both are pure functions of the decoded pixels and of the models in force, which is what the key
-(:func:`lesionseg.embedding_cache.image_key`) digests. The detector runs at the service's score
+(:func:`lesionseg.pipeline.cache.image_key`) digests. The detector runs at the service's score
 floor and returns every box above it; each request's own threshold and lesion count are applied
-afterwards (:func:`lesionseg.pipeline.filter_detections`), so its cached rows serve any request.
+afterwards (:func:`lesionseg.pipeline.engine.filter_detections`), so its cached rows serve any
+request.
 
 The host class provides ``runner``, ``segmenter``, ``settings`` and ``models``.
 """
@@ -16,7 +17,7 @@ import asyncio
 
 import numpy as np
 
-from lesionseg.embedding_cache import EmbeddingCache, image_key, models_identity
+from lesionseg.pipeline.cache import EmbeddingCache, image_key, models_identity
 from lesionseg.types import ImageEmbedding, MedicalImage
 from service.metrics import CACHE_BYTES, CACHE_ENTRIES, CACHE_HITS, CACHE_MISSES
 from service.retry import call_runner

@@ -24,9 +24,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from lesionseg.report import encode_png, frame_source
+from lesionseg.io.uploads import Upload
+from lesionseg.outputs.overlay import encode_png
+from lesionseg.outputs.result_json import frame_source
 from lesionseg.settings import Settings
-from lesionseg.uploads import Upload
 from service.metrics import timed
 from service.schemas import FrameSource
 

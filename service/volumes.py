@@ -13,15 +13,15 @@ from pathlib import Path
 from starlette.responses import Response
 
 from lesionseg.errors import InputError
-from lesionseg.imaging import check_frames
+from lesionseg.io.images import check_frames
+from lesionseg.io.nifti import label_mask
+from lesionseg.io.uploads import Upload, uploads_geometry
 from lesionseg.measure.lesions3d import Lesion3D, link_lesions, measure_lesions
-from lesionseg.nifti import label_mask
-from lesionseg.pipeline import PROMPT_LABEL
-from lesionseg.report import frame_source, lesion_3d_to_dict, result_to_dict
-from lesionseg.seg import build_seg, seg_to_bytes, segment_labels, source_frames
-from lesionseg.sr import build_sr
+from lesionseg.outputs.dicom_seg import build_seg, seg_to_bytes, segment_labels, source_frames
+from lesionseg.outputs.dicom_sr import build_sr
+from lesionseg.outputs.result_json import frame_source, lesion_3d_to_dict, result_to_dict
+from lesionseg.pipeline.engine import PROMPT_LABEL
 from lesionseg.types import SegmentationResult
-from lesionseg.uploads import Upload, uploads_geometry
 from service.metrics import STAGE_SECONDS, timed
 
 

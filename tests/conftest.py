@@ -19,7 +19,7 @@ def settings() -> Settings:
 @pytest.fixture(scope="session")
 def exported(settings, tmp_path_factory) -> tuple[Path, dict]:
     """The default models exported to ONNX by the project's exporter (no int8), and its record."""
-    from export.__main__ import export_onnx
+    from lesionseg.export.onnx import export_onnx
 
     directory = tmp_path_factory.mktemp("exports")
     return directory, export_onnx(settings, directory, int8=False)
@@ -27,7 +27,7 @@ def exported(settings, tmp_path_factory) -> tuple[Path, dict]:
 
 @pytest.fixture(scope="session")
 def lits(settings):
-    from lesionseg.data import LitsCase
+    from lesionseg.datasets.lits import LitsCase
 
     return LitsCase(settings.cache_dir)
 
@@ -37,22 +37,23 @@ def lits_volume(lits):
     """The LiTS case as a training Volume (lesionseg.datasets): tumours the one class, the
     slices' CT window. ``lits_volume.frames(0, (100, 128))`` are the validation slices as
     Frames, with the instances of ``lits.slice(z)``."""
-    from lesionseg.data import TUMOUR_LABEL, window_ct
     from lesionseg.datasets import Volume
+    from lesionseg.datasets.lits import TUMOUR_LABEL
+    from lesionseg.io.images import window_ct
 
     return Volume(window_ct(lits.ct), (lits.labels == TUMOUR_LABEL).astype(np.uint16))
 
 
 @pytest.fixture(scope="session")
 def litemedsam(settings):
-    from lesionseg.segmenter import Segmenter
+    from lesionseg.models.segmenter import Segmenter
 
     return Segmenter.from_settings(settings)
 
 
 @pytest.fixture(scope="session")
 def detector(settings):
-    from lesionseg.detector import Detector
+    from lesionseg.models.detector import Detector
 
     return Detector.from_settings(settings)
 
@@ -126,15 +127,16 @@ def orthanc(tmp_path_factory):
 def served_export() -> Path:
     """The ONNX export of the models in force (what `make serve` serves), exported now when
     missing or stale (~1 min); unlike ``exported``, reused across sessions."""
-    from export.__main__ import ensure_onnx
+    from lesionseg.export.onnx import ensure_onnx
 
     return ensure_onnx(Settings())
 
 
 def assert_same_detections(reference, ours, lits, *, min_iou: float, max_score_diff: float):
     """``ours`` detects what ``reference`` (ultralytics) does on the LiTS validation slab, at the
-    served threshold and at the service's score floor (export.checks.detector_agreement)."""
-    from export.checks import detector_agreement
+    served threshold and at the service's score floor
+    (lesionseg.export.checks.detector_agreement)."""
+    from lesionseg.export.checks import detector_agreement
     from lesionseg.settings import Settings
 
     served = Settings()

@@ -19,9 +19,9 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "data" / "examples" / "lits11
 
 def main() -> dict:
     import service.app  # noqa: F401  (the service module and its mixins, as bentoml loads them)
-    from lesionseg.detector import Detector
-    from lesionseg.imaging import decode_image
-    from lesionseg.segmenter import Segmenter
+    from lesionseg.io.images import decode_image
+    from lesionseg.models.detector import Detector
+    from lesionseg.models.segmenter import Segmenter
     from lesionseg.settings import Settings
 
     settings = Settings()

@@ -12,7 +12,7 @@ import torch
 from benchmarks import gpu, payloads
 from benchmarks.gpu import ENGINES, SERVERS, http_section, main
 from benchmarks.payloads import EXAMPLE
-from lesionseg.examples import write_examples
+from lesionseg.datasets.examples import write_examples
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is here: nothing to refuse")

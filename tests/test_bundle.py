@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from lesionseg.bundle import FORMAT, SHIPPED_BUNDLE, Bundle, detector_class_names
 from lesionseg.errors import ModelLoadError
+from lesionseg.models.bundle import FORMAT, SHIPPED_BUNDLE, Bundle, detector_class_names
 from lesionseg.settings import Settings
 
 

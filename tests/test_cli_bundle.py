@@ -8,11 +8,11 @@ import shutil
 import pytest
 from PIL import Image
 
-import export.__main__ as exporter
-from lesionseg.backends.onnx_runner import export_is_current
-from lesionseg.bundle import SHIPPED_BUNDLE
+import lesionseg.export.onnx as exporter
 from lesionseg.cli import main as cli_main
-from lesionseg.examples import lits_ct
+from lesionseg.datasets.examples import lits_ct
+from lesionseg.models.backends.onnx_runner import export_is_current
+from lesionseg.models.bundle import SHIPPED_BUNDLE
 from lesionseg.settings import Settings
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from lesionseg.backends.onnx_runner import inference_session
+from lesionseg.models.backends.onnx_runner import inference_session
 from lesionseg.settings import Settings
 
 

@@ -3,9 +3,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lesionseg.bundle import SHIPPED_BUNDLE, Bundle
-from lesionseg.detector import Detector, UltralyticsDetector
 from lesionseg.errors import ModelLoadError
+from lesionseg.models.bundle import SHIPPED_BUNDLE, Bundle
+from lesionseg.models.detector import Detector, UltralyticsDetector
 from lesionseg.settings import DEFAULT_DETECTOR
 
 from .conftest import assert_same_detections, disk
@@ -45,7 +45,7 @@ def test_loading_the_detector_leaves_pillow_alone(detector):
     from PIL import Image
 
     from lesionseg.errors import InvalidImageError
-    from lesionseg.imaging import decode_image
+    from lesionseg.io.images import decode_image
 
     assert Image.open.__module__.startswith("PIL")
     with pytest.raises(InvalidImageError, match="not a readable image"):
@@ -64,7 +64,8 @@ def test_detections_do_not_depend_on_the_batch(lits, backend, request):
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
 
 
-# --- the numpy decoding and the runners (lesionseg.yolo, lesionseg.backends) -------------------
+# --- the numpy decoding and the runners (lesionseg.models.yolo, lesionseg.models.backends)
+# -------------------
 
 
 class FakeRunner:
@@ -129,8 +130,8 @@ def test_decode_equals_ultralytics_nms(seed, conf, iou, classes, max_det):
     import torch
     import torchvision  # noqa: F401  (ultralytics takes torchvision's nms when it is loaded)
 
-    from lesionseg.detector import import_yolo
-    from lesionseg.yolo import decode
+    from lesionseg.models.detector import import_yolo
+    from lesionseg.models.yolo import decode
 
     import_yolo()
     from ultralytics.utils.nms import non_max_suppression
@@ -158,7 +159,8 @@ def onnx_detector(served_export):
 
 @pytest.mark.slow
 def test_numpy_decoding_of_the_network_is_ultralytics_own(detector, lits):
-    # The same head output, decoded by ultralytics (predict) and by lesionseg.yolo: identical.
+    # The same head output, decoded by ultralytics (predict) and by lesionseg.models.yolo:
+    # identical.
     ours = Detector(detector, detector.weights, nms_iou_threshold=detector.nms_iou_threshold)
     images = [s.image for s in lits.slices("val")]
     for threshold in (0.3, 0.01):

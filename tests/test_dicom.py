@@ -10,8 +10,8 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_color_lut
 
-from lesionseg.dicom import decode_dicom, is_dicom, parse_window, scrub
 from lesionseg.errors import ImageTooLargeError, InputError, InvalidImageError
+from lesionseg.io.dicom import decode_dicom, is_dicom, parse_window, scrub
 from lesionseg.settings import Settings
 
 PRESETS = Settings().window_presets
@@ -168,12 +168,12 @@ def test_imager_pixel_spacing_is_flagged():
 
 
 def test_sizes_are_checked_before_decoding(monkeypatch):
-    import lesionseg.dicom
+    import lesionseg.io.dicom
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("pixel data decoded before the size check")
 
-    monkeypatch.setattr(lesionseg.dicom, "pixel_array", no_decoding)
+    monkeypatch.setattr(lesionseg.io.dicom, "pixel_array", no_decoding)
     with pytest.raises(ImageTooLargeError, match="LESIONSEG_MAX_IMAGE_PIXELS"):
         decode("RG1_UNCR.dcm", max_pixels=1_000_000)
     with pytest.raises(ImageTooLargeError, match="10 frames"):
@@ -233,7 +233,7 @@ def test_scrub_removes_patient_identifiers():
     ids=["CT gets the CT bundle's window", "MR keeps its own"],
 )
 def test_bundle_window_applies_to_its_modality_only(name, windowed):
-    from lesionseg.uploads import decode_upload
+    from lesionseg.io.uploads import decode_upload
 
     with open(get_testdata_file(name), "rb") as handle:
         data = handle.read()

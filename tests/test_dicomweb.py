@@ -15,8 +15,8 @@ import pytest
 from pydicom.data import get_testdata_file
 from starlette.testclient import TestClient
 
-from lesionseg.dicomweb import StowClient
 from lesionseg.errors import PushError
+from lesionseg.pacs.dicomweb import StowClient
 from lesionseg.settings import Settings
 from service.jobs import Jobs
 from service.launcher import free_port

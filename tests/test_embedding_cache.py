@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from lesionseg.embedding_cache import EmbeddingCache, image_key, models_identity
+from lesionseg.pipeline.cache import EmbeddingCache, image_key, models_identity
 
 
 def array(nbytes: int, fill: int = 0) -> np.ndarray:

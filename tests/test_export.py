@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from export.onnx_sam import export_sam_onnx, sam_numeric_parity, sam_record
-from lesionseg.backends.onnx_runner import OnnxSamRunner
-from lesionseg.detector import Detector
 from lesionseg.errors import ModelLoadError
-from lesionseg.sam_models import load_hf_sam
-from lesionseg.segmenter import Segmenter
+from lesionseg.export.onnx_sam import export_sam_onnx, sam_numeric_parity, sam_record
+from lesionseg.models.backends.onnx_runner import OnnxSamRunner
+from lesionseg.models.detector import Detector
+from lesionseg.models.sam import load_hf_sam
+from lesionseg.models.segmenter import Segmenter
 from lesionseg.settings import Settings
 
 from .conftest import disk

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from finetune.common import dice_bce_loss, frame_samples, masks_to_model_frame, perturb_boxes
-from lesionseg.data import SPLITS
-from lesionseg.sam_delta import apply_delta, is_delta, make_delta
+from lesionseg.datasets.lits import SPLITS
+from lesionseg.models.sam_delta import apply_delta, is_delta, make_delta
+from lesionseg.train.common import dice_bce_loss, frame_samples, masks_to_model_frame, perturb_boxes
 from lesionseg.transforms import mask_to_box
 
 
@@ -64,7 +64,7 @@ def test_frame_samples_match_connected_components(lits, lits_volume):
 def test_delta_merges_lora_exactly_like_peft():
     from peft import LoraConfig, get_peft_model
 
-    from finetune.sam_lora import lora_factors
+    from lesionseg.train.sam_lora import lora_factors
 
     torch.manual_seed(0)
     net = nn.ModuleDict(
@@ -102,9 +102,9 @@ def _changed(before: dict, module: nn.Module) -> set[str]:
 def test_decoder_only_step_trains_only_the_mask_decoder(
     family, lits_volume, tiny_hf_sam_dir, tmp_path
 ):
-    from finetune.sam_decoder import train_decoder
-    from finetune.sam_train import image_key
-    from lesionseg.sam_models import load_sam
+    from lesionseg.models.sam import load_sam
+    from lesionseg.train.sam_decoder import train_decoder
+    from lesionseg.train.sam_train import image_key
 
     modules = load_sam(family, tiny_hf_sam_dir if family == "hf" else None)
     enc, dec = _snapshot(modules.encoder), _snapshot(modules.decoder)
@@ -121,9 +121,9 @@ def test_decoder_only_step_trains_only_the_mask_decoder(
 
 @pytest.mark.slow
 def test_lora_step_hf_saves_a_merged_samodel(lits_volume, tiny_hf_sam_dir, tmp_path):
-    from finetune.sam_lora import merge, train_lora
-    from finetune.sam_train import save_sam
-    from lesionseg.sam_models import load_sam
+    from lesionseg.models.sam import load_sam
+    from lesionseg.train.sam_lora import merge, train_lora
+    from lesionseg.train.sam_train import save_sam
 
     modules = load_sam("hf", tiny_hf_sam_dir)
     model, rows = train_lora(modules, lits_samples(lits_volume, "train", step=45)[:1], [], epochs=1)
@@ -144,11 +144,11 @@ def test_lora_step_hf_saves_a_merged_samodel(lits_volume, tiny_hf_sam_dir, tmp_p
 def test_lora_step_litemedsam_and_delta_round_trip_through_settings(lits, lits_volume, tmp_path):
     """One LoRA step on LiteMedSAM, merged, saved as a delta the way `lesionseg train` saves a
     bundle's sam.pt, loaded by LESIONSEG_SAM_PATH."""
-    from finetune.sam_lora import merge, train_lora
-    from finetune.sam_train import save_litemedsam_delta
-    from lesionseg.sam_models import load_sam
-    from lesionseg.segmenter import Segmenter
+    from lesionseg.models.sam import load_sam
+    from lesionseg.models.segmenter import Segmenter
     from lesionseg.settings import Settings
+    from lesionseg.train.sam_lora import merge, train_lora
+    from lesionseg.train.sam_train import save_litemedsam_delta
 
     modules = load_sam("litemedsam", None)
     train = lits_samples(lits_volume, "train", step=45)[:1]
@@ -178,8 +178,8 @@ def test_shipped_bundle_sam_loads_matches_its_record_and_changes_masks(lits, tmp
     checkpoint its record names, and changes masks against zero-shot LiteMedSAM."""
     import shutil
 
-    from lesionseg.bundle import SHIPPED_BUNDLE, Bundle
-    from lesionseg.segmenter import Segmenter
+    from lesionseg.models.bundle import SHIPPED_BUNDLE, Bundle
+    from lesionseg.models.segmenter import Segmenter
     from lesionseg.settings import Settings
 
     bundle = Bundle.load(SHIPPED_BUNDLE)
@@ -200,7 +200,7 @@ def test_shipped_bundle_sam_loads_matches_its_record_and_changes_masks(lits, tmp
 
 @pytest.mark.slow
 def test_unet_step_changes_weights(lits):
-    from finetune.unet import build_unet, predict_unet, train_unet
+    from lesionseg.train.unet import build_unet, predict_unet, train_unet
 
     torch.manual_seed(0)
     model = build_unet()
@@ -215,7 +215,7 @@ def test_unet_step_changes_weights(lits):
 def test_yolo_labels_of_real_lits_slices(lits, lits_volume, tmp_path):
     """The detector's training labels on real slices equal the LiTS tumour outlines' boxes.
     (Training itself: test_train.py.)"""
-    from finetune.train_detector import write_yolo_dataset
+    from lesionseg.train.train_detector import write_yolo_dataset
 
     val = list(lits_volume.frames(0, (110, 111), prefix="lits117"))
     write_yolo_dataset({"val": val}, ["lesion"], tmp_path / "ds")

@@ -8,7 +8,7 @@ import tifffile
 from PIL import Image
 
 from lesionseg.errors import ImageTooLargeError, InvalidImageError
-from lesionseg.imaging import decode_image
+from lesionseg.io.images import decode_image
 
 LIMIT = 10_000_000
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lesionseg.dicomweb import StowClient, push_due
 from lesionseg.errors import DuplicateJobError, InputError, JobNotFoundError, PushError
-from lesionseg.jobs import JobStore, backoff_delay
+from lesionseg.pacs.dicomweb import StowClient, push_due
+from lesionseg.pacs.job_store import JobStore, backoff_delay
 from lesionseg.settings import Settings
 from tests.pacs import ct_small, part10
 

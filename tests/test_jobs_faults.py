@@ -1,4 +1,5 @@
-"""The job store's start-up check of its database (lesionseg.jobs.check_database); the full
+"""The job store's start-up check of its database (lesionseg.pacs.job_store.check_database); the
+full
 volume and the running service are tested in tests/service/test_faults.py."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import sqlite3
 import pytest
 
 from lesionseg.errors import JobStoreError
-from lesionseg.jobs import JobStore, check_database
+from lesionseg.pacs.job_store import JobStore, check_database
 
 
 def test_a_missing_or_healthy_database_passes(tmp_path):

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from lesionseg.errors import DuplicateJobError, JobNotFoundError
-from lesionseg.jobs import JobStore
+from lesionseg.pacs.job_store import JobStore
 
-# The table as every store before owners was created (lesionseg/jobs.py at f161162).
+# The table as every store before owners was created (lesionseg/pacs/job_store.py at f161162).
 OLD_SCHEMA = """
 CREATE TABLE jobs (
     id TEXT PRIMARY KEY,

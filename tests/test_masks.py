@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from lesionseg.masks import decode_rle, encode_rle, labels_to_png, mask_to_png
+from lesionseg.io.masks import decode_rle, encode_rle, labels_to_png, mask_to_png
 
 
 @pytest.mark.parametrize("hw", [(1, 1), (17, 33), (128, 128), (640, 480)])

@@ -10,11 +10,11 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from lesionseg.dicom import volume_geometry as dicom_geometry
+from lesionseg.io.dicom import volume_geometry as dicom_geometry
+from lesionseg.io.nifti import decode_nifti
+from lesionseg.io.nifti import volume_geometry as nifti_geometry
 from lesionseg.measure.lesions3d import link_lesions, measure_lesions
 from lesionseg.measure.recist import recist_axes
-from lesionseg.nifti import decode_nifti
-from lesionseg.nifti import volume_geometry as nifti_geometry
 from lesionseg.types import Lesion, SegmentationResult
 
 ZOOMS = (0.7, 0.9, 2.5)  # mm: anisotropic in plane and across

@@ -9,12 +9,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from lesionseg.data import window_ct
 from lesionseg.errors import ImageTooLargeError, InputError, InvalidBoxesError, InvalidImageError
-from lesionseg.nifti import decode_nifti, is_nifti, label_mask, slice_axis
+from lesionseg.io.images import window_ct
+from lesionseg.io.nifti import decode_nifti, is_nifti, label_mask, slice_axis
+from lesionseg.io.uploads import decode_upload, split_boxes
 from lesionseg.settings import Settings
 from lesionseg.types import Lesion, SegmentationResult
-from lesionseg.uploads import decode_upload, split_boxes
 
 LIMITS = {"max_pixels": 10**7, "max_frames": 64, "max_bytes": 10**9}
 

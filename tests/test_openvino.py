@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from lesionseg.backends.onnx_runner import OnnxSamRunner
-from lesionseg.backends.openvino_runner import OpenVinoSamRunner, resolve_precision
-from lesionseg.detector import Detector
 from lesionseg.errors import ModelLoadError
-from lesionseg.segmenter import Segmenter
+from lesionseg.models.backends.onnx_runner import OnnxSamRunner
+from lesionseg.models.backends.openvino_runner import OpenVinoSamRunner, resolve_precision
+from lesionseg.models.detector import Detector
+from lesionseg.models.segmenter import Segmenter
 from lesionseg.settings import Settings
 
 from .conftest import assert_same_detections

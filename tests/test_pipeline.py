@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from lesionseg.errors import InvalidBoxesError
-from lesionseg.pipeline import LesionPipeline, area_mm2, filter_detections
-from lesionseg.segmenter import Segmenter
+from lesionseg.models.segmenter import Segmenter
+from lesionseg.pipeline.engine import LesionPipeline, area_mm2, filter_detections
 from lesionseg.settings import Settings
 from lesionseg.types import Detections, MedicalImage
 

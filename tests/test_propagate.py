@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lesionseg.propagate import Propagation, propagate
+from lesionseg.pipeline.propagate import Propagation, propagate
 from lesionseg.types import MaskPrediction, MedicalImage
 
 H = W = 48

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from finetune.train_detector import detect_frames, detection_counts
-from lesionseg.bundle import SHIPPED_BUNDLE, Bundle
 from lesionseg.cli import main as cli_main
-from lesionseg.evaluation import dice
-from lesionseg.masks import decode_rle
+from lesionseg.io.masks import decode_rle
+from lesionseg.measure.evaluation import dice
+from lesionseg.models.bundle import SHIPPED_BUNDLE, Bundle
+from lesionseg.train.train_detector import detect_frames, detection_counts
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +18,7 @@ MIN_LESION_PX = 10  # outlines of a few pixels are noise at this resolution
 
 
 def test_lits_split_never_straddles(lits):
-    from lesionseg.data import SPLITS
+    from lesionseg.datasets.lits import SPLITS
 
     assert lits.ct.shape == lits.labels.shape == (128, 128, 128)
     assert min(SPLITS["val"]) - max(SPLITS["train"]) > 1
@@ -47,8 +47,8 @@ def test_litemedsam_with_ground_truth_boxes_reaches_dice(lits, litemedsam):
 def test_shipped_bundle_record_holds_on_validation(lits_volume, settings, detector):
     """The shipped bundle's recorded automatic accuracy (its detector at its threshold and box
     margin, its SAM), re-measured on the LiTS validation slab by the training's own code."""
-    from finetune.evaluate import FLOOR, SamEvaluator, automatic_row
-    from lesionseg.sam_models import load_sam
+    from lesionseg.models.sam import load_sam
+    from lesionseg.train.evaluate import FLOOR, SamEvaluator, automatic_row
 
     bundle = Bundle.load(SHIPPED_BUNDLE)
     record = bundle.record["metrics"]["selected"]
@@ -59,7 +59,7 @@ def test_shipped_bundle_record_holds_on_validation(lits_volume, settings, detect
     frames = list(lits_volume.frames(0, (100, 128)))  # the validation slab, all with lesions
     detections = detect_frames(detector, frames, score_threshold=FLOOR)
     sam = SamEvaluator(
-        load_sam("litemedsam", settings.sam_path), frames, settings.cache_dir / "finetune"
+        load_sam("litemedsam", settings.sam_path), frames, settings.cache_dir / "train"
     )
     row = automatic_row(
         sam,

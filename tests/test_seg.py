@@ -13,7 +13,7 @@ from pydicom.data import get_testdata_file
 
 from lesionseg import __version__
 from lesionseg.errors import InputError
-from lesionseg.seg import build_seg, seg_to_bytes, segment_labels
+from lesionseg.outputs.dicom_seg import build_seg, seg_to_bytes, segment_labels
 from lesionseg.types import Lesion, SegmentationResult
 
 

@@ -1,4 +1,5 @@
-"""finetune.split: train/validation by case (seeded), or a single volume by slab with a gap."""
+"""lesionseg.train.split: train/validation by case (seeded), or a single volume by slab with a
+gap."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from finetune.split import AXES, split_cases
 from lesionseg.datasets import Case, Dataset, Frame, Volume
 from lesionseg.errors import DatasetError
+from lesionseg.train.split import AXES, split_cases
 
 
 def _image_case(name: str) -> Case:

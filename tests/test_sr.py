@@ -13,10 +13,10 @@ from pydicom.data import get_testdata_file
 from pydicom.sr.codedict import codes
 
 from lesionseg import __version__
-from lesionseg.dicom import volume_geometry
+from lesionseg.io.dicom import volume_geometry
 from lesionseg.measure.lesions3d import link_lesions, measure_lesions
-from lesionseg.seg import build_seg, seg_to_bytes
-from lesionseg.sr import build_sr
+from lesionseg.outputs.dicom_seg import build_seg, seg_to_bytes
+from lesionseg.outputs.dicom_sr import build_sr
 from lesionseg.types import Lesion, SegmentationResult
 
 SLICE_MM = 3.0
@@ -165,8 +165,8 @@ def test_a_study_without_lesions_gets_a_report_saying_so():
 
 
 def test_a_job_with_an_sr_pushes_it_with_its_seg_to_a_real_orthanc(report, orthanc, tmp_path):
-    from lesionseg.dicomweb import StowClient, push_due
-    from lesionseg.jobs import JobStore
+    from lesionseg.pacs.dicomweb import StowClient, push_due
+    from lesionseg.pacs.job_store import JobStore
     from lesionseg.settings import Settings
 
     files, seg, sr, lesions, _ = report

@@ -5,10 +5,10 @@ import importlib.util
 import numpy as np
 import pytest
 
-from lesionseg.backends.tensorrt_runner import INSTALL_HINT, engine_header, engine_mismatch
-from lesionseg.detector import Detector
 from lesionseg.errors import ModelLoadError
-from lesionseg.segmenter import Segmenter
+from lesionseg.models.backends.tensorrt_runner import INSTALL_HINT, engine_header, engine_mismatch
+from lesionseg.models.detector import Detector
+from lesionseg.models.segmenter import Segmenter
 from lesionseg.settings import Settings
 
 
@@ -61,7 +61,7 @@ def test_asking_for_tensorrt_without_it_fails_with_install_hint(tmp_path, stage)
 @pytest.mark.slow
 @pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")
 def test_engines_match_onnx_runtime(exported, lits):
-    from export.tensorrt import build_sam_engines
+    from lesionseg.export.tensorrt import build_sam_engines
 
     directory, _ = exported
     settings = Settings(backend="tensorrt", export_dir=directory, device="cuda")

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from finetune.train import main as train
-from lesionseg.bundle import FORMAT as BUNDLE_FORMAT
-from lesionseg.bundle import Bundle
-from lesionseg.sam_models import load_sam
+from lesionseg.models.bundle import FORMAT as BUNDLE_FORMAT
+from lesionseg.models.bundle import Bundle
+from lesionseg.models.sam import load_sam
+from lesionseg.train.train import main as train
 
 from .datasets import fixtures
 
@@ -75,7 +75,7 @@ def _train(dataset: Path, out: Path, *args: str) -> dict:
 
 def _check_bundle(out: Path) -> dict:
     """A bundle the service loads: model.json, detector names = classes, the table."""
-    from lesionseg.detector import UltralyticsDetector
+    from lesionseg.models.detector import UltralyticsDetector
 
     record = json.loads((out / "model.json").read_text())
     assert record["format"] == BUNDLE_FORMAT

@@ -14,12 +14,12 @@ import torch
 import yaml
 from PIL import Image
 
-from finetune import evaluate
-from finetune.common import Stopper
-from finetune.train_detector import write_yolo_dataset
 from lesionseg.datasets import Frame
-from lesionseg.evaluation import LesionScores, assign_instances
+from lesionseg.measure.evaluation import LesionScores, assign_instances
 from lesionseg.settings import REPO_ROOT
+from lesionseg.train import evaluate
+from lesionseg.train.common import Stopper
+from lesionseg.train.train_detector import write_yolo_dataset
 from lesionseg.types import Detections
 
 HW = (64, 64)
@@ -230,7 +230,7 @@ def test_stopper_keeps_and_restores_the_best_trainable_state():
 CTRL_C_CHECK = """
 import os, signal, time
 import pytest
-from finetune.common import Stopper
+from lesionseg.train.common import Stopper
 
 def check():
     before = signal.getsignal(signal.SIGINT)

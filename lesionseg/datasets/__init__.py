@@ -25,7 +25,7 @@ the 8-connected components of each class on each slice (COCO: the annotations); 
 background). Intensities: NIfTI and DICOM images are decoded by the service's own code with
 ``window`` (a preset or "center,width"; None = the file's window, else min-max), as the service
 decodes an upload under a bundle with that window; 2-D images by
-:func:`lesionseg.imaging.decode_image` (a window is refused). So training pixels equal serving
+:func:`lesionseg.io.images.decode_image` (a window is refused). So training pixels equal serving
 pixels. Bad data raises :class:`lesionseg.errors.DatasetError` naming the file: headers and
 masks are checked by :func:`open_dataset`, voxel data when a case is read; a case without
 lesions is a negative.
@@ -36,11 +36,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..dicom import parse_window
-from ..errors import DatasetError
-from ..settings import Settings
-from . import busi, coco, dicom, folders, nnunet
-from .base import FORMATS, Case, Dataset, Frame, Volume, instances
+from lesionseg.datasets import busi, coco, dicom, folders, nnunet
+from lesionseg.datasets.base import FORMATS, Case, Dataset, Frame, Volume, instances
+from lesionseg.errors import DatasetError
+from lesionseg.io.dicom import parse_window
+from lesionseg.settings import Settings
 
 __all__ = [
     "FORMATS",

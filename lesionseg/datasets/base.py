@@ -1,7 +1,8 @@
 """The types every dataset reader yields: Frame, Volume, Case and Dataset.
 
 Lesion instances are the 8-connected components of each class on each 2-D slice (as
-:meth:`lesionseg.data.LitsCase.slice` outlines tumours), so a lesion that touches another of
+:meth:`lesionseg.datasets.lits.LitsCase.slice` outlines tumours), so a lesion that touches another
+of
 the same class on a slice counts once there. COCO annotations are the exception: each
 annotation is its own instance, as the file says.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ..errors import DatasetError
+from lesionseg.errors import DatasetError
 
 FORMATS = ("nnunet", "folders", "busi", "dicom", "coco")
 _EIGHT = np.ones((3, 3), bool)
@@ -76,7 +77,7 @@ class Volume:
         spacing: (z, row, column) mm, or None when unknown.
 
     Axis 0 is the slice axis the service uses: the axis closest to superior-inferior for
-    NIfTI (:func:`lesionseg.nifti.slice_axis`, slice ``k`` as the service shows it), position
+    NIfTI (:func:`lesionseg.io.nifti.slice_axis`, slice ``k`` as the service shows it), position
     along the normal for a DICOM series.
     """
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..settings import Settings
-from .base import Case, DatasetError, select_classes
-from .folders import check_size, image_files, load_frame, read_mask
+from lesionseg.datasets.base import Case, DatasetError, select_classes
+from lesionseg.datasets.folders import check_size, image_files, load_frame, read_mask
+from lesionseg.settings import Settings
 
 _MASK = re.compile(r"^(?P<stem>.+)_mask(?:_\d+)?$")
 

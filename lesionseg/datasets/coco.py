@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as coco_mask
 
-from ..settings import Settings
-from .base import Case, DatasetError, Frame, instances, read_bytes, select_classes
-from .folders import decode, image_size
+from lesionseg.datasets.base import Case, DatasetError, Frame, instances, read_bytes, select_classes
+from lesionseg.datasets.folders import decode, image_size
+from lesionseg.settings import Settings
 
 _KEYS = ("images", "annotations", "categories")
 

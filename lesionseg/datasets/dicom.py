@@ -10,7 +10,7 @@ Layout::
 
 A folder of DICOM files with no case subfolders is one case. Slices are ordered by position
 along the normal of ImageOrientationPatient; images are decoded by the service's own
-:func:`lesionseg.dicom.decode_dicom` with the dataset's window as the default window, as the
+:func:`lesionseg.io.dicom.decode_dicom` with the dataset's window as the default window, as the
 service applies a bundle's (grayscale images; colour ones ignore it), else each file's window,
 else min-max per file. Classes are the segment / ROI names in the order they
 first appear (cases in name order); where two classes overlap, the later one wins the pixel.
@@ -29,11 +29,11 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from ..dicom import decode_dicom
-from ..errors import LesionSegError
-from ..settings import Settings
-from . import rtstruct
-from .base import Case, DatasetError, Volume, read_bytes, select_classes
+from lesionseg.datasets import rtstruct
+from lesionseg.datasets.base import Case, DatasetError, Volume, read_bytes, select_classes
+from lesionseg.errors import LesionSegError
+from lesionseg.io.dicom import decode_dicom
+from lesionseg.settings import Settings
 
 _SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 _RTSTRUCT = "1.2.840.10008.5.1.4.1.1.481.3"

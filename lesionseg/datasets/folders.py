@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import LesionSegError
-from ..imaging import decode_image
-from ..settings import Settings
-from ..types import MedicalImage
-from .base import Case, DatasetError, Frame, instances, read_bytes, select_classes
+from lesionseg.datasets.base import Case, DatasetError, Frame, instances, read_bytes, select_classes
+from lesionseg.errors import LesionSegError
+from lesionseg.io.images import decode_image
+from lesionseg.settings import Settings
+from lesionseg.types import MedicalImage
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 _LOSSY = (".jpg", ".jpeg")

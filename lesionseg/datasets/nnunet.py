@@ -9,9 +9,9 @@ Layout::
                                 there are several channels, listed in dataset.json "training")
     labelsTr/CASE.nii.gz        integer label volume, same shape and affine as the image
 
-Images are decoded by the service's own :func:`lesionseg.nifti.decode_nifti` with the dataset's
+Images are decoded by the service's own :func:`lesionseg.io.nifti.decode_nifti` with the dataset's
 window, so training pixels are serving pixels; the label volume is sliced the same way (along
-:func:`lesionseg.nifti.slice_axis`, slice ``k`` transposed). Only channel 0 is used (a warning
+:func:`lesionseg.io.nifti.slice_axis`, slice ``k`` transposed). Only channel 0 is used (a warning
 says so when there are more). Every selected label (default: all but background and "ignore")
 is a lesion class; unselected labels count as background.
 """
@@ -27,10 +27,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..errors import LesionSegError
-from ..nifti import _UNIT_TO_MM, decode_nifti
-from ..settings import Settings
-from .base import Case, DatasetError, Volume, read_bytes, select_classes
+from lesionseg.datasets.base import Case, DatasetError, Volume, read_bytes, select_classes
+from lesionseg.errors import LesionSegError
+from lesionseg.io.nifti import _UNIT_TO_MM, decode_nifti
+from lesionseg.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from .base import DatasetError
+from lesionseg.datasets.base import DatasetError
 
 _EPS = 1e-3  # pixels: a centre this close to a contour is on it
 

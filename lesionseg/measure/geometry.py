@@ -3,7 +3,7 @@
 Coordinates are DICOM patient coordinates (LPS: x to the patient's left, y to the posterior,
 z to the head), whatever the source: DICOM gives them (ImagePositionPatient,
 ImageOrientationPatient, PixelSpacing); a NIfTI affine (RAS) is converted by negating x and y
-(:func:`lesionseg.nifti.volume_geometry`). Pixel ``(row r, column c)`` of frame ``k`` has its
+(:func:`lesionseg.io.nifti.volume_geometry`). Pixel ``(row r, column c)`` of frame ``k`` has its
 centre at ``origins[k] + c * spacing[k, 1] * row_dir + r * spacing[k, 0] * col_dir``.
 """
 

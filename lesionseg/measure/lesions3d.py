@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..types import SegmentationResult
-from .geometry import VolumeGeometry
-from .recist import recist_axes
+from lesionseg.measure.geometry import VolumeGeometry
+from lesionseg.measure.recist import recist_axes
+from lesionseg.types import SegmentationResult
 
 MIN_OVERLAP = 0.1  # of the smaller mask: neighbouring-slice lesions this close are one lesion
 

@@ -1,4 +1,4 @@
-// COCO compressed RLE, as pycocotools writes it (lesionseg/masks.py encode_rle), decoded to a
+// COCO compressed RLE, as pycocotools writes it (lesionseg/io/masks.py encode_rle), decoded to a
 // row-major Uint8Array of 0/1, and the outline of such a mask along pixel edges.
 // Format: maskApi.c rleToString / rleFrString in github.com/cocodataset/cocoapi (read, not copied).
 

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from lesionseg.datasets import Volume, instances, open_dataset
+from lesionseg.io.uploads import decode_upload
 from lesionseg.settings import Settings
-from lesionseg.uploads import decode_upload
 
 from . import fixtures
 

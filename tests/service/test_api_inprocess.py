@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lesionseg.masks import decode_rle
+from lesionseg.io.masks import decode_rle
 
 from .conftest import png_bytes
 
@@ -119,7 +119,7 @@ def test_image_without_lesions(client):
 def test_default_service_gives_the_torch_lesions(client, lits, settings):
     """The in-process service runs the default CPU backend, openvino: SAM in bf16 where
     /proc/cpuinfo lists a bf16 unit, the detector in fp32; compare with torch."""
-    from lesionseg.pipeline import LesionPipeline
+    from lesionseg.pipeline.engine import LesionPipeline
     from lesionseg.provenance import cpu_flags
     from lesionseg.types import MedicalImage
 

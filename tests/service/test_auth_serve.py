@@ -18,7 +18,7 @@ import httpx
 import pytest
 from starlette.routing import Mount
 
-from lesionseg.examples import write_examples
+from lesionseg.datasets.examples import write_examples
 from lesionseg.settings import REPO_ROOT
 from service.launcher import running_server
 

@@ -19,9 +19,9 @@ import httpx
 import numpy as np
 import pytest
 
-from lesionseg.bundle import SHIPPED_BUNDLE, Bundle
-from lesionseg.examples import lits_ct
-from lesionseg.pipeline import filter_detections
+from lesionseg.datasets.examples import lits_ct
+from lesionseg.models.bundle import SHIPPED_BUNDLE, Bundle
+from lesionseg.pipeline.engine import filter_detections
 from lesionseg.settings import REPO_ROOT, Settings
 from service.launcher import running_server
 
@@ -39,7 +39,7 @@ def tumour_bundle(tmp_path_factory):
     have written for another dataset."""
     import torch
 
-    from lesionseg.detector import import_yolo
+    from lesionseg.models.detector import import_yolo
 
     import_yolo()  # ultralytics' classes, to load the checkpoint
     directory = tmp_path_factory.mktemp("tumour-bundle")
@@ -59,7 +59,7 @@ def tumour_bundle(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tumour_export(tumour_bundle, exported, tmp_path_factory):
     """The tumour bundle's ONNX export (its SAM files copied from the session's export)."""
-    from export.__main__ import export_onnx
+    from lesionseg.export.onnx import export_onnx
 
     directory = tmp_path_factory.mktemp("tumour-export")
     settings = Settings(backend="torch", model_dir=tumour_bundle.directory)

@@ -13,7 +13,7 @@ import bentoml
 import numpy as np
 import pytest
 
-from lesionseg.embedding_cache import EmbeddingCache
+from lesionseg.pipeline.cache import EmbeddingCache
 from service.admission import QueueWaitEstimator
 from service.metrics import CACHE_HITS
 

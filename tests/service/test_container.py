@@ -29,9 +29,9 @@ from deploy.container import (
     running_container,
 )
 from deploy.engine import find_engine
-from lesionseg.evaluation import dice
-from lesionseg.examples import lits_ct, write_examples
-from lesionseg.masks import decode_rle
+from lesionseg.datasets.examples import lits_ct, write_examples
+from lesionseg.io.masks import decode_rle
+from lesionseg.measure.evaluation import dice
 from lesionseg.settings import REPO_ROOT
 from service.launcher import free_port
 

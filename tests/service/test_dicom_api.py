@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from lesionseg.masks import decode_rle
+from lesionseg.io.masks import decode_rle
 
 from .conftest import png_bytes
 from .dicom_inputs import dicom_file, lits_ct, lits_nifti, mammogram

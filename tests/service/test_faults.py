@@ -23,7 +23,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from lesionseg.examples import dicom_bytes, lits_ct
+from lesionseg.datasets.examples import dicom_bytes, lits_ct
 from service.launcher import process_tree, server_process, signal_tree
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

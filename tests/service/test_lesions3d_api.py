@@ -15,8 +15,8 @@ import pydicom
 import pytest
 from scipy import ndimage
 
-from lesionseg.evaluation import dice
-from lesionseg.masks import decode_rle
+from lesionseg.io.masks import decode_rle
+from lesionseg.measure.evaluation import dice
 from lesionseg.transforms import mask_to_box
 
 from .dicom_inputs import lits_ct, lits_nifti

@@ -20,9 +20,9 @@ from pycocotools import mask as mask_utils
 
 from benchmarks.load import main as load_benchmark
 from benchmarks.load import scrape
-from lesionseg.evaluation import dice
-from lesionseg.examples import write_examples
-from lesionseg.masks import decode_rle
+from lesionseg.datasets.examples import write_examples
+from lesionseg.io.masks import decode_rle
+from lesionseg.measure.evaluation import dice
 from lesionseg.settings import REPO_ROOT
 from service.launcher import running_server
 

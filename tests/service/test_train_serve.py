@@ -8,8 +8,8 @@ import json
 import httpx
 import pytest
 
-from finetune.train import main as train
 from lesionseg.settings import REPO_ROOT
+from lesionseg.train.train import main as train
 from service.launcher import running_server
 from tests.datasets.fixtures import write_nnunet
 

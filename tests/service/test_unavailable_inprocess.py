@@ -16,7 +16,7 @@ import aiohttp
 import bentoml
 import pytest
 
-from lesionseg.embedding_cache import EmbeddingCache
+from lesionseg.pipeline.cache import EmbeddingCache
 from service.admission import QueueWaitEstimator
 from service.logs import BENTOML_EXCEPTIONS_LOGGER, JsonFormatter
 

@@ -21,9 +21,9 @@ import pydicom
 import pytest
 from PIL import Image
 
-from lesionseg.evaluation import dice
-from lesionseg.examples import write_examples
-from lesionseg.masks import decode_rle
+from lesionseg.datasets.examples import write_examples
+from lesionseg.io.masks import decode_rle
+from lesionseg.measure.evaluation import dice
 from lesionseg.settings import REPO_ROOT
 from service.launcher import running_server
 
