@@ -29,7 +29,6 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.common import RESULTS, provenance
@@ -38,27 +37,10 @@ from benchmarks.load import throughput
 from benchmarks.memory import MemorySampler, serve_process
 from benchmarks.soak_mix import Mix
 from benchmarks.soak_report import write_report
+from benchmarks.soak_run import Run
 from service.launcher import running_server
 
 POOL = 256  # open-loop operations in flight at most (far above what 80 % of capacity needs)
-
-
-@dataclass
-class Run:
-    """What one soak measured (times in epoch seconds)."""
-
-    args: argparse.Namespace
-    ledger: Ledger = field(default_factory=Ledger)
-    ramp: list[dict] = field(default_factory=list)
-    capacity: float = 0.0
-    rate: float = 0.0
-    start: float = 0.0
-    scheduled: int = 0
-    started: int = 0
-    finished: int = 0
-    max_late_s: float = 0.0
-    memory: list[tuple[float, str, int, float]] = field(default_factory=list)
-    memory_error: str = ""
 
 
 def closed_loop(mix: Mix, users: int, seconds: float, ledger: Ledger) -> dict:

@@ -10,7 +10,7 @@ from benchmarks.common import write_rows
 from benchmarks.ledger import Tally
 
 if TYPE_CHECKING:
-    from benchmarks.soak import Run
+    from benchmarks.soak_run import Run
 
 RSS_GROWTH = 0.10  # at most, per process, from the end of the warm-up to the end
 P99_DRIFT = 0.20  # the last window's p99 at most this much above the first after the warm-up
