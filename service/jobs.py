@@ -32,7 +32,8 @@ from starlette.routing import Route
 from lesionseg.errors import DuplicateJobError, InputError, JobNotFoundError, StorageFullError
 from lesionseg.io.images import check_upload_size
 from lesionseg.pacs.dicomweb import StowClient, push_due
-from lesionseg.pacs.job_store import Job, JobStore, check_database
+from lesionseg.pacs.job_db import check_database
+from lesionseg.pacs.job_store import Job, JobStore
 from lesionseg.settings import Settings
 from service.auth import key_id
 from service.forms import (

@@ -10,7 +10,8 @@ import sqlite3
 import pytest
 
 from lesionseg.errors import JobStoreError
-from lesionseg.pacs.job_store import JobStore, check_database
+from lesionseg.pacs.job_db import check_database
+from lesionseg.pacs.job_store import JobStore
 
 
 def test_a_missing_or_healthy_database_passes(tmp_path):

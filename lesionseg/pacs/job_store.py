@@ -23,16 +23,14 @@ assumes that no other process is running jobs of the same store at that moment.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import errno
 import json
 import os
 import shutil
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -40,39 +38,14 @@ from lesionseg.errors import (
     DuplicateJobError,
     InputError,
     JobNotFoundError,
-    JobStoreError,
     StorageFullError,
 )
+from lesionseg.pacs.durable_files import disk_full, fsync_dir, write_durably
+from lesionseg.pacs.job_db import DB_FILE, create_database, transaction
 
 JOB_STATES = ("queued", "running", "done", "failed")
 PUSH_STATES = ("none", "pending", "retrying", "pushed", "failed")
 MAX_TRANSACTION_ID = 128
-
-# ``owner``: the id of the API key that submitted the job (NULL without keys); a transaction
-# id is unique per owner, so one key can neither see nor collide with another key's ids.
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    transaction_id TEXT,
-    owner TEXT,
-    state TEXT NOT NULL,
-    reason TEXT,
-    window TEXT,
-    n_files INTEGER NOT NULL,
-    push_state TEXT NOT NULL,
-    push_attempts INTEGER NOT NULL DEFAULT 0,
-    push_next_at REAL,
-    push_error TEXT,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    pushed_at REAL
-)
-"""
-_OWNER_INDEX = (
-    "CREATE UNIQUE INDEX IF NOT EXISTS jobs_owner_transaction_id "
-    "ON jobs (ifnull(owner, ''), transaction_id)"
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,117 +81,18 @@ def backoff_delay(attempts: int, initial_s: float, max_s: float) -> float:
     return min(max_s, initial_s * 2.0 ** min(attempts - 1, 60))
 
 
-def _migrate(db: sqlite3.Connection) -> None:
-    """Bring a store written before jobs had owners up to date: add ``owner`` and make the
-    transaction id unique per owner (SQLite cannot drop a column's UNIQUE, so the table is
-    rebuilt, rows and rowids kept, in one transaction)."""
-    db.execute("BEGIN IMMEDIATE")  # another process may be opening the same store
-    columns = [row[1] for row in db.execute("PRAGMA table_info(jobs)")]
-    if "owner" not in columns:
-        db.execute(_SCHEMA.replace("IF NOT EXISTS jobs", "jobs_owned"))
-        names = ", ".join(columns)
-        db.execute(f"INSERT INTO jobs_owned (rowid, {names}) SELECT rowid, {names} FROM jobs")
-        db.execute("DROP TABLE jobs")
-        db.execute("ALTER TABLE jobs_owned RENAME TO jobs")
-    db.execute(_OWNER_INDEX)
-    db.execute("COMMIT")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, rename, fsync the directory);
-    on failure (a full volume) the temp file is removed."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _disk_full(exc: BaseException) -> bool:
-    """No space or quota left: the OS's ENOSPC / EDQUOT, or sqlite's SQLITE_FULL."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc)
-
-
-def check_database(root: Path, timeout_s: float = 5.0) -> None:
-    """Fail loudly, before serving, if ``root``'s job database exists but cannot be used:
-    garbage bytes (not sqlite) or a write lock held by another process for ``timeout_s``.
-    Raises :class:`JobStoreError` naming the file and what to do; a missing file is fine."""
-    path = Path(root) / "jobs.sqlite3"
-    if not path.exists():
-        return
-    try:
-        db = sqlite3.connect(path, timeout=timeout_s, isolation_level=None)
-        try:
-            db.execute("BEGIN IMMEDIATE")  # waits for, then fails on, another writer's lock
-            db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # reads the header
-            db.execute("ROLLBACK")
-        finally:
-            db.close()
-    except sqlite3.OperationalError as exc:
-        if "locked" not in str(exc):
-            raise
-        raise JobStoreError(
-            f"the job database {path} is locked by another process ({exc}): is another "
-            "lesionseg (or a sqlite3 shell) using this LESIONSEG_JOBS_DIR? Stop it, then "
-            "start again"
-        ) from None
-    except sqlite3.DatabaseError as exc:
-        raise JobStoreError(
-            f"the job database {path} is corrupt ({exc}): move it away and start again (an "
-            "empty store is created; the jobs it held are lost unless you restore it from a "
-            "backup)"
-        ) from None
-
-
 class JobStore:
     """The job store in directory ``root`` (created if missing)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.db_path = self.root / "jobs.sqlite3"
-        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
-            db.execute(_SCHEMA)
-            _migrate(db)
-        finally:
-            db.close()
+        self.db_path = self.root / DB_FILE
+        create_database(self.db_path)
         # Held open for the store's life: its WAL index (-shm) and WAL stay allocated, so
         # status reads keep working on a full volume (writes then fail with SQLITE_FULL).
         self._keeper = sqlite3.connect(self.db_path, check_same_thread=False)
         self._keeper.execute("SELECT count(*) FROM jobs").fetchone()
-
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            yield db
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        finally:
-            db.close()
 
     # --- paths -----------------------------------------------------------------------------
 
@@ -289,12 +163,12 @@ class JobStore:
                         shutil.copyfileobj(source, target)
                     target.flush()
                     os.fsync(target.fileno())
-            _fsync_dir(staging / "input")
+            fsync_dir(staging / "input")
             if options:
-                _write_durably(staging / "options.json", json.dumps(options).encode())
+                write_durably(staging / "options.json", json.dumps(options).encode())
             staging.rename(self.job_dir(job_id))
-            _fsync_dir(self.root)
-            with self._connect() as db:
+            fsync_dir(self.root)
+            with transaction(self.db_path) as db:
                 db.execute(
                     "INSERT INTO jobs (id, transaction_id, owner, state, window, n_files,"
                     " push_state, created_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
@@ -307,7 +181,7 @@ class JobStore:
         except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
             shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
-            if _disk_full(exc):
+            if disk_full(exc):
                 raise StorageFullError(
                     "the job store's volume is full: nothing was kept; submit again once "
                     "space is freed in LESIONSEG_JOBS_DIR"
@@ -318,7 +192,7 @@ class JobStore:
     def get(self, job_id: str, *, owner: str | None = None) -> Job:
         """The job ``job_id``. With ``owner`` (an API key's id), a job of another owner, or of
         none, is not found either: the same error as an unknown id, so ids cannot be probed."""
-        with self._connect() as db:
+        with transaction(self.db_path) as db:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None or (owner is not None and row["owner"] != owner):
             raise JobNotFoundError(f"no job {job_id!r}")
@@ -326,7 +200,7 @@ class JobStore:
 
     def find(self, transaction_id: str, owner: str | None = None) -> Job | None:
         """The job ``owner`` (None: no owner) submitted with this transaction id, if any."""
-        with self._connect() as db:
+        with transaction(self.db_path) as db:
             row = db.execute(
                 "SELECT * FROM jobs WHERE transaction_id = ? AND owner IS ?",
                 (transaction_id, owner),
@@ -340,14 +214,14 @@ class JobStore:
         submissions (never acknowledged). Returns the number of jobs re-queued."""
         for staging in self.root.glob(".incoming-*"):
             shutil.rmtree(staging, ignore_errors=True)
-        with self._connect() as db:
+        with transaction(self.db_path) as db:
             return db.execute(
                 "UPDATE jobs SET state = 'queued', started_at = NULL WHERE state = 'running'"
             ).rowcount
 
     def requeue(self, job_id: str) -> Job:
         """Put a ``running`` job back in the queue (it could not run now, e.g. overload)."""
-        with self._connect() as db:
+        with transaction(self.db_path) as db:
             db.execute(
                 "UPDATE jobs SET state = 'queued', started_at = NULL "
                 "WHERE id = ? AND state = 'running'",
@@ -357,7 +231,7 @@ class JobStore:
 
     def claim_next(self, now: float | None = None) -> Job | None:
         """Mark the oldest queued job ``running`` and return it (None if there is none)."""
-        with self._connect() as db:
+        with transaction(self.db_path) as db:
             row = db.execute(
                 "SELECT id FROM jobs WHERE state = 'queued' ORDER BY created_at, rowid LIMIT 1"
             ).fetchone()
@@ -386,18 +260,18 @@ class JobStore:
         outputs += (self.result_path(job_id),)
         now = time.time() if now is None else now
         try:
-            _write_durably(outputs[0], json.dumps(summary).encode())
+            write_durably(outputs[0], json.dumps(summary).encode())
             if sr is not None:
-                _write_durably(outputs[1], sr)
-            _write_durably(outputs[2], seg)
-            with self._connect() as db:
+                write_durably(outputs[1], sr)
+            write_durably(outputs[2], seg)
+            with transaction(self.db_path) as db:
                 db.execute(
                     "UPDATE jobs SET state = 'done', reason = NULL, finished_at = ?, "
                     "push_next_at = CASE WHEN push_state = 'pending' THEN ? END WHERE id = ?",
                     (now, now, job_id),
                 )
         except (OSError, sqlite3.OperationalError) as exc:
-            if not _disk_full(exc):
+            if not disk_full(exc):
                 raise
             for path in outputs:
                 path.unlink(missing_ok=True)
@@ -408,14 +282,14 @@ class JobStore:
 
     def note(self, job_id: str, reason: str) -> None:
         """Record why a ``running`` job is not done yet (cleared when it is)."""
-        with self._connect() as db:
+        with transaction(self.db_path) as db:
             db.execute(
                 "UPDATE jobs SET reason = ? WHERE id = ? AND state = 'running'", (reason, job_id)
             )
 
     def fail(self, job_id: str, reason: str, now: float | None = None) -> Job:
         """Mark the job ``failed`` with a reason a caller can act on (no patient data)."""
-        with self._connect() as db:
+        with transaction(self.db_path) as db:
             db.execute(
                 "UPDATE jobs SET state = 'failed', reason = ?, finished_at = ?, "
                 "push_state = CASE WHEN push_state = 'pending' THEN 'none' ELSE push_state END "
@@ -428,7 +302,7 @@ class JobStore:
 
     def due_pushes(self, now: float | None = None) -> list[Job]:
         """Done jobs whose push is pending or retrying and due at ``now``, oldest due first."""
-        with self._connect() as db:
+        with transaction(self.db_path) as db:
             rows = db.execute(
                 "SELECT * FROM jobs WHERE state = 'done' AND push_state IN ('pending', "
                 "'retrying') AND push_next_at <= ? ORDER BY push_next_at",
@@ -438,7 +312,7 @@ class JobStore:
 
     def next_push_at(self) -> float | None:
         """When the earliest pending or retrying push is due (None if there is none)."""
-        with self._connect() as db:
+        with transaction(self.db_path) as db:
             (value,) = db.execute(
                 "SELECT MIN(push_next_at) FROM jobs WHERE state = 'done' "
                 "AND push_state IN ('pending', 'retrying')"
@@ -449,7 +323,7 @@ class JobStore:
         """Reserve a due push for ``lease_s`` seconds so that no other pusher sends it too;
         False if someone else claimed or finished it since ``job`` was read."""
         now = time.time() if now is None else now
-        with self._connect() as db:
+        with transaction(self.db_path) as db:
             return (
                 db.execute(
                     "UPDATE jobs SET push_next_at = ? WHERE id = ? AND push_next_at = ? "
@@ -460,7 +334,7 @@ class JobStore:
             )
 
     def push_succeeded(self, job_id: str, now: float | None = None) -> Job:
-        with self._connect() as db:
+        with transaction(self.db_path) as db:
             db.execute(
                 "UPDATE jobs SET push_state = 'pushed', push_attempts = push_attempts + 1, "
                 "push_error = NULL, push_next_at = NULL, pushed_at = ? WHERE id = ?",
@@ -478,7 +352,7 @@ class JobStore:
     ) -> Job:
         """Record a failed try: retry after ``retry_in_s`` seconds, or never (None)."""
         now = time.time() if now is None else now
-        with self._connect() as db:
+        with transaction(self.db_path) as db:
             db.execute(
                 "UPDATE jobs SET push_attempts = push_attempts + 1, push_error = ?, "
                 "push_state = ?, push_next_at = ? WHERE id = ?",
