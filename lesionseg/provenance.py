@@ -7,21 +7,34 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lesionseg.settings import REPO_ROOT
+# The checkout lesionseg runs from, when it runs from one (an installed wheel has no .git).
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
 
-def git_commit() -> str | None:
-    """HEAD of the repository (with ``-dirty`` when the tree has changes), or None."""
+def git_state() -> dict:
+    """The repository's HEAD and whether tracked files differ from it, as
+    ``{"git_commit": "<12 hex>", "git_dirty": bool}``; both None outside a git checkout (an
+    installed wheel). Take it when a run starts: the tree may change while it runs."""
+    if not (SOURCE_ROOT / ".git").exists():  # site-packages may sit inside another repository
+        return {"git_commit": None, "git_dirty": None}
 
     def git(*args: str) -> str:
         return subprocess.run(
-            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+            ["git", *args], cwd=SOURCE_ROOT, capture_output=True, text=True, check=False
         ).stdout.strip()
 
     head = git("rev-parse", "--short=12", "HEAD")
     if not head:
+        return {"git_commit": None, "git_dirty": None}
+    return {"git_commit": head, "git_dirty": bool(git("status", "--porcelain", "-uno"))}
+
+
+def git_commit() -> str | None:
+    """HEAD of the repository (with ``-dirty`` when the tree has changes), or None."""
+    state = git_state()
+    if state["git_commit"] is None:
         return None
-    return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    return state["git_commit"] + ("-dirty" if state["git_dirty"] else "")
 
 
 def cpu_name() -> str:
