@@ -138,10 +138,10 @@ train: setup ## train on your data: make train DATA=dir OUT=dir [TRAIN_ARGS="--w
 $(LITS_NNUNET): $(STAMP) lesionseg/datasets/examples.py
 	$(PY) -m lesionseg.cli fetch-data --nnunet data/lits117-nnunet
 
-train-default: setup $(LITS_NNUNET) ## rebuild the shipped LiTS bundle models/lits117 (~80 min, 2 cores)
+train-default: setup $(LITS_NNUNET) ## rebuild the shipped LiTS bundle lesionseg/models/lits117 (~80 min, 2 cores)
 	$(PY) -m lesionseg.cli train data/lits117-nnunet --labels tumour --window abdomen \
 		--val-fraction 0.22 --axes all --epochs 200 --sam lora --sam-epochs 3 --sam-steps 40 \
-		--time-budget 70 --name lits117 --out models/lits117
+		--time-budget 70 --name lits117 --out lesionseg/models/lits117
 
 train-unet: setup data ## 2-D U-Net baseline (MONAI) -> models/unet/lits-unet2d.pt
 	$(PY) -m lesionseg.train.unet --epochs 30 --out models/unet/lits-unet2d

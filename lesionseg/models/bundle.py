@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 FORMAT = "lesionseg-bundle/1"
 RECORD_FILE = "model.json"
 BUNDLE_SUBDIR = "bundle"  # where an export or a BentoML store model keeps its bundle's copy
-SHIPPED_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "lits117"
+SHIPPED_BUNDLE = Path(__file__).resolve().parent / "lits117"  # package data (pyproject.toml)
 
 
 class _DetectorRecord(BaseModel):
