@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,68 +37,22 @@ from scipy import ndimage
 from benchmarks import propagation
 from benchmarks.common import RESULTS, provenance, write_rows
 from lesionseg.datasets.lits import LitsCase, LitsSlice
-from lesionseg.measure.evaluation import DetectionCounts, LesionScores, dice, match_detections
+from lesionseg.export.accuracy import Predict, lesion_metrics
+from lesionseg.measure.evaluation import DETECTION_IOU, DETECTION_MIN_AREA, EVAL_MIN_AREA
 from lesionseg.models.backends.torch_runner import TorchSamRunner
+from lesionseg.models.bundle_settings import bundle_in_force, effective_settings
 from lesionseg.models.detector import Detector
 from lesionseg.models.sam import load_sam
 from lesionseg.models.segmenter import Segmenter
 from lesionseg.pipeline.engine import filter_detections
-from lesionseg.settings import REPO_ROOT, Settings
+from lesionseg.settings import Settings
 from lesionseg.train.common import perturb_boxes
-from lesionseg.train.sam_train import EVAL_MIN_AREA, cached_embeddings
+from lesionseg.train.sam_train import cached_embeddings
 from lesionseg.train.unet import load_unet, predict_unet
-from lesionseg.transforms import mask_to_box
+from service.launcher import REPO_ROOT
 
 PERTURBATIONS = (0.05, 0.10)  # fraction of the longest image side
-DETECTION_IOU, DETECTION_MIN_AREA = 0.3, 50
 MODELS = REPO_ROOT / "models"
-
-Predict = Callable[[LitsSlice], tuple[np.ndarray, bool]]  # -> ((K, H, W) bool, prompted)
-
-
-def score(slices: list[LitsSlice], predict: Predict, min_area: int) -> dict:
-    """The row's metrics over ``slices``; ``predict`` returns instances and whether they are
-    one per GT lesion (box-prompted) or free (automatic)."""
-    scores, image_dice = LesionScores(), []
-    inter = total = 0
-    counts, automatic = DetectionCounts(), False
-    for sl in slices:
-        masks, prompted = predict(sl)
-        automatic = not prompted
-        union = masks.any(axis=0) if len(masks) else np.zeros(sl.instances.shape, bool)
-        image_dice.append(dice(union, sl.tumour_mask))
-        inter += int((union & sl.tumour_mask).sum())
-        total += int(union.sum() + sl.tumour_mask.sum())
-        lesions = [sl.instances == k + 1 for k in range(len(sl.areas))]
-        scores.add(
-            np.asarray(masks, bool).reshape(-1, *union.shape),
-            np.array(lesions, bool).reshape(-1, *union.shape),
-            prompted=prompted,
-            min_area=min_area,
-        )
-        if not prompted:
-            boxes = np.array([mask_to_box(m) for m in masks if m.any()], np.float32)
-            counts += match_detections(
-                boxes,
-                sl.boxes,
-                sl.areas,
-                iou_threshold=DETECTION_IOU,
-                min_area=DETECTION_MIN_AREA,
-            )
-    ld = np.array(scores.dices)
-    return {
-        "lesions": len(ld),
-        "lesion_dice": round(float(ld.mean()), 4),
-        "lesion_iou": round(float((ld / (2 - ld)).mean()), 4),
-        "image_dice": round(float(np.mean(image_dice)), 4),
-        "pooled_dice": round(2 * inter / max(total, 1), 4),
-        "det_recall": _r(counts.recall) if automatic else "",
-        "det_precision": _r(counts.precision) if automatic else "",
-    }
-
-
-def _r(x: float | None) -> float | str:
-    return "" if x is None else round(x, 4)
 
 
 def components(mask: np.ndarray) -> np.ndarray:
@@ -141,9 +94,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-voxels", type=int, default=50, help="3-D lesions")
     parser.add_argument("--only-3d", action="store_true", help="the 3-D rows only")
     args = parser.parse_args(argv)
+    prov = provenance()  # at the start: the tree may change while it runs
 
     torch.set_num_threads(args.threads)
-    settings = Settings(backend="torch")
+    settings = effective_settings(Settings(backend="torch"))
     case = LitsCase(settings.cache_dir)
     slices = list(case.slices("val"))
     detector = Detector.from_settings(settings)
@@ -160,12 +114,12 @@ def main(argv: list[str] | None = None) -> None:
     # Zero-shot LiteMedSAM, and the bundle's own fine-tune when it ships one.
     sams: dict[str, Path | None] = {"zero-shot": None}
     if settings.sam_path is not None:
-        sams[f"{settings.bundle().sam.recipe or 'bundle'} FT"] = settings.sam_path
+        sams[f"{bundle_in_force(settings).sam.recipe or 'bundle'} FT"] = settings.sam_path
     rows, rows_3d, started = [], [], time.time()
 
     def add(method: str, prompt: str, checkpoint: str, predict: Predict) -> None:
         row = {"method": method, "prompt": prompt, "checkpoint": checkpoint}
-        row |= score(slices, predict, args.min_area)
+        row |= lesion_metrics(slices, predict, args.min_area)
         print(row)
         rows.append(row)
 
@@ -196,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         add(
             f"detector + SAM {name}",
             "detector boxes (automatic)",
-            f"{settings.bundle().name} detector + {ckpt}",
+            f"{bundle_in_force(settings).name} detector + {ckpt}",
             lambda sl, s=segmenter, e=embeddings: (
                 s.predict([s.wrap(e[sl.index], sl.instances.shape)], [detections[sl.index]])[
                     0
@@ -204,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
                 False,
             ),
         )
-    full_3d = [row | {"min_voxels": args.min_voxels} | provenance() for row in rows_3d]
+    full_3d = [row | {"min_voxels": args.min_voxels} | prov for row in rows_3d]
     write_rows(args.out.with_name(args.out.name.replace("_cpu", "_3d_cpu") + ".csv"), full_3d)
     if args.only_3d:
         propagation.write_markdown(
@@ -223,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         "perturbations": " / ".join(f"±{p:.0%}" for p in PERTURBATIONS),
         "seconds": round(time.time() - started, 1),
     }
-    full = [row | meta | provenance() for row in rows]
+    full = [row | meta | prov for row in rows]
     write_rows(args.out.with_suffix(".csv"), full)
     write_markdown(args.out.with_suffix(".md"), rows, full[0])
     propagation.write_markdown(args.out.with_suffix(".md"), rows_3d, full_3d[0], args.min_voxels)

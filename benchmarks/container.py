@@ -100,9 +100,10 @@ def main(argv: list[str] | None = None) -> None:
     engine = find_engine()
     if engine is None:
         raise SystemExit("no container engine: `make container-deps`")
+    common = provenance()  # at the start: the tree may change while it runs
     cold = build(NAME, no_cache=True)
     cached = build(NAME)
-    common = provenance() | {"engine": engine.version(), "base_image": cached.base_image}
+    common |= {"engine": engine.version(), "base_image": cached.base_image}
     rows = [
         common | {"measure": "build_no_cache", "value": round(cold.seconds, 1)},
         common | {"measure": "build_cached", "value": round(cached.seconds, 1)},

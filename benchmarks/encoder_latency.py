@@ -18,6 +18,7 @@ import numpy as np
 
 from benchmarks.common import RESULTS, percentiles, provenance, write_rows
 from lesionseg.datasets.lits import LitsCase
+from lesionseg.models.bundle_settings import effective_settings, exports_dir
 from lesionseg.models.segmenter import Segmenter
 from lesionseg.settings import Settings
 
@@ -38,12 +39,12 @@ def segmenters(settings: Settings) -> dict[str, Segmenter]:
     out["openvino-fp32"] = openvino["fp32"]
     if (chosen := openvino["auto"].runner.precision) != "fp32":
         out[f"openvino-{chosen}"] = openvino["auto"]
-    int8 = settings.exports() / "sam_encoder.int8.onnx"
+    int8 = exports_dir(settings) / "sam_encoder.int8.onnx"
     if int8.is_file():  # only present when the export kept it (Dice within 0.01)
         from lesionseg.models.backends.onnx_runner import OnnxSamRunner
 
         out["onnxruntime-int8"] = Segmenter(
-            OnnxSamRunner(settings.exports(), encoder_file=int8.name)
+            OnnxSamRunner(exports_dir(settings), encoder_file=int8.name)
         )
     return out
 
@@ -55,8 +56,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--boxes", type=int, nargs="+", default=[1, 4], help="decoder")
     parser.add_argument("--out", type=Path, default=RESULTS / "encoder_cpu")
     args = parser.parse_args(argv)
+    base = provenance()  # at the start: the tree may change while it runs
 
-    settings = Settings(device="cpu")
+    settings = effective_settings(Settings(device="cpu"))
     case = LitsCase(settings.cache_dir)
     images = [s.image for s in case.slices("val", step=7)]  # 4 real slices
     runners = segmenters(settings)
@@ -78,7 +80,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 ms = (time.perf_counter() - start) * 1000 / (n if stage == "encoder" else 1)
                 if round_:  # round 0 is warm-up
                     samples[(stage, name, n)].append(ms)
-    base = provenance()
     rows = []
     for (stage, name, n), values in samples.items():
         backend, precision = name.split("-")

@@ -13,8 +13,10 @@ replaced by another. Writes results/gpu.csv and .md, naming the device, driver a
     python -m benchmarks.gpu --dry-run   # the same code on CPU: torch fp32, batch 1-2, no HTTP
 
 The files are rewritten after each engine and section, so a run stopped part-way (a time limit,
-a crash in a later section) keeps what it measured; ``--skip-http REASON`` records the HTTP
-section as skipped with that reason (benchmarks/gpu_device.sh: a machine without its packages).
+a crash in a later section) keeps what it measured, and its markdown says INCOMPLETE and lists
+what had not run (each file written before the last says so); ``--skip-http REASON`` records the
+HTTP section as skipped with that reason (benchmarks/gpu_device.sh: a machine without its
+packages).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import numpy as np
 from benchmarks.common import RESULTS, percentiles, provenance, write_rows
 from benchmarks.gpu_report import COLUMNS, device_info, report
 from lesionseg.errors import ModelLoadError
+from lesionseg.models.bundle_settings import effective_settings
 from lesionseg.settings import Settings
 
 # name -> (Settings fields, torch.compile the encoder)
@@ -127,7 +130,9 @@ def encoder_section(args, image: np.ndarray):
         device = "cpu" if args.dry_run and name == "torch-fp32" else "cuda"
         head = {"section": "encoder", "engine": name, "device": device}
         try:
-            runner = load_runner(Settings(device=device, **fields), compile_encoder)
+            runner = load_runner(
+                effective_settings(Settings(device=device, **fields)), compile_encoder
+            )
             if args.dry_run and device == "cuda":
                 raise SkippedError("--dry-run times torch fp32 on the CPU only (this one loads)")
         except SkippedError as exc:
@@ -193,6 +198,22 @@ def http_section(args) -> list[dict]:
     return rows
 
 
+def not_run(args, rows: list[dict]) -> list[str]:
+    """What ``args`` plan that ``rows`` do not hold yet: each engine's batch sizes not swept
+    (an engine skipped or failed is reported with its reason instead), each server not
+    measured."""
+    left = []
+    for name in args.engines:
+        done = [r for r in rows if r["section"] == "encoder" and r["engine"] == name]
+        if any(r["status"] != "ok" for r in done):
+            continue
+        batches = [b for b in args.batches if b not in {r["batch"] for r in done}]
+        if batches:
+            left.append(f"encoder {name}: batch {', '.join(map(str, batches))}")
+    measured = {r["engine"] for r in rows if r["section"] == "http"}
+    return left + [f"http {name}" for name in args.servers if name not in measured]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
@@ -231,12 +252,13 @@ def main(argv: list[str] | None = None) -> int:
         assert all(set(r) <= set(COLUMNS) for r in new)
         rows.extend(base | {c: None for c in COLUMNS} | r for r in new)
         write_rows(out.with_suffix(".csv"), rows)
-        report(rows, base, out)
+        report(rows, base, out, not_run(args, rows))
 
     for row in encoder_section(args, read_example()):
         save([row])
     save(http_section(args))
-    print(report(rows, base, out))
+    assert not not_run(args, rows), not_run(args, rows)
+    print(report(rows, base, out, []))
     print(f"written: {out.with_suffix('.csv')}, {out.with_suffix('.md')}")
     return 1 if any(str(r["status"]).startswith("failed") for r in rows) else 0
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from benchmarks.common import RESULTS, provenance, write_rows
 from benchmarks.gpu_report import device_info
+from lesionseg.models.bundle_settings import effective_settings
 from lesionseg.settings import Settings
 
 BATCHES = [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 32]
@@ -129,9 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     base = provenance() | device_info()
     rows, kernels = [], []
     for precision in ["fp32"] if args.dry_run else ["fp32", "bf16"]:
-        runner = Segmenter.from_settings(
-            Settings(backend="torch", device=device, precision=precision)
-        ).runner
+        settings = Settings(backend="torch", device=device, precision=precision)
+        runner = Segmenter.from_settings(effective_settings(settings)).runner
         one = preprocess(image, runner.spec.image_size, runner.spec.normalisation)
         for bench in [False] if args.dry_run else [False, True]:
             torch.backends.cudnn.benchmark = bench

@@ -71,8 +71,9 @@ def device_info() -> dict:
     return info
 
 
-def report(rows: list[dict], base: dict, out: Path) -> str:
-    """Write ``out``.md; return it."""
+def report(rows: list[dict], base: dict, out: Path, not_run: list[str]) -> str:
+    """Write ``out``.md; return it. ``not_run``: what the run planned and has not measured
+    yet (each file written before the end says so: a run stopped there is incomplete)."""
     versions = ", ".join(f"{k[2:]} {v}" for k, v in base.items() if k.startswith("v_"))
     if base["gpu"]:
         device = (
@@ -83,8 +84,20 @@ def report(rows: list[dict], base: dict, out: Path) -> str:
     else:
         device = f"no GPU: {base['why_no_gpu']}"
     lines = [
-        "# GPU benchmark" + (" — DRY RUN on CPU, not GPU figures" if base["dry_run"] else ""),
+        "# GPU benchmark"
+        + (" — DRY RUN on CPU, not GPU figures" if base["dry_run"] else "")
+        + (" — INCOMPLETE" if not_run else ""),
         "",
+        *(
+            [
+                f"**Incomplete**: the run ended before {len(not_run)} planned part(s) ran (a "
+                "time limit, a crash); they are listed under *Not run*. What follows is what "
+                "it measured before.",
+                "",
+            ]
+            if not_run
+            else []
+        ),
         f"{device}; CPU {base['cpu']}, {base['cpu_cores']} cores; commit {base['commit']}; "
         f"{base['date']}; {versions}.",
         "",
@@ -124,9 +137,15 @@ def report(rows: list[dict], base: dict, out: Path) -> str:
                 f"{r['failures']} | {r['p50_ms']} | {r['p95_ms']} | {r['ok_per_s'] or ''} |"
             )
     lines += ["", "## Not measured", ""]
-    lines += [
+    skipped = [
         f"- {r['section']} {r['engine']}: {r['status']}" for r in rows if r["status"] != "ok"
-    ] or ["- nothing: every engine and server ran"]
+    ]
+    if not_run:
+        lines += skipped or ["- nothing skipped or failed among the parts that ran"]
+        lines += ["", "## Not run (the run ended before them)", ""]
+        lines += [f"- {part}" for part in not_run]
+    else:
+        lines += skipped or ["- nothing: every engine and server ran"]
     text = "\n".join(lines) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)

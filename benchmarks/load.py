@@ -34,8 +34,8 @@ from pydantic import ValidationError
 from benchmarks.common import RESULTS, provenance, write_rows
 from benchmarks.load_report import COLUMNS, STAGES, report
 from benchmarks.payloads import EXAMPLE, fresh_png, png_bytes, read_example
-from lesionseg.settings import REPO_ROOT, Settings
-from service.launcher import running_server
+from lesionseg.settings import Settings
+from service.launcher import REPO_ROOT, running_server
 
 # The configurations compared; env is added to this process's environment for the server.
 CONFIGS: dict[str, dict[str, str]] = {

@@ -22,7 +22,7 @@ import pydicom
 from PIL import Image
 from pydicom.uid import generate_uid
 
-from lesionseg.settings import REPO_ROOT
+from service.launcher import REPO_ROOT
 
 EXAMPLE = REPO_ROOT / "data" / "examples" / "lits117-z110.png"  # the README's curl example
 EXAMPLE_BOXES = [[104.0, 19.0, 126.0, 57.0]]  # the README's /segment/boxes example

@@ -41,7 +41,7 @@ def test_dry_run_times_torch_on_cpu_and_records_every_other_engine_as_skipped(li
     }
     assert all(s.startswith("skipped: ") and len(s) > len("skipped: ") for s in skipped.values())
     text = out.with_suffix(".md").read_text()
-    assert "DRY RUN on CPU" in text
+    assert "DRY RUN on CPU" in text and "INCOMPLETE" not in text and "## Not run" not in text
     assert ("no GPU:" in text) != torch.cuda.is_available()
 
 
@@ -70,4 +70,27 @@ def test_rows_measured_before_a_run_is_stopped_are_in_the_files(tmp_path, monkey
         main(["--dry-run", "--out", str(out)])
     rows = list(csv.DictReader(out.with_suffix(".csv").open()))
     assert [(r["engine"], r["batch"]) for r in rows] == [("torch-fp32", "1"), ("torch-fp32", "2")]
-    assert "| torch-fp32 | fp32 | 2 |" in out.with_suffix(".md").read_text()
+    text = out.with_suffix(".md").read_text()
+    assert "| torch-fp32 | fp32 | 2 |" in text
+    # ... and the report says the run is incomplete, and what did not run
+    assert text.startswith("# GPU benchmark — DRY RUN on CPU, not GPU figures — INCOMPLETE")
+    assert "every engine and server ran" not in text
+    not_run = text.split("## Not run (the run ended before them)\n\n")[1].splitlines()
+    assert not_run == [f"- encoder {e}: batch 1, 2" for e in ENGINES if e != "torch-fp32"] + [
+        f"- http {s}" for s in SERVERS
+    ]
+
+
+def test_an_engine_stopped_mid_sweep_lists_its_batches_not_run():
+    args = argparse.Namespace(engines=["a", "b", "c"], batches=[1, 2, 4], servers=["s"])
+    rows = [
+        {"section": "encoder", "engine": "a", "status": "ok", "batch": 1},
+        {"section": "encoder", "engine": "b", "status": "skipped: no CUDA", "batch": None},
+        {"section": "encoder", "engine": "c", "status": "ok", "batch": 1},
+        {"section": "encoder", "engine": "c", "status": "ok", "batch": 2},
+    ]
+    assert gpu.not_run(args, rows) == ["encoder a: batch 2, 4", "encoder c: batch 4", "http s"]
+    rows += [{"section": "encoder", "engine": e, "status": "ok", "batch": 4} for e in "ac"]
+    rows += [{"section": "encoder", "engine": "a", "status": "ok", "batch": 2}]
+    rows += [{"section": "http", "engine": "s", "status": "skipped: no bentoml"}]
+    assert gpu.not_run(args, rows) == []

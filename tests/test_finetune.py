@@ -130,10 +130,12 @@ def test_lora_step_hf_saves_a_merged_samodel(lits_volume, tiny_hf_sam_dir, tmp_p
     assert np.isfinite(rows[0]["train_loss"])
     assert merge(modules, model) is None
     record = {"base": {"sha256": modules.spec.sha256}}
-    path = save_sam(modules, tmp_path / "tiny-lora", record, [], tmp_path)
+    source = {"git_commit": "0123456789ab", "git_dirty": True}  # taken when the run started
+    path = save_sam(modules, tmp_path / "tiny-lora", record, [], tmp_path, source=source)
     assert not any("lora" in k for k in modules.decoder.model.state_dict())
     reloaded = load_sam("hf", path)
-    assert json.loads(path.with_suffix(".json").read_text())["checkpoint"]["sha256"]
+    written = json.loads(path.with_suffix(".json").read_text())
+    assert written["checkpoint"]["sha256"] and written.items() >= source.items()
     before = load_sam("hf", tiny_hf_sam_dir).decoder.model.state_dict()
     after = reloaded.decoder.model.state_dict()
     # A random tiny model passes almost no gradient to its encoder; the decoder's LoRA moves.

@@ -109,10 +109,11 @@ def test_openvino_detector_matches_ultralytics(served_export, detector, lits):
 
 @pytest.mark.slow
 def test_openvino_lesion_dice_within_001_of_fp32_torch(served_export, lits, settings):
-    """The accuracy guard (benchmarks/openvino_accuracy.py on every second validation slice):
+    """The accuracy guard (lesionseg.export.accuracy, as benchmarks/openvino_accuracy.py runs
+    it, on every second validation slice):
     the openvino backend at the precision it picks here must keep the lesion Dice of fp32
     torch within 0.01 on the same lesions and ground-truth boxes, or it is not used."""
-    from benchmarks.openvino_accuracy import TOLERANCE, compare
+    from lesionseg.export.accuracy import TOLERANCE, compare
 
     slices = list(lits.slices("val", step=2))
     rows = compare(settings, slices, served_export, openvino_fp32=False)

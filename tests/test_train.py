@@ -125,6 +125,32 @@ def test_train_writes_a_bundle_from_every_layout(layout, written, tmp_path):
         ]
 
 
+def test_from_scratch_never_reads_the_shipped_detector_and_records_the_start_commit(
+    written, tmp_path, monkeypatch
+):
+    """--from-scratch trains without the shipped bundle (neither start nor candidate); the
+    record's commit and dirty flag are the ones taken before any work (no workdir yet)."""
+    from lesionseg.train import train as train_module
+
+    def refuse(*args):
+        raise AssertionError("--from-scratch read the shipped detector")
+
+    taken = []
+
+    def git_state():
+        taken.append((tmp_path / "bundle-work").exists())
+        return {"git_commit": "0123456789ab", "git_dirty": True}
+
+    monkeypatch.setattr(train_module, "_keep_shipped_detector", refuse)
+    monkeypatch.setattr(train_module, "git_state", git_state)
+    record = _train(written("busi"), tmp_path / "bundle", *TINY, "--from-scratch")
+    assert taken == [False]  # once, before the run made its workdir
+    assert (record["git_commit"], record["git_dirty"]) == ("0123456789ab", True)
+    assert record["detector"]["start"] == "random init"
+    tried = {r["detector"] for r in record["metrics"]["table"] if r["detector"] != "-"}
+    assert tried == {"new"} and record["detector"]["selected"] == "new"
+
+
 def test_one_volume_is_split_by_slab_and_sliced_along_every_axis(lits, tmp_path):
     """The shipped bundle's recipe in small: one volume, slab split, --axes all."""
     dataset = fixtures.write_nnunet(lits, tmp_path / "one", slabs=((100, 114),))

@@ -8,6 +8,12 @@ import numpy as np
 
 from lesionseg.transforms import box_iou
 
+# The lesion-level protocol of every accuracy figure (training's table, benchmarks, the
+# backends' guard): lesions >= EVAL_MIN_AREA px count in lesion Dice; a detection matches at
+# box IoU >= DETECTION_IOU, lesions >= DETECTION_MIN_AREA px.
+EVAL_MIN_AREA = 20
+DETECTION_IOU, DETECTION_MIN_AREA = 0.3, 50
+
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     """Dice of two bool masks of the same shape; 1.0 when both are empty."""

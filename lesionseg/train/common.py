@@ -224,14 +224,15 @@ def mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if len(values) else float("nan")
 
 
-def write_record(path: Path, record: dict) -> None:
-    """The JSON record beside a checkpoint: how it was made and how it measured."""
-    from lesionseg.provenance import git_commit, hardware, versions
+def write_record(path: Path, record: dict, source: dict) -> None:
+    """The JSON record beside a checkpoint: how it was made and how it measured; ``source`` is
+    :func:`lesionseg.provenance.git_state` taken when the run started."""
+    from lesionseg.provenance import hardware, versions
 
     full = {
         **record,
         "hardware": hardware(),
         "versions": versions("torch", "peft", "monai", "transformers"),
-        "git_commit": git_commit(),
+        **source,
     }
     Path(path).write_text(json.dumps(full, indent=2) + "\n")

@@ -21,7 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from lesionseg.datasets import Frame
-from lesionseg.measure.evaluation import LesionScores
+from lesionseg.measure.evaluation import (
+    DETECTION_IOU,
+    DETECTION_MIN_AREA,
+    LesionScores,
+)
 from lesionseg.models.backends.torch_runner import TorchSamRunner
 from lesionseg.models.sam import SamModules
 from lesionseg.models.segmenter import Segmenter
@@ -30,8 +34,6 @@ from lesionseg.train.train_detector import detection_counts, frame_boxes
 from lesionseg.transforms import expand_boxes
 from lesionseg.types import Detections
 
-EVAL_MIN_AREA = 20  # px, lesions counted in lesion Dice (as benchmarks/accuracy)
-DETECTION_IOU, DETECTION_MIN_AREA = 0.3, 50
 THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7)
 MARGINS = (0.0, 0.05, 0.1, 0.2)  # measured on LiTS: shrinking (-0.05) never helped
 OBJECTIVES = ("fp_penalised_dice", "lesion_dice")

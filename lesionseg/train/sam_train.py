@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lesionseg.measure.evaluation import dice
+from lesionseg.measure.evaluation import EVAL_MIN_AREA, dice
 from lesionseg.models.backends.torch_runner import TorchSamRunner
 from lesionseg.models.sam import LITEMEDSAM_SHA256, SamModules, load_sam
 from lesionseg.models.sam_delta import make_delta
@@ -33,8 +33,6 @@ from lesionseg.train.common import (
     write_record,
 )
 from lesionseg.transforms import preprocess, resized_hw, scale_boxes
-
-EVAL_MIN_AREA = 20  # px: lesions counted in validation Dice (here and in benchmarks/accuracy)
 
 
 def images_tensor(modules: SamModules, images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -181,6 +179,7 @@ def save_sam(
     val: Sequence[Sample],
     cache: Path,
     *,
+    source: dict,
     lora: dict[str, dict] | None = None,
 ) -> Path:
     """Write the fine-tuned SAM, reload it the way the service does, validate, write the record.
@@ -188,7 +187,8 @@ def save_sam(
     LiteMedSAM on the shipped base: ``<out>.pt``, a :mod:`lesionseg.models.sam_delta` delta (fp16
     replaced tensors; LoRA factors, which ``lora`` names). Any other base: the full state dict
     ``<out>.pth``. Hugging Face: ``<out>/`` by ``save_pretrained``. The record gets the
-    checkpoint's sha256 and the validation metrics *of the reloaded file*.
+    checkpoint's sha256 and the validation metrics *of the reloaded file*; ``source`` is
+    :func:`lesionseg.provenance.git_state` taken when the training started.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -225,6 +225,6 @@ def save_sam(
             "gt_boxes": evaluate_gt_boxes(reloaded, val, emb),
             "min_lesion_px": EVAL_MIN_AREA,
         }
-    write_record(out.with_suffix(".json"), record)
+    write_record(out.with_suffix(".json"), record, source)
     print(f"wrote {path} and {out.with_suffix('.json')}: {record.get('validation')}")
     return path

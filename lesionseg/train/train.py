@@ -27,14 +27,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lesionseg.datasets import FORMATS, open_dataset
+from lesionseg.datasets import open_dataset
 from lesionseg.errors import DatasetError, LesionSegError
 from lesionseg.models.bundle import FORMAT, RECORD_FILE
+from lesionseg.models.bundle_settings import bundle_in_force, effective_settings
 from lesionseg.models.sam import load_sam
-from lesionseg.provenance import git_commit, hardware, versions
+from lesionseg.provenance import git_state, hardware, versions
 from lesionseg.settings import Settings
-from lesionseg.train import evaluate, validate
+from lesionseg.train import validate
+from lesionseg.train.arguments import parse_args
 from lesionseg.train.common import EpochLog, Stopper, frame_samples
+from lesionseg.train.extra import require_training_extra
 from lesionseg.train.split import AXES, split_cases
 from lesionseg.train.train_detector import (
     AUGMENTATION,
@@ -45,76 +48,12 @@ from lesionseg.train.train_detector import (
 )
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="lesionseg train", description=__doc__.split("\n\n")[0])
-    p.add_argument("dataset", type=Path, help="dataset folder (layout detected; see --format)")
-    p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
-    p.add_argument("--name", help="bundle name shown by the service (default: the --out name)")
-    p.add_argument("--format", choices=FORMATS, help="override the detected layout")
-    p.add_argument(
-        "--labels",
-        help="comma-separated class names that count as lesions, e.g. tumour (default: every "
-        "label but background; the others count as background)",
-    )
-    p.add_argument(
-        "--window",
-        help="DICOM/NIfTI window: a preset (abdomen, liver, lung, bone, "
-        "brain, mediastinum) or 'center,width'; recorded in the bundle",
-    )
-    p.add_argument("--val-fraction", type=float, default=0.2, help="share of cases (default 0.2)")
-    p.add_argument("--val-cases", help="comma-separated case names for validation")
-    p.add_argument(
-        "--slab-gap",
-        type=int,
-        default=10,
-        help="slices between the slabs of a one-volume dataset (default 10)",
-    )
-    p.add_argument(
-        "--axes",
-        choices=sorted(AXES),
-        default="axial",
-        help="training slices of volumes: axial only, or along all three axes",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", choices=["n", "s", "m"], default="n", help="YOLOv8 size")
-    p.add_argument(
-        "--from-scratch",
-        action="store_true",
-        help="random init instead of the shipped detector (always for s and m)",
-    )
-    p.add_argument("--epochs", type=int, default=100, help="detector epochs (default 100)")
-    p.add_argument("--imgsz", type=int, default=256, help="detector input size (default 256)")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument(
-        "--negative-ratio",
-        type=float,
-        default=1.0,
-        help="frames without lesion per frame with one, at most (default 1)",
-    )
-    p.add_argument("--sam", choices=["lora", "decoder", "none"], default="lora")
-    p.add_argument("--sam-epochs", type=int, default=3)
-    p.add_argument("--sam-steps", type=int, default=0, help="steps per SAM epoch (0: all)")
-    p.add_argument("--sam-lr", type=float, help="default 5e-4 (lora), 2e-4 (decoder)")
-    p.add_argument("--max-shift", type=float, default=0.05, help="SAM box perturbation")
-    p.add_argument("--time-budget", type=float, help="minutes for the whole run")
-    p.add_argument(
-        "--max-val-frames",
-        type=int,
-        default=200,
-        help="validation frames scored (all with lesions first; default 200)",
-    )
-    p.add_argument("--min-lesion-px", type=int, default=evaluate.EVAL_MIN_AREA)
-    p.add_argument("--tune-objective", choices=evaluate.OBJECTIVES, default="fp_penalised_dice")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--workdir", type=Path, help="scratch (default .cache/train/<out name>)")
-    return p.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # ultralytics' per-epoch progress bars (the service keeps it quiet; read at its import).
     os.environ.setdefault("YOLO_VERBOSE", "true")
     try:
+        require_training_extra(args.sam)  # before any work: not at the end of a long run
         run(args, argv if argv is not None else sys.argv[1:])
     except LesionSegError as exc:
         print(f"lesionseg train: error: {exc}", file=sys.stderr)
@@ -127,9 +66,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, argv: list[str]) -> Path:
     started = time.time()
+    source = git_state()  # the code this run starts from, whatever changes while it runs
     deadline = started + args.time_budget * 60 if args.time_budget else None
     torch.set_num_threads(args.threads)
-    settings = Settings()
+    settings = effective_settings(Settings())
     labels = args.labels.split(",") if args.labels else None
     dataset = open_dataset(args.dataset, format=args.format, labels=labels, window=args.window)
     print(
@@ -154,16 +94,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
         )
     out, work = args.out, args.workdir or settings.cache_dir / "train" / args.out.name
     work.mkdir(parents=True, exist_ok=True)
-    # The shipped bundle may be the one being rebuilt: keep what it was before writing over it.
-    shipped = {
-        "weights": work / "shipped-detector.pt",
-        "score_threshold": settings.score_threshold,
-        "box_margin": settings.box_margin,
-        "image_size": settings.detector_image_size,
-    }
-    shutil.copyfile(settings.detector_weights, shipped["weights"])
-    bundle = settings.bundle()
-    shipped["classes"] = bundle.classes if bundle else None
+    fine_tune = args.model == "n" and not args.from_scratch
+    # From scratch, the shipped detector is neither the start nor a candidate: not read at all.
+    shipped = _keep_shipped_detector(settings, work) if fine_tune else None
     # Written into a staging folder and swapped in at the end: an aborted run leaves the old
     # bundle in --out as it was.
     stage = out.parent / f".{out.name}.partial"
@@ -244,7 +177,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
         },
         "versions": versions("torch", "ultralytics", "peft"),
         "hardware": hardware(),
-        "git_commit": git_commit(),
+        **source,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     (stage / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
@@ -253,6 +186,21 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
     print(f"bundle -> {out}: {json.dumps(record['metrics']['selected'])}")
     print(f"serve it: LESIONSEG_MODEL_DIR={out} make serve")
     return out
+
+
+def _keep_shipped_detector(settings: Settings, work: Path) -> dict:
+    """The served detector and its tuning, copied to ``work``: the served bundle may be the one
+    being rebuilt, so keep what it was before writing over it."""
+    bundle = bundle_in_force(settings)
+    shipped = {
+        "weights": work / "shipped-detector.pt",
+        "score_threshold": settings.score_threshold,
+        "box_margin": settings.box_margin,
+        "image_size": settings.detector_image_size,
+        "classes": bundle.classes if bundle else None,
+    }
+    shutil.copyfile(settings.detector_weights, shipped["weights"])
+    return shipped
 
 
 def _publish(stage: Path, out: Path) -> None:
@@ -284,10 +232,10 @@ def _phase_deadline(deadline, started, share: float) -> float | None:
     return None if deadline is None else started + (deadline - started) * share
 
 
-def _train_detector(args, shipped_model, data, work, out, deadline, started) -> dict:
-    shipped = shipped_model["weights"]
-    fine_tune = args.model == "n" and not args.from_scratch
-    start = str(shipped) if fine_tune else f"yolov8{args.model}.yaml"
+def _train_detector(args, shipped: dict | None, data, work, out, deadline, started) -> dict:
+    """Train YOLO from ``shipped`` (the kept shipped detector; None: a random init)."""
+    fine_tune = shipped is not None
+    start = str(shipped["weights"]) if fine_tune else f"yolov8{args.model}.yaml"
     if not fine_tune and not args.from_scratch:
         print(
             f"--model {args.model}: only a YOLOv8n detector ships, so this one starts from "
@@ -313,7 +261,7 @@ def _train_detector(args, shipped_model, data, work, out, deadline, started) -> 
                 "the detector finished no epoch; nothing to write: raise --time-budget"
             )
         print("the detector finished no epoch: the bundle keeps the shipped detector")
-        shutil.copyfile(shipped, out / "detector.pt")
+        shutil.copyfile(shipped["weights"], out / "detector.pt")
     else:
         copy_checkpoint(best, out / "detector.pt")
     return {
@@ -392,10 +340,13 @@ def _train_sam(args, samples, val, out, deadline, started, interrupted: bool):
     }, modules
 
 
-def _choose(args, shipped: dict, classes, val, stage: Path, tuned_modules) -> validate.Choice:
-    """Tune and pick the detector (new; shipped when its classes are the dataset's) and SAM."""
+def _choose(
+    args, shipped: dict | None, classes, val, stage: Path, tuned_modules
+) -> validate.Choice:
+    """Tune and pick the detector (new; shipped when kept and its classes are the dataset's)
+    and SAM."""
     detectors = [validate.DetectorCandidate("new", stage / "detector.pt", args.imgsz)]
-    if shipped["classes"] is not None and tuple(shipped["classes"]) == tuple(classes):
+    if shipped and shipped["classes"] is not None and tuple(shipped["classes"]) == tuple(classes):
         served = (shipped["score_threshold"], shipped["box_margin"])
         detectors.append(
             validate.DetectorCandidate("shipped", shipped["weights"], shipped["image_size"], served)

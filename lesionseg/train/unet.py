@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from lesionseg.datasets.lits import SPLITS, LitsCase, LitsSlice
 from lesionseg.measure.evaluation import dice
+from lesionseg.provenance import git_state
 from lesionseg.settings import Settings
 from lesionseg.train.common import (
     EpochLog,
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=Path("models/unet/lits-unet2d"))
     args = parser.parse_args(argv)
+    source = git_state()  # the code this run starts from
 
     torch.set_num_threads(args.threads)
     case = LitsCase(Settings().cache_dir)
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         "last_epoch": rows[-1],
         "command": "python -m lesionseg.train.unet " + " ".join(argv or sys.argv[1:]),
     }
-    write_record(args.out.with_suffix(".json"), record)
+    write_record(args.out.with_suffix(".json"), record, source)
     print(f"wrote {path}: {record['validation']}")
 
 
