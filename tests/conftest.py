@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from lesionseg.settings import Settings
+from tests.server_limits import SERVER_LIMITS
+
+# Every server a test starts inherits these limits, not the production defaults.
+os.environ.update(SERVER_LIMITS)
 
 
 @pytest.fixture(scope="session")
