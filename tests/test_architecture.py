@@ -30,6 +30,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
         "lesionseg.checksums",
         "lesionseg.settings",
         "lesionseg.provenance",
+        "lesionseg.windows",
     ),
     ("lesionseg.measure",),
     ("lesionseg.io",),

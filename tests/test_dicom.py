@@ -11,8 +11,9 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_color_lut
 
 from lesionseg.errors import ImageTooLargeError, InputError, InvalidImageError
-from lesionseg.io.dicom import decode_dicom, is_dicom, parse_window, scrub
+from lesionseg.io.dicom import decode_dicom, is_dicom, scrub
 from lesionseg.settings import Settings
+from lesionseg.windows import parse_window
 
 PRESETS = Settings().window_presets
 LIMITS = {"max_pixels": 40_000_000, "max_frames": 256}

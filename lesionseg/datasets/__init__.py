@@ -39,8 +39,8 @@ from pathlib import Path
 from lesionseg.datasets import busi, coco, dicom, folders, nnunet
 from lesionseg.datasets.base import FORMATS, Case, Dataset, Frame, Volume, instances
 from lesionseg.errors import DatasetError
-from lesionseg.io.dicom import parse_window
 from lesionseg.settings import Settings
+from lesionseg.windows import parse_window
 
 __all__ = [
     "FORMATS",

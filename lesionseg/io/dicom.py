@@ -10,11 +10,11 @@ pipeline (PS3.3 C.11):
 
 1. Modality LUT: ``value * RescaleSlope + RescaleIntercept`` (or the Modality LUT Sequence),
    e.g. CT stored values -> Hounsfield units;
-2. VOI: the caller's window (a preset name from ``Settings.window_presets`` or
-   ``"center,width"``, in modality units), else the file's first Window Center/Width, else its
-   VOI LUT Sequence, else a linear min-max stretch over all frames of the object. A window maps
-   ``[center - width/2, center + width/2]`` linearly to 0-255 (as
-   :func:`lesionseg.io.images.window_ct`);
+2. VOI: the caller's window (:func:`lesionseg.windows.parse_window`: a preset of
+   ``Settings.window_presets`` or ``"center,width"``, in modality units), else the file's
+   first Window Center/Width, else its VOI LUT Sequence, else a linear min-max stretch over
+   all frames of the object. A window maps ``[center - width/2, center + width/2]`` linearly
+   to 0-255 (as :func:`lesionseg.io.images.window_ct`);
 3. MONOCHROME1 is inverted (0 = white in the file, so that lesions look as in MONOCHROME2).
 
 RGB and YBR images are converted to RGB by pydicom's decoders (higher bit depths scaled to
@@ -34,7 +34,6 @@ from __future__ import annotations
 import io
 import math
 import struct
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,30 +110,6 @@ def scrub(message: str, dataset: Dataset | None) -> str:
             if len(text) >= 2:
                 message = message.replace(text, "***")
     return message
-
-
-def parse_window(
-    window: str | None, presets: Mapping[str, tuple[float, float]]
-) -> tuple[float, float] | None:
-    """``None``/empty -> None (the file decides); a preset name or ``"center,width"`` ->
-    (center, width) in modality units (HU for CT)."""
-    if window is None or not window.strip():
-        return None
-    name = window.strip().lower()
-    if name in presets:
-        center, width = presets[name]
-        return float(center), float(width)
-    parts = name.split(",")
-    try:
-        center, width = (float(p) for p in parts) if len(parts) == 2 else (math.nan, math.nan)
-    except ValueError:
-        center, width = math.nan, math.nan
-    if not (math.isfinite(center) and math.isfinite(width) and width > 0):
-        raise InputError(
-            f"window must be one of {sorted(presets)} or 'center,width' with width > 0 "
-            f"(modality units, e.g. '40,400'), got {window[:40]!r}"
-        )
-    return center, width
 
 
 def read_dataset(data: bytes) -> Dataset:

@@ -11,14 +11,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lesionseg.io import dicom, nifti
 from lesionseg.errors import InputError, InvalidBoxesError
-from lesionseg.io.dicom import DicomImage, decode_dicom, is_dicom, parse_window
+from lesionseg.io import dicom, nifti
+from lesionseg.io.dicom import DicomImage, decode_dicom, is_dicom
 from lesionseg.io.images import check_upload_size, decode_image
 from lesionseg.io.nifti import NiftiVolume, decode_nifti, is_nifti
 from lesionseg.measure.geometry import VolumeGeometry
 from lesionseg.settings import Settings
 from lesionseg.types import MedicalImage
+from lesionseg.windows import parse_window
 
 
 @dataclass(frozen=True)
