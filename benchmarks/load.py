@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from benchmarks.common import RESULTS, provenance, write_rows
 from benchmarks.load_report import COLUMNS, STAGES, report
 from benchmarks.payloads import EXAMPLE, fresh_png, png_bytes, read_example
-from lesionseg.settings import Settings
+from lesionseg.settings import Settings, unknown_variables
 from service.launcher import REPO_ROOT, running_server
 
 # The configurations compared; env is added to this process's environment for the server.
@@ -78,8 +78,9 @@ def unavailable(env: dict[str, str]) -> str | None:
 
 
 def unknown_settings(env: dict[str, str]) -> list[str]:
-    """Variables of ``env`` this version's Settings has no field for (ignored by the server)."""
-    return [k for k in env if setting_name(k) not in Settings.model_fields]
+    """Variables of ``env`` this version's Settings has no field for: left out of the server's
+    environment (its start would refuse them, lesionseg.settings.check_environment)."""
+    return unknown_variables(env)
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -279,14 +280,15 @@ def measure(
     cannot run, or whose server fails, is one row that says why."""
     head = {"config": name, "env": " ".join(f"{k}={v}" for k, v in env.items()) or "(none)"}
     ignored = unknown_settings(env)
-    notes = f"not settings of this version, ignored: {', '.join(ignored)}" if ignored else ""
+    notes = f"not settings of this version, left out: {', '.join(ignored)}" if ignored else ""
     reason = unavailable(env)
     if reason:
         print(f"{name}: not available: {reason}", flush=True)
         return [{**head, "status": f"not available: {reason}", "notes": notes}]
     log = work / f"{name}.log"
     try:
-        with running_server(env, log, timeout=TIMEOUT_S) as url:
+        served = {k: v for k, v in env.items() if k not in ignored}
+        with running_server(served, log, timeout=TIMEOUT_S) as url:
             rows, models = measure_server(url, users, seconds, repeats, work, log)
     except (RuntimeError, TimeoutError, httpx.HTTPError, AssertionError) as exc:
         print(f"{name}: failed: {exc}", flush=True)

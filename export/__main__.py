@@ -15,7 +15,8 @@ from pathlib import Path
 
 from lesionseg.export.onnx import export_onnx, sibling_exports
 from lesionseg.models.backends.onnx_runner import export_is_current
-from lesionseg.settings import Settings
+from lesionseg.models.bundle_settings import effective_settings, export_key, exports_dir
+from lesionseg.settings import Settings, check_environment
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,10 +31,11 @@ def main(argv: list[str] | None = None) -> None:
         "force (LESIONSEG_MODEL_DIR and the model settings)",
     )
     args = parser.parse_args(argv)
-    settings = Settings()
-    out_dir = args.out or settings.exports()
+    check_environment()
+    settings = effective_settings(Settings())
+    out_dir = args.out or exports_dir(settings)
     if args.target == "onnx":
-        if args.if_stale and export_is_current(out_dir, settings.export_key()):
+        if args.if_stale and export_is_current(out_dir, export_key(settings)):
             print(f"{out_dir}: up to date", file=sys.stderr)
         else:
             siblings = sibling_exports(settings)

@@ -71,3 +71,7 @@ class StorageFullError(LesionSegError):
 class JobStoreError(LesionSegError):
     """The job database cannot be used: not a sqlite database, or locked by another process.
     The message names the file and what to do."""
+
+
+class SettingsError(LesionSegError, ValueError):
+    """A setting is unusable, e.g. a mistyped ``LESIONSEG_*`` variable (reported at start)."""

@@ -3,27 +3,39 @@
 Every field can be set from the environment with the ``LESIONSEG_`` prefix, e.g.
 ``LESIONSEG_DEVICE=cuda`` or ``LESIONSEG_SCORE_THRESHOLD=0.4``. CLIs build a ``Settings`` and
 override only the fields the user passed on the command line.
+
+Constructing ``Settings`` reads no file: the model bundle supplies the fields the user did not
+set where an entry point calls :func:`lesionseg.models.bundle_settings.effective_settings`.
+Entry points call :func:`check_environment` at start: a mistyped variable fails loudly.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lesionseg.models.bundle import RECORD_FILE, SHIPPED_BUNDLE, Bundle, export_key
+from lesionseg.errors import InputError, SettingsError
+from lesionseg.windows import WINDOW_PRESETS, parse_window
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DETECTOR = SHIPPED_BUNDLE / "detector.pt"
+ENV_PREFIX = "LESIONSEG_"
+# Variables with the prefix that are deliberately not settings: read by the program named.
+READ_ELSEWHERE = {
+    "LESIONSEG_LOAD_RECORD": "benchmarks/locustfile.py (the load benchmark's request log)",
+    "LESIONSEG_LOAD_STEPS": "benchmarks/locustfile.py (the stepped load shape)",
+    "LESIONSEG_LOAD_STEP_SECONDS": "benchmarks/locustfile.py (the stepped load shape)",
+}
 
 
 class Settings(BaseSettings):
     """Runtime configuration of the library, the CLI and the service."""
 
-    model_config = SettingsConfigDict(env_prefix="LESIONSEG_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
     # --- models -------------------------------------------------------------------------------
     model_dir: Path | None = Field(
@@ -31,8 +43,8 @@ class Settings(BaseSettings):
         description="A model bundle written by `lesionseg train` (model.json, detector.pt, "
         "optional sam.pt). It supplies the detector weights, the SAM checkpoint, the classes, "
         "score_threshold, box_margin, nms_iou_threshold, detector_image_size and "
-        "default_window, unless those are set explicitly. Default: the shipped LiTS bundle "
-        "(models/lits117), when present.",
+        "default_window, unless those are set explicitly. Default: the bundle shipped in the "
+        "package (lesionseg/models/lits117), when present (a bento's is in the model store).",
     )
     sam_family: Literal["litemedsam", "hf"] = Field(
         "litemedsam",
@@ -46,15 +58,19 @@ class Settings(BaseSettings):
         "`lesionseg train` (a bundle's sam.pt, applied on the verified base). hf: a local "
         "directory with config.json and weights (required for family 'hf').",
     )
-    detector_weights: Path = Field(
-        DEFAULT_DETECTOR, description="Ultralytics YOLO weights (.pt) of the lesion detector."
+    detector_weights: Path | None = Field(
+        None,
+        description="Ultralytics YOLO weights (.pt) of the lesion detector (default: the "
+        "bundle's detector.pt).",
     )
     detector_image_size: int = Field(
         256, ge=32, le=4096, description="Inference size (px, longest side) of the detector."
     )
 
     # --- runtime ------------------------------------------------------------------------------
-    device: Literal["cpu", "cuda"] = Field("cpu", description="Where models run.")
+    device: Literal["cpu", "cuda"] = Field(
+        "cpu", description="Where the models run; 'cuda' makes onnxruntime the default backend."
+    )
     backend: Literal["torch", "onnxruntime", "openvino", "tensorrt"] = Field(
         "openvino",
         description="Inference runtime of the SAM and detector stages. Default: the fastest "
@@ -154,6 +170,48 @@ class Settings(BaseSettings):
         0, ge=0, le=10, description="Rounds of feeding the low-res logits back as a mask prompt."
     )
 
+    # --- volumes: box propagation and 3-D linking ------------------------------------------
+    propagation_margin: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Propagation through a volume: the previous frame's mask box grows by this "
+        "fraction of its width/height on each side (at least propagation_margin_px) to prompt "
+        "the next frame (lesionseg/pipeline/propagate.py).",
+    )
+    propagation_margin_px: float = Field(
+        2.0, ge=0.0, description="Propagation: the least growth (px) of that box on each side."
+    )
+    propagation_min_iou: float = Field(
+        0.5, ge=0.0, le=1.0, description="Propagation: SAM's predicted IoU below it ends a lesion."
+    )
+    propagation_max_growth: float = Field(
+        2.0,
+        gt=1.0,
+        description="Propagation: a mask whose area is over this many times the previous "
+        "one's (of at least 10 px) ends the lesion (SAM outlined the organ around it).",
+    )
+    propagation_min_overlap: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="Propagation: least overlap of the new and the previous mask, as a fraction "
+        "of the smaller one; less ends the lesion (it jumped to something else).",
+    )
+    propagation_max_intensity_shift: float = Field(
+        15.0,
+        gt=0.0,
+        description="Propagation: most change of a mask's mean grey level (0-255, as the models "
+        "see the frame) from the seed mask's; more ends the lesion.",
+    )
+    lesion_link_min_overlap: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="3-D linking: masks on neighbouring frames that overlap by at least this "
+        "fraction of the smaller one are one lesion (lesions_3d, lesion_id).",
+    )
+
     # --- input limits -------------------------------------------------------------------------
     max_upload_bytes: int = Field(
         256 * 1024 * 1024,
@@ -184,6 +242,26 @@ class Settings(BaseSettings):
         gt=0,
         description="Deadline of one synchronous request (s), from its arrival: past it the "
         "service stops working on it and answers 504. Async /jobs are not bound by it.",
+    )
+
+    # --- shutdown and timeouts ----------------------------------------------------------------
+    drain_idle_s: float = Field(
+        5.0,
+        gt=0,
+        description="On SIGTERM the model runner stays up for the API's requests in flight; it "
+        "stops once no runner call came for this many seconds (service/drain.py).",
+    )
+    drain_timeout_s: float = Field(
+        25.0,
+        gt=0,
+        description="Most seconds the model runner defers a SIGTERM (within Kubernetes' default "
+        "grace period of 30 s).",
+    )
+    traffic_backstop_s: float = Field(
+        30.0,
+        gt=0,
+        description="BentoML's own traffic timeout of both services is request_timeout_s plus "
+        "this, so that the service's 504 (which names the setting) comes first.",
     )
 
     # --- access -------------------------------------------------------------------------------
@@ -224,14 +302,7 @@ class Settings(BaseSettings):
 
     # --- DICOM / NIfTI intensity windows ------------------------------------------------------
     window_presets: dict[str, tuple[float, float]] = Field(
-        {
-            "abdomen": (40.0, 400.0),  # MedSAM's CT abdomen window, as LiTS training slices
-            "liver": (30.0, 150.0),
-            "lung": (-600.0, 1500.0),
-            "bone": (400.0, 1800.0),
-            "brain": (40.0, 80.0),
-            "mediastinum": (50.0, 350.0),
-        },
+        WINDOW_PRESETS,
         description="Named (center, width) windows in modality units (HU for CT) that a "
         "request's `window` field may name instead of 'center,width'.",
     )
@@ -251,14 +322,16 @@ class Settings(BaseSettings):
 
     # --- files --------------------------------------------------------------------------------
     cache_dir: Path = Field(
-        REPO_ROOT / ".cache",
-        description="Where fetched data (the LiTS case) and verified weight copies are kept.",
+        default_factory=lambda: Path.cwd() / ".cache",
+        description="Where fetched data (the LiTS case), exports and training runs are kept. "
+        "Default: .cache in the current directory (the repository's under `make`).",
     )
 
     # --- async jobs and DICOMweb push ----------------------------------------------------------
     jobs_dir: Path = Field(
-        REPO_ROOT / ".cache" / "jobs",
-        description="Persistent job store: sqlite database, accepted inputs and results.",
+        default_factory=lambda data: data["cache_dir"] / "jobs",
+        description="Persistent job store: sqlite database, accepted inputs and results "
+        "(default: cache_dir/jobs).",
     )
     dicomweb_url: str | None = Field(
         None,
@@ -288,32 +361,10 @@ class Settings(BaseSettings):
             return {**data, "backend": "onnxruntime"}
         return data
 
-    @model_validator(mode="before")
-    @classmethod
-    def _bundle_defaults(cls, data: Any) -> Any:
-        """The bundle in force (model_dir, else the shipped one) supplies every model field
-        absent from the input, i.e. not set in the environment or the constructor. SAM family
-        and path go together: setting either one keeps the bundle's SAM out."""
-        if not isinstance(data, dict):
-            return data
-        directory = data.get("model_dir")
-        if directory is None or str(directory) == "":
-            if not (SHIPPED_BUNDLE / RECORD_FILE).is_file():  # e.g. a bento: no repo models
-                return data
-            directory = SHIPPED_BUNDLE
-        bundle = Bundle.load(directory)
-        values = bundle.settings_values()
-        if "sam_family" in data or "sam_path" in data:
-            del values["sam_family"], values["sam_path"]
-        return {**values, **data, "model_dir": bundle.directory}
-
     @model_validator(mode="after")
     def _check_default_window(self) -> Settings:
         # Fail at start-up, not with a 400 on every DICOM request.
         if self.default_window:
-            from lesionseg.errors import InputError
-            from lesionseg.io.dicom import parse_window
-
             try:
                 parse_window(self.default_window, self.window_presets)
             except InputError as exc:
@@ -322,23 +373,25 @@ class Settings(BaseSettings):
                 ) from exc
         return self
 
-    def bundle(self) -> Bundle | None:
-        """The model bundle in force (None when there is none, e.g. in a bento before the
-        service points model_dir at the store)."""
-        return Bundle.load(self.model_dir) if self.model_dir else None
 
-    def exports(self) -> Path:
-        """Directory of exported models: :attr:`export_dir`, else
-        ``cache_dir/exports/<export key>`` (:func:`lesionseg.models.bundle.export_key`)."""
-        return self.export_dir or self.cache_dir / "exports" / self.export_key()
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """The ``LESIONSEG_*`` names of ``environ`` that are neither a :class:`Settings` field nor
+    in :data:`READ_ELSEWHERE` (case-insensitive, as the settings read them), sorted."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | set(READ_ELSEWHERE)
+    return sorted(n for n in environ if n.upper().startswith(ENV_PREFIX) and n.upper() not in known)
 
-    def export_key(self) -> str:
-        """Names the export of the models in force (bundle, weights, baked-in options)."""
-        return export_key(
-            self.bundle(),
-            detector_weights=self.detector_weights,
-            sam_family=self.sam_family,
-            sam_path=self.sam_path,
-            multimask=self.multimask_output,
-            detector_image_size=self.detector_image_size,
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Raise :class:`SettingsError` naming each ``LESIONSEG_*`` variable of ``environ``
+    (default: ``os.environ``) that no setting reads, and the closest setting's variable."""
+    problems = []
+    for name in unknown_variables(os.environ if environ is None else environ):
+        field = name[len(ENV_PREFIX) :].lower()  # compared without the prefix all names share
+        close = difflib.get_close_matches(field, Settings.model_fields, n=1, cutoff=0.6)
+        hint = f"did you mean {ENV_PREFIX}{close[0].upper()}?" if close else "no setting is close"
+        problems.append(f"{name} is not a setting ({hint})")
+    if problems:
+        raise SettingsError(
+            "; ".join(problems) + ". Correct or unset it: the settings are the fields of "
+            "lesionseg.settings.Settings (docs: settings)."
         )

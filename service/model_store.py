@@ -21,7 +21,13 @@ import bentoml
 from lesionseg.checksums import file_sha256
 from lesionseg.models.backends.onnx_runner import export_is_current
 from lesionseg.models.bundle import BUNDLE_SUBDIR
-from lesionseg.settings import Settings
+from lesionseg.models.bundle_settings import (
+    bundle_in_force,
+    effective_settings,
+    export_key,
+    exports_dir,
+)
+from lesionseg.settings import Settings, check_environment
 
 SAM_MODEL = "lesionseg-sam"
 DETECTOR_MODEL = "lesionseg-detector"
@@ -78,7 +84,7 @@ def _store(name: str, files: dict[str, Path], labels: dict, metadata: dict) -> s
 
 def _bundle_files(settings: Settings) -> tuple[dict[str, Path], dict[str, str]]:
     """The bundle in force as stored files under bundle/, and labels naming it."""
-    bundle = settings.bundle()
+    bundle = bundle_in_force(settings)
     if bundle is None:
         return {}, {}
     files = {f"{BUNDLE_SUBDIR}/{p.relative_to(bundle.directory)}": p for p in bundle.files()}
@@ -126,15 +132,16 @@ def sam_path_in_store(model_path: Path, family: str) -> Path:
 
 
 def main() -> None:
-    settings = Settings()
+    check_environment()
+    settings = effective_settings(Settings())
     print(import_sam(settings))
     print(import_detector(settings))
-    if export_is_current(settings.exports(), settings.export_key()):
-        print(import_exports(settings.exports()))
+    if export_is_current(exports_dir(settings), export_key(settings)):
+        print(import_exports(exports_dir(settings)))
     elif settings.backend != "torch":
         raise SystemExit(
             f"LESIONSEG_BACKEND={settings.backend} serves exported models, but "
-            f"{settings.exports()} holds no export of the models in force: run `make export`"
+            f"{exports_dir(settings)} holds no export of the models in force: run `make export`"
         )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lesionseg.models.bundle_settings import effective_settings
 from lesionseg.settings import Settings
 from tests.server_limits import SERVER_LIMITS
 
@@ -17,8 +18,9 @@ os.environ.update(SERVER_LIMITS)
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
-    """PyTorch settings: the reference every other runtime is compared with."""
-    return Settings(backend="torch")
+    """PyTorch settings (the shipped bundle in force): the reference every other runtime is
+    compared with."""
+    return effective_settings(Settings(backend="torch"))
 
 
 @pytest.fixture(scope="session")
@@ -134,7 +136,7 @@ def served_export() -> Path:
     missing or stale (~1 min); unlike ``exported``, reused across sessions."""
     from lesionseg.export.onnx import ensure_onnx
 
-    return ensure_onnx(Settings())
+    return ensure_onnx(effective_settings(Settings()))
 
 
 def assert_same_detections(reference, ours, lits, *, min_iou: float, max_score_diff: float):
@@ -142,9 +144,8 @@ def assert_same_detections(reference, ours, lits, *, min_iou: float, max_score_d
     served threshold and at the service's score floor
     (lesionseg.export.checks.detector_agreement)."""
     from lesionseg.export.checks import detector_agreement
-    from lesionseg.settings import Settings
 
-    served = Settings()
+    served = effective_settings(Settings())
     for threshold in (served.score_threshold, served.detector_score_floor):
         parity = detector_agreement(reference, ours, lits, score_threshold=threshold)
         assert parity["boxes"] >= parity["images"], parity  # real detections were compared

@@ -20,11 +20,12 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "data" / "examples" / "lits11
 def main() -> dict:
     import service.app  # noqa: F401  (the service module and its mixins, as bentoml loads them)
     from lesionseg.io.images import decode_image
+    from lesionseg.models.bundle_settings import effective_settings
     from lesionseg.models.detector import Detector
     from lesionseg.models.segmenter import Segmenter
     from lesionseg.settings import Settings
 
-    settings = Settings()
+    settings = effective_settings(Settings())
     assert settings.backend in ("onnxruntime", "openvino"), settings.backend
     image = decode_image(EXAMPLE.read_bytes(), max_pixels=settings.max_image_pixels).pixels
     detector = Detector.from_settings(settings)

@@ -1,4 +1,5 @@
-"""Model bundles: the reader's checks, the fingerprint, and what Settings takes from a bundle."""
+"""Model bundles: the reader's checks, the fingerprint, and what the settings in force take from
+a bundle (lesionseg.models.bundle_settings)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ import pytest
 from pydantic import ValidationError
 
 from lesionseg.errors import ModelLoadError
+from lesionseg.models import bundle_settings
 from lesionseg.models.bundle import FORMAT, SHIPPED_BUNDLE, Bundle, detector_class_names
+from lesionseg.models.bundle_settings import (
+    bundle_in_force,
+    effective_settings,
+    exports_dir,
+    served_bundle,
+)
 from lesionseg.settings import Settings
 
 
@@ -136,52 +144,81 @@ def test_a_broken_bundle_fails_loudly_naming_it(tmp_path, case):
     assert expected in str(info.value) and str(directory) in str(info.value)
 
 
+def effective(**fields) -> Settings:
+    return effective_settings(Settings(**fields))
+
+
 def test_settings_take_the_bundle(bundle_dir):
-    settings = Settings(model_dir=bundle_dir)
-    assert settings.bundle().name == "brain-mr"
+    settings = effective(model_dir=bundle_dir)
+    assert bundle_in_force(settings).name == "brain-mr"
     assert settings.detector_weights == bundle_dir / "detector.pt"
     assert (settings.score_threshold, settings.box_margin) == (0.4, 0.1)
     assert settings.detector_image_size == 320 and settings.default_window == "liver"
     assert (settings.sam_family, settings.sam_path) == ("litemedsam", bundle_dir / "sam.pt")
+    assert effective_settings(settings) == settings  # applying it again changes nothing
+
+
+def test_settings_alone_read_no_bundle(tmp_path):
+    settings = Settings(model_dir=tmp_path / "missing")  # constructing reads no file
+    assert settings.detector_weights is None and settings.score_threshold == 0.25
+    with pytest.raises(ModelLoadError, match="missing"):
+        effective_settings(settings)
 
 
 def test_without_model_dir_the_shipped_bundle_is_in_force():
-    settings = Settings()
+    settings = effective()
     shipped = Bundle.load(SHIPPED_BUNDLE)
     assert settings.model_dir == SHIPPED_BUNDLE
     assert settings.detector_weights == shipped.detector.weights
     assert settings.default_window == shipped.window and settings.sam_path == shipped.sam.weights
 
 
+def test_without_a_shipped_bundle_the_settings_stay_as_they_are(tmp_path, monkeypatch):
+    monkeypatch.setattr(bundle_settings, "SHIPPED_BUNDLE", tmp_path)  # as in a bento
+    settings = Settings(score_threshold=0.5)
+    assert effective_settings(settings) is settings and bundle_in_force(settings) is None
+
+
 def test_explicit_settings_win_over_the_bundle(bundle_dir, monkeypatch):
     monkeypatch.setenv("LESIONSEG_MODEL_DIR", str(bundle_dir))
     monkeypatch.setenv("LESIONSEG_SCORE_THRESHOLD", "0.6")
     monkeypatch.setenv("LESIONSEG_DEFAULT_WINDOW", "")  # no default: the file's window
-    settings = Settings(box_margin=0.0)
+    settings = effective(box_margin=0.0)
     assert settings.model_dir == bundle_dir and settings.detector_image_size == 320
     assert (settings.score_threshold, settings.box_margin) == (0.6, 0.0)
     assert settings.default_window == ""
-    assert Settings(score_threshold=0.3).score_threshold == 0.3  # constructor over env
+    assert effective(score_threshold=0.3).score_threshold == 0.3  # constructor over env
 
 
 def test_sam_family_and_path_come_as_a_pair(bundle_dir, tmp_path):
-    settings = Settings(model_dir=bundle_dir, sam_family="hf", sam_path=tmp_path)
+    settings = effective(model_dir=bundle_dir, sam_family="hf", sam_path=tmp_path)
     assert (settings.sam_family, settings.sam_path) == ("hf", tmp_path)
-    assert Settings(model_dir=bundle_dir, sam_path=None).sam_path is None  # the base SAM
+    assert effective(model_dir=bundle_dir, sam_path=None).sam_path is None  # the base SAM
 
 
 def test_a_bad_window_fails_at_start_up(tmp_path):
     with pytest.raises(ValidationError, match="kidney"):
-        Settings(model_dir=write_bundle(tmp_path / "b", window="kidney"))
+        effective(model_dir=write_bundle(tmp_path / "b", window="kidney"))
 
 
 def test_exports_are_keyed_by_the_models(bundle_dir, tmp_path):
-    shipped = Settings(cache_dir=tmp_path)
-    ours = Settings(cache_dir=tmp_path, model_dir=bundle_dir)
-    assert shipped.exports().parent == ours.exports().parent == tmp_path / "exports"
-    assert ours.exports().name.startswith("brain-mr-") and shipped.exports() != ours.exports()
+    shipped = exports_dir(effective(cache_dir=tmp_path))
+    ours = exports_dir(effective(cache_dir=tmp_path, model_dir=bundle_dir))
+    assert shipped.parent == ours.parent == tmp_path / "exports"
+    assert ours.name.startswith("brain-mr-") and shipped != ours
     Bundle.load(bundle_dir).copy_to(tmp_path / "copy")  # same files elsewhere: same export
-    assert Settings(cache_dir=tmp_path, model_dir=tmp_path / "copy").exports() == ours.exports()
-    multimask = Settings(cache_dir=tmp_path, model_dir=bundle_dir, multimask_output=True)
-    assert multimask.exports() != ours.exports()
-    assert Settings(model_dir=bundle_dir, export_dir=tmp_path / "x").exports() == tmp_path / "x"
+    assert exports_dir(effective(cache_dir=tmp_path, model_dir=tmp_path / "copy")) == ours
+    multimask = effective(cache_dir=tmp_path, model_dir=bundle_dir, multimask_output=True)
+    assert exports_dir(multimask) != ours
+    explicit = effective(model_dir=bundle_dir, export_dir=tmp_path / "x")
+    assert exports_dir(explicit) == tmp_path / "x"
+
+
+def test_the_response_names_the_bundle_and_the_values_in_force(bundle_dir):
+    served = served_bundle(effective(model_dir=bundle_dir, score_threshold=0.7))
+    assert served["name"] == "brain-mr" and len(served["fingerprint"]) == 64
+    assert (served["score_threshold"], served["box_margin"], served["window"]) == (
+        0.7,
+        0.1,
+        "liver",
+    )

@@ -13,6 +13,7 @@ from lesionseg.cli import main as cli_main
 from lesionseg.datasets.examples import lits_ct
 from lesionseg.models.backends.onnx_runner import export_is_current
 from lesionseg.models.bundle import SHIPPED_BUNDLE
+from lesionseg.models.bundle_settings import effective_settings, export_key
 from lesionseg.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -33,7 +34,7 @@ def test_predict_exports_on_first_use_and_says_so(fresh_exports, lits, tmp_path,
     assert cli_main(["predict", str(image), "--out", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err
     assert f"exporting lits117 to ONNX on first use (~1 min) -> {fresh_exports}" in err
-    assert export_is_current(fresh_exports, Settings().export_key())
+    assert export_is_current(fresh_exports, export_key(effective_settings(Settings())))
     assert json.loads((tmp_path / "out" / "slice.json").read_text())["lesions"]
     assert cli_main(["predict", str(image), "--out", str(tmp_path / "out")]) == 0
     assert "exporting" not in capsys.readouterr().err  # once only

@@ -6,7 +6,6 @@ import pytest
 from lesionseg.errors import ModelLoadError
 from lesionseg.models.bundle import SHIPPED_BUNDLE, Bundle
 from lesionseg.models.detector import Detector, UltralyticsDetector
-from lesionseg.settings import DEFAULT_DETECTOR
 
 from .conftest import assert_same_detections, disk
 
@@ -37,7 +36,7 @@ def test_missing_weights_never_download(tmp_path):
 def test_shipped_bundle_has_a_record():
     # Only what the bundle format promises: the shipped bundle is retrained from time to time.
     bundle = Bundle.load(SHIPPED_BUNDLE)
-    assert bundle.detector.weights == DEFAULT_DETECTOR and bundle.classes
+    assert bundle.detector.weights == SHIPPED_BUNDLE / "detector.pt" and bundle.classes
     assert {"dataset", "split", "metrics", "training"} <= set(bundle.record)
 
 
@@ -152,9 +151,11 @@ def test_decode_equals_ultralytics_nms(seed, conf, iou, classes, max_det):
 
 @pytest.fixture(scope="module")
 def onnx_detector(served_export):
+    from lesionseg.models.bundle_settings import effective_settings
     from lesionseg.settings import Settings
 
-    return Detector.from_settings(Settings(backend="onnxruntime", export_dir=served_export))
+    settings = Settings(backend="onnxruntime", export_dir=served_export)
+    return Detector.from_settings(effective_settings(settings))
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ import pytest
 from lesionseg.errors import ModelLoadError
 from lesionseg.models.backends.onnx_runner import OnnxSamRunner
 from lesionseg.models.backends.openvino_runner import OpenVinoSamRunner, resolve_precision
+from lesionseg.models.bundle_settings import effective_settings
 from lesionseg.models.detector import Detector
 from lesionseg.models.segmenter import Segmenter
 from lesionseg.settings import Settings
@@ -102,7 +103,8 @@ def test_a_decoder_only_segmenter_decodes_as_the_whole_one(served_export, backen
 def test_openvino_detector_matches_ultralytics(served_export, detector, lits):
     """fp32 whatever the SAM precision (bf16 changed the detections); at the served threshold
     and the service's score floor, every slice of the validation slab."""
-    ours = Detector.from_settings(Settings(backend="openvino", export_dir=served_export))
+    settings = effective_settings(Settings(backend="openvino", export_dir=served_export))
+    ours = Detector.from_settings(settings)
     assert ours.runner.precision == "fp32" and ours.names == detector.names
     assert_same_detections(detector, ours, lits, min_iou=0.99, max_score_diff=1e-3)
 

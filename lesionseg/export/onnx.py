@@ -26,6 +26,7 @@ from lesionseg.export.onnx_sam import (
 )
 from lesionseg.models.backends.onnx_runner import RECORD_FILE, OnnxSamRunner, export_is_current
 from lesionseg.models.bundle import BUNDLE_SUBDIR
+from lesionseg.models.bundle_settings import bundle_in_force, export_key, exports_dir
 from lesionseg.models.detector import Detector, import_yolo
 from lesionseg.models.sam import SamModules, load_sam
 from lesionseg.models.segmenter import Segmenter
@@ -89,7 +90,7 @@ def export_onnx(
     )
 
     shutil.rmtree(out_dir / BUNDLE_SUBDIR, ignore_errors=True)
-    if (bundle := settings.bundle()) is not None:
+    if (bundle := bundle_in_force(settings)) is not None:
         bundle.copy_to(out_dir / BUNDLE_SUBDIR)
         record["bundle"] = {
             "name": bundle.name,
@@ -98,7 +99,7 @@ def export_onnx(
             "source": str(bundle.directory),
         }
     record.update(
-        key=settings.export_key(),
+        key=export_key(settings),
         git_commit=git_commit(),
         hardware=hardware(),
         versions=versions("torch", "onnx", "onnxruntime", "ultralytics"),
@@ -169,9 +170,9 @@ def sibling_exports(settings: Settings) -> list[Path]:
 def ensure_onnx(settings: Settings, *, announce: Callable[[str], None] | None = None) -> Path:
     """The ONNX export of the models in force, exported now (no int8) when missing or stale;
     ``announce`` hears what is about to happen. Returns its directory."""
-    out_dir = settings.exports()
-    if not export_is_current(out_dir, settings.export_key()):
-        bundle = settings.bundle()
+    out_dir = exports_dir(settings)
+    if not export_is_current(out_dir, export_key(settings)):
+        bundle = bundle_in_force(settings)
         if announce is not None:
             name = bundle.name if bundle else Path(settings.detector_weights).name
             announce(f"exporting {name} to ONNX on first use (~1 min) -> {out_dir}")

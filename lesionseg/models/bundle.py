@@ -3,9 +3,10 @@
 A bundle holds ``model.json`` (format ``lesionseg-bundle/1``), ``detector.pt`` (ultralytics
 YOLO weights whose ``names`` are the bundle's classes, in order) and optionally ``sam.pt`` (a
 LiteMedSAM fine-tune delta, :mod:`lesionseg.models.sam_delta`; absent = the base LiteMedSAM). The
-shipped default is ``models/lits117/``. :class:`lesionseg.settings.Settings` takes the detector,
-SAM, thresholds, box margin and window from the bundle in force (``LESIONSEG_MODEL_DIR``) for
-every field the user did not set.
+shipped default is ``lesionseg/models/lits117/``, package data. The settings in force take the
+detector, SAM, thresholds, box margin and window from the bundle in force
+(``LESIONSEG_MODEL_DIR``) for every field the user did not set:
+:func:`lesionseg.models.bundle_settings.effective_settings`.
 
 Reading a bundle never imports torch or ultralytics, and never runs code from its files: the
 class names are read from the checkpoint's pickle with every class replaced by a stub.
@@ -21,19 +22,15 @@ import hashlib
 import io
 import json
 import pickle
-import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lesionseg.checksums import file_sha256
 from lesionseg.errors import ModelLoadError
-
-if TYPE_CHECKING:
-    from lesionseg.settings import Settings
 
 FORMAT = "lesionseg-bundle/1"
 RECORD_FILE = "model.json"
@@ -139,7 +136,7 @@ class Bundle:
         return _load(directory, stamp)
 
     def settings_values(self) -> dict[str, object]:
-        """The :class:`~lesionseg.settings.Settings` fields this bundle supplies."""
+        """The :class:`~lesionseg.settings.Settings` fields this bundle supplies (by name)."""
         return {
             "detector_weights": self.detector.weights,
             "detector_image_size": self.detector.image_size,
@@ -164,48 +161,6 @@ class Bundle:
             destination = target / path.relative_to(self.directory)
             destination.parent.mkdir(parents=True, exist_ok=True)
             destination.write_bytes(path.read_bytes())
-
-
-def served_bundle(settings: Settings) -> dict | None:
-    """The ``bundle`` entry of a response's ``models`` block: which bundle is served, and the
-    values in force of the settings it supplies (an explicit setting may differ from it)."""
-    bundle = settings.bundle()
-    if bundle is None:
-        return None
-    return {
-        "name": bundle.name,
-        "fingerprint": bundle.fingerprint,
-        "classes": list(bundle.classes),
-        "score_threshold": settings.score_threshold,
-        "box_margin": settings.box_margin,
-        "window": settings.default_window,
-        "modality": settings.default_window_modality,
-    }
-
-
-def export_key(
-    bundle: Bundle | None,
-    *,
-    detector_weights: Path,
-    sam_family: str,
-    sam_path: Path | None,
-    multimask: bool,
-    detector_image_size: int,
-) -> str:
-    """Name of the export of these models, ``<bundle name>-<12 hex>``: a digest of the bundle's
-    fingerprint, the detector and SAM weights in force (an explicit setting may replace the
-    bundle's) and the options baked into the ONNX files. Other models -> another name, so a
-    switch of bundle never serves stale files."""
-    parts = {
-        "bundle": bundle.fingerprint if bundle else None,
-        "detector": _identity(Path(detector_weights)),
-        "sam": [sam_family, _identity(Path(sam_path)) if sam_path else "base"],
-        "multimask": multimask,
-        "detector_image_size": detector_image_size,
-    }
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", bundle.name if bundle else "custom").strip("-.")
-    return f"{name or 'bundle'}-{digest[:12]}"
 
 
 def detector_class_names(weights: Path) -> list[str]:
@@ -264,7 +219,7 @@ def _load(directory: Path, _stamp: tuple) -> Bundle:
             f"{names}: write model.json and the weights from the same training run"
         )
     files = [path, detector_weights] + ([sam_weights] if sam_weights else [])
-    lines = (f"{p.relative_to(directory).as_posix()}\0{_sha256(p)}\n" for p in files)
+    lines = (f"{p.relative_to(directory).as_posix()}\0{cached_sha256(p)}\n" for p in files)
     return Bundle(
         directory=directory,
         name=record.name,
@@ -297,7 +252,8 @@ def _inside(directory: Path, name: str, record: Path) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
+def cached_sha256(path: Path) -> str:
+    """sha256 hex of a file, hashed again only when its size or modification time changes."""
     stat = path.stat()
     return _cached_sha256(str(path), stat.st_mtime_ns, stat.st_size)
 
@@ -305,21 +261,6 @@ def _sha256(path: Path) -> str:
 @functools.lru_cache(maxsize=64)
 def _cached_sha256(path: str, _mtime_ns: int, _size: int) -> str:
     return file_sha256(path)
-
-
-def _identity(path: Path) -> str:
-    """sha256 of a file; for a directory (a Hugging Face model) its file names, sizes and
-    modification times; the path itself when missing (its loader will say so)."""
-    if path.is_file():
-        return _sha256(path)
-    if path.is_dir():
-        stats = sorted(
-            (str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
-            for p in path.rglob("*")
-            if p.is_file()
-        )
-        return hashlib.sha256(json.dumps(stats).encode()).hexdigest()
-    return f"missing:{path}"
 
 
 class _Stub:

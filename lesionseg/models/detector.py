@@ -24,6 +24,7 @@ import numpy as np
 
 from lesionseg.errors import ModelLoadError
 from lesionseg.models.backends import DetectorRunner
+from lesionseg.models.bundle_settings import exports_dir
 from lesionseg.models.yolo import decode
 from lesionseg.settings import Settings
 from lesionseg.transforms import (
@@ -84,6 +85,12 @@ class Detector:
             classes=settings.detector_classes,
         )
         if settings.backend == "torch":
+            if settings.detector_weights is None:
+                raise ModelLoadError(
+                    "no detector weights: set LESIONSEG_DETECTOR_WEIGHTS or LESIONSEG_MODEL_DIR "
+                    "(a bundle), or make the settings in force with "
+                    "lesionseg.models.bundle_settings.effective_settings"
+                )
             return UltralyticsDetector(
                 settings.detector_weights,
                 device=settings.device,
@@ -93,14 +100,14 @@ class Detector:
         if settings.backend == "tensorrt":
             from lesionseg.models.backends.tensorrt_runner import TensorRTDetectorRunner
 
-            weights = settings.exports() / "detector.engine"
+            weights = exports_dir(settings) / "detector.engine"
             runner = TensorRTDetectorRunner(weights)
         elif settings.backend == "openvino":
             from lesionseg.models.backends.openvino_runner import OpenVinoDetectorRunner
 
             # fp32 whatever LESIONSEG_PRECISION says: in bf16 the shipped detector's boxes moved
             # and 8 of 64 LiTS slices got another box count (SAM keeps its Dice in bf16).
-            weights = settings.exports() / "detector.onnx"
+            weights = exports_dir(settings) / "detector.onnx"
             runner = OpenVinoDetectorRunner(
                 weights,
                 device=settings.device,
@@ -112,7 +119,7 @@ class Detector:
             assert settings.backend == "onnxruntime", settings.backend
             from lesionseg.models.backends.onnx_detector import OnnxDetectorRunner
 
-            weights = settings.exports() / "detector.onnx"
+            weights = exports_dir(settings) / "detector.onnx"
             runner = OnnxDetectorRunner(
                 weights,
                 device=settings.device,

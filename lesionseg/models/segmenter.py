@@ -13,6 +13,7 @@ import numpy as np
 
 from lesionseg.errors import InvalidBoxesError
 from lesionseg.models.backends import SamRunner
+from lesionseg.models.bundle_settings import exports_dir
 from lesionseg.settings import Settings
 from lesionseg.transforms import clip_boxes, preprocess, resize_bilinear, resized_hw, scale_boxes
 from lesionseg.types import ImageEmbedding, MaskPrediction
@@ -91,7 +92,7 @@ class Segmenter:
 
             check_fp32(settings.precision)
             runner = OnnxSamRunner(
-                settings.exports(),
+                exports_dir(settings),
                 device=settings.device,
                 multimask=settings.multimask_output,
                 threads=settings.cpu_threads,
@@ -101,7 +102,7 @@ class Segmenter:
             from lesionseg.models.backends.openvino_runner import OpenVinoSamRunner
 
             runner = OpenVinoSamRunner(
-                settings.exports(),
+                exports_dir(settings),
                 device=settings.device,
                 multimask=settings.multimask_output,
                 precision=settings.precision,
@@ -111,7 +112,7 @@ class Segmenter:
         elif settings.backend == "tensorrt":
             from lesionseg.models.backends.tensorrt_runner import TensorRTSamRunner
 
-            runner = TensorRTSamRunner(settings.exports(), multimask=settings.multimask_output)
+            runner = TensorRTSamRunner(exports_dir(settings), multimask=settings.multimask_output)
         else:
             from lesionseg.models.backends.torch_runner import TorchSamRunner
             from lesionseg.models.sam import load_sam

@@ -24,10 +24,11 @@ os.environ["LESIONSEG_JOBS_DIR"] = str(_ROOT / "jobs")  # the service's job stor
 def model_store(exported) -> Path:
     """Import the default SAM, detector and their ONNX exports into the test store, as
     `make serve` does."""
+    from lesionseg.models.bundle_settings import effective_settings
     from lesionseg.settings import Settings
     from service.model_store import import_detector, import_exports, import_sam
 
-    settings = Settings(backend="torch")
+    settings = effective_settings(Settings(backend="torch"))
     import_sam(settings)
     import_detector(settings)
     import_exports(exported[0])

@@ -21,9 +21,10 @@ import pytest
 
 from lesionseg.datasets.examples import lits_ct
 from lesionseg.models.bundle import SHIPPED_BUNDLE, Bundle
+from lesionseg.models.bundle_settings import effective_settings
 from lesionseg.pipeline.engine import filter_detections
-from lesionseg.settings import REPO_ROOT, Settings
-from service.launcher import running_server
+from lesionseg.settings import Settings
+from service.launcher import REPO_ROOT, running_server
 
 from .conftest import png_bytes
 
@@ -62,7 +63,7 @@ def tumour_export(tumour_bundle, exported, tmp_path_factory):
     from lesionseg.export.onnx import export_onnx
 
     directory = tmp_path_factory.mktemp("tumour-export")
-    settings = Settings(backend="torch", model_dir=tumour_bundle.directory)
+    settings = effective_settings(Settings(backend="torch", model_dir=tumour_bundle.directory))
     record = export_onnx(settings, directory, int8=False, sam_from=[exported[0]])
     assert "reused_from" in record["sam"]  # same SAM as the session's export: not re-exported
     return directory
