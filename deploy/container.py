@@ -34,7 +34,7 @@ import yaml
 
 from deploy.base_image import ensure_local_base
 from deploy.engine import Engine, as_root, find_engine
-from lesionseg.settings import REPO_ROOT
+from service.launcher import REPO_ROOT
 
 NAME = "lesionseg"
 GPU_NAME = "lesionseg-gpu"

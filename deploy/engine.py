@@ -20,7 +20,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lesionseg.settings import REPO_ROOT
+from service.launcher import REPO_ROOT
 
 CONF_DIR = REPO_ROOT / ".cache" / "podman"
 

@@ -11,6 +11,8 @@ the first of:
 - no runner call for ``idle_s`` since the signal (the API is gone or has nothing in flight);
 - ``timeout_s`` since the signal (stays within Kubernetes' default grace of 30 s).
 
+Both come from the settings (``LESIONSEG_DRAIN_IDLE_S``, ``LESIONSEG_DRAIN_TIMEOUT_S``).
+
 Then uvicorn's own handler runs, as if the signal had just come.
 """
 
@@ -23,6 +25,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+from lesionseg.settings import Settings
 
 log = logging.getLogger("lesionseg.service")
 
@@ -39,8 +43,8 @@ class Drain:
     def __init__(
         self,
         *,
-        idle_s: float = 5.0,
-        timeout_s: float = 25.0,
+        idle_s: float,
+        timeout_s: float,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.idle_s, self.timeout_s, self.clock = idle_s, timeout_s, clock
@@ -49,6 +53,11 @@ class Drain:
         self._last = clock()
         self._drained = threading.Event()
         self._signalled = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Drain:
+        """The drain of the settings' ``drain_idle_s`` and ``drain_timeout_s``."""
+        return cls(idle_s=settings.drain_idle_s, timeout_s=settings.drain_timeout_s)
 
     @contextmanager
     def call(self) -> Iterator[None]:

@@ -16,7 +16,9 @@ from pathlib import Path
 import httpx
 import psutil
 
-from lesionseg.settings import REPO_ROOT
+# The repository's top, where `bentoml serve service.app:LesionSeg` and `make serve` run (this
+# module serves a checkout; the installed library knows nothing of the repository).
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # What service/app.py logs when loading fails: it stays unready, so waiting longer is useless.
 UNREADY_FOREVER = re.compile(r"loading (the models )?failed; the (runner|service) stays unready")

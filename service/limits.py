@@ -26,8 +26,6 @@ log = logging.getLogger("lesionseg.service")
 # Multipart boundaries, part headers and the small form fields (boxes, window, ...) beside the
 # uploaded files: 1 MiB holds ~30,000 boxes of JSON text.
 FORM_OVERHEAD_BYTES = 2**20
-# BentoML's own traffic timeout stays a backstop behind the service's deadline (504 either way).
-BACKSTOP_S = 30.0
 
 
 def current_settings() -> Settings:
@@ -43,9 +41,10 @@ def max_request_bytes(settings: Settings) -> int:
 
 
 def traffic_timeout_s(settings: Settings) -> float:
-    """BentoML's ``traffic.timeout`` of both services: the request deadline plus
-    :data:`BACKSTOP_S`, so that the service's own 504 (which names the setting) comes first."""
-    return settings.request_timeout_s + BACKSTOP_S
+    """BentoML's ``traffic.timeout`` of both services, a backstop behind the service's deadline:
+    ``request_timeout_s`` plus ``traffic_backstop_s``, so that the service's own 504 (which
+    names the setting) comes first."""
+    return settings.request_timeout_s + settings.traffic_backstop_s
 
 
 class _Guarded:

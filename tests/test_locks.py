@@ -1,7 +1,7 @@
 """The two locks: requirements.lock (development and training, everything) and
 requirements-serve.lock (serving exported models with onnxruntime, no torch)."""
 
-from lesionseg.settings import REPO_ROOT
+from service.launcher import REPO_ROOT
 
 TRAINING_ONLY = {"torch", "torchvision", "ultralytics", "transformers", "monai", "peft"}
 

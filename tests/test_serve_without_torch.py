@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from lesionseg.settings import REPO_ROOT
+from service.launcher import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 

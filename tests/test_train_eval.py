@@ -16,11 +16,11 @@ from PIL import Image
 
 from lesionseg.datasets import Frame
 from lesionseg.measure.evaluation import LesionScores, assign_instances
-from lesionseg.settings import REPO_ROOT
 from lesionseg.train import evaluate
 from lesionseg.train.common import Stopper
 from lesionseg.train.train_detector import write_yolo_dataset
 from lesionseg.types import Detections
+from service.launcher import REPO_ROOT
 
 HW = (64, 64)
 

@@ -24,9 +24,11 @@ import numpy as np
 
 from lesionseg.measure.geometry import VolumeGeometry
 from lesionseg.measure.recist import recist_axes
+from lesionseg.settings import Settings
 from lesionseg.types import SegmentationResult
 
-MIN_OVERLAP = 0.1  # of the smaller mask: neighbouring-slice lesions this close are one lesion
+# Of the smaller mask: neighbouring-slice lesions this close are one lesion (Settings).
+MIN_OVERLAP = Settings.model_fields["lesion_link_min_overlap"].default
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from bentoml import bentos
 
-from lesionseg.settings import REPO_ROOT
+from service.launcher import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -32,8 +32,7 @@ from deploy.engine import find_engine
 from lesionseg.datasets.examples import lits_ct, write_examples
 from lesionseg.io.masks import decode_rle
 from lesionseg.measure.evaluation import dice
-from lesionseg.settings import REPO_ROOT
-from service.launcher import free_port
+from service.launcher import REPO_ROOT, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.definitions import OPENAPI_31
 from starlette.routing import Mount, Route
 
 from lesionseg.errors import InputError
-from lesionseg.settings import REPO_ROOT, Settings
+from lesionseg.settings import Settings
 from service.errors import error_body
 from service.forms import (
     BOXES,
@@ -33,6 +33,7 @@ from service.forms import (
     window_schema,
     words_pattern,
 )
+from service.launcher import REPO_ROOT
 from service.openapi import contract
 
 SCHEMATHESIS_CONFIG = Path(__file__).with_name("schemathesis.toml")

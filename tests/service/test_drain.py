@@ -76,7 +76,7 @@ def test_sigterm_reaches_the_previous_handler_only_after_the_drain():
 
 def test_not_installed_off_the_main_thread():
     result = []
-    thread = threading.Thread(target=lambda: result.append(Drain().install()))
+    thread = threading.Thread(target=lambda: result.append(Drain(idle_s=5, timeout_s=25).install()))
     thread.start()
     thread.join()
     assert result == [False]

@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lesionseg.settings import REPO_ROOT
-from service.launcher import running_server
+from service.launcher import REPO_ROOT, running_server
 from service.limits import FORM_OVERHEAD_BYTES
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -8,9 +8,8 @@ import json
 import httpx
 import pytest
 
-from lesionseg.settings import REPO_ROOT
 from lesionseg.train.train import main as train
-from service.launcher import running_server
+from service.launcher import REPO_ROOT, running_server
 from tests.datasets.fixtures import write_nnunet
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

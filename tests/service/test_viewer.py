@@ -24,8 +24,7 @@ from PIL import Image
 from lesionseg.datasets.examples import write_examples
 from lesionseg.io.masks import decode_rle
 from lesionseg.measure.evaluation import dice
-from lesionseg.settings import REPO_ROOT
-from service.launcher import running_server
+from service.launcher import REPO_ROOT, running_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
