@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 def _predict(args: argparse.Namespace) -> int:
     from lesionseg.io.uploads import decode_upload, split_boxes
-    from lesionseg.models.bundle import served_bundle
+    from lesionseg.models.bundle_settings import effective_settings, served_bundle
     from lesionseg.outputs.overlay import draw_overlay
     from lesionseg.outputs.result_json import frame_source, result_to_dict
     from lesionseg.pipeline.engine import LesionPipeline
@@ -33,7 +33,7 @@ def _predict(args: argparse.Namespace) -> int:
         }.items()
         if v is not None
     }
-    settings = Settings(**overrides)
+    settings = effective_settings(Settings(**overrides))
     upload = decode_upload(
         Path(args.image).read_bytes(),
         settings,
@@ -123,7 +123,14 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lesionseg.settings import check_environment
+
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        check_environment()  # a mistyped LESIONSEG_* variable would otherwise be ignored
+    except LesionSegError as exc:
+        print(f"lesionseg: error: {exc}", file=sys.stderr)
+        return 2
     if argv[:1] == ["train"]:  # its own parser: `lesionseg train --help`
         from lesionseg.train.train import main as train
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import bentoml
 import numpy as np
 
-from lesionseg.models.bundle import served_bundle
+from lesionseg.models.bundle_settings import effective_settings, served_bundle
 from lesionseg.models.detector import Detector
 from lesionseg.models.segmenter import Segmenter
-from lesionseg.settings import Settings
+from lesionseg.settings import Settings, check_environment
 from service.drain import Drain
 from service.limits import traffic_timeout_s
 from service.logs import configure_logging
@@ -27,6 +27,7 @@ from service.model_store import (
 
 log = logging.getLogger("lesionseg.service")
 
+check_environment()  # a mistyped LESIONSEG_* variable stops the start
 SETTINGS = Settings()  # batching parameters are needed by the decorators below
 configure_logging(SETTINGS)  # both processes import this module first (service/logs.py)
 BATCHING = SETTINGS.max_batch_size > 1  # BentoML wants max_batch_size >= 2; 1 = batching off
@@ -63,15 +64,16 @@ def runtime_settings(models: dict) -> Settings:
     stored bundle in force (its thresholds and window, unless set in the environment)."""
     if "exports" in models:
         root = Path(models["exports"].path)
-        return Settings(export_dir=root, **_stored_bundle(root))
+        return effective_settings(Settings(export_dir=root, **_stored_bundle(root)))
     family = models["sam"].info.labels["family"]
     root = Path(models["detector"].path)
-    return Settings(
+    stored = Settings(
         sam_family=family,
         sam_path=sam_path_in_store(Path(models["sam"].path), family),
         detector_weights=root / "weights.pt",
         **_stored_bundle(root),
     )
+    return effective_settings(stored)
 
 
 def _stored_bundle(model_path: Path) -> dict:
@@ -118,7 +120,7 @@ class ModelRunner(StoreModels):
         self._ready = threading.Event()
         threading.Thread(target=self._load_logged, daemon=True, name="model-loader").start()
         # SIGTERM waits until the API has answered what it has in flight (service/drain.py).
-        self._drain = Drain()
+        self._drain = Drain.from_settings(SETTINGS)
         self._drain.install()
 
     def __is_ready__(self) -> bool:

@@ -29,15 +29,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from lesionseg.pipeline.engine import PROMPT_LABEL, area_mm2
+from lesionseg.settings import Settings
 from lesionseg.transforms import clip_boxes, mask_to_box
 from lesionseg.types import Lesion, MaskPrediction, MedicalImage, SegmentationResult
 
-MARGIN = 0.1  # x the previous mask's box width/height on each side, at least MARGIN_PX
-MARGIN_PX = 2.0
-MIN_IOU = 0.5  # SAM's predicted IoU below this ends a lesion
-MAX_GROWTH = 2.0  # area over this x the previous area (of at least 10 px) ends a lesion
-MIN_OVERLAP = 0.2  # of the smaller of the new and the previous mask, else the lesion jumped
-MAX_INTENSITY_SHIFT = 15.0  # grey levels (0-255) from the seed mask's mean
+# The defaults live in Settings (LESIONSEG_PROPAGATION_*, described there).
+_DEFAULTS = Settings.model_fields
+MARGIN = _DEFAULTS["propagation_margin"].default  # x the mask box's size, at least MARGIN_PX
+MARGIN_PX = _DEFAULTS["propagation_margin_px"].default
+MIN_IOU = _DEFAULTS["propagation_min_iou"].default
+MAX_GROWTH = _DEFAULTS["propagation_max_growth"].default
+MIN_OVERLAP = _DEFAULTS["propagation_min_overlap"].default
+MAX_INTENSITY_SHIFT = _DEFAULTS["propagation_max_intensity_shift"].default
 
 
 @dataclass
