@@ -19,8 +19,7 @@ import pytest
 from starlette.routing import Mount
 
 from lesionseg.datasets.examples import write_examples
-from lesionseg.settings import REPO_ROOT
-from service.launcher import running_server
+from service.launcher import REPO_ROOT, running_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -13,8 +13,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from lesionseg.settings import REPO_ROOT
-from service.launcher import running_server
+from service.launcher import REPO_ROOT, running_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -23,8 +23,7 @@ from benchmarks.load import scrape
 from lesionseg.datasets.examples import write_examples
 from lesionseg.io.masks import decode_rle
 from lesionseg.measure.evaluation import dice
-from lesionseg.settings import REPO_ROOT
-from service.launcher import running_server
+from service.launcher import REPO_ROOT, running_server
 
 from .conftest import png_bytes
 
