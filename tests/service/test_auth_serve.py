@@ -20,6 +20,7 @@ from starlette.routing import Mount
 
 from lesionseg.datasets.examples import write_examples
 from service.launcher import REPO_ROOT, running_server
+from tests.docs_pages import curl_lines
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -216,10 +217,10 @@ def test_per_key_limit_on_synchronous_requests(served, lits_png):
 
 
 @pytest.mark.timeout(300)
-def test_readme_api_key_curl_line(served, tmp_path):
+def test_docs_api_key_curl_line(served, tmp_path):
+    """The security page's curl line (tests/service/test_docs_examples.py runs the others)."""
     url, _ = served
-    text = (REPO_ROOT / "README.md").read_text()
-    (line,) = [x for x in text.splitlines() if x.startswith("curl ") and "Bearer $KEY" in x]
+    (line,) = [line for _, line in curl_lines() if "Bearer $KEY" in line]
     command = line.replace("http://localhost:3000", url).replace("@data/", f"@{REPO_ROOT}/data/")
     for key, status in ((KEY_A, 200), (WRONG, 401)):
         argv = [a.replace("$KEY", key) for a in shlex.split(command)]

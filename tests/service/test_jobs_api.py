@@ -113,14 +113,14 @@ def test_unpushed_job_bad_input_and_unknown_ids(restarted):
     assert httpx.get(f"{url}/readyz").status_code == 200
 
 
-def readme_jobs_example() -> str:
-    text = (REPO_ROOT / "README.md").read_text()
-    section = text[text.index("## Async jobs and DICOMweb push") :]
+def docs_jobs_example() -> str:
+    text = (REPO_ROOT / "docs" / "dicom-pacs.md").read_text()
+    section = text[text.index("## Async jobs") :]
     return section[section.index("```python\n") + 10 : section.index("```\n", 10)]
 
 
-def test_readme_jobs_example_works(restarted, tmp_path, monkeypatch):
-    """The README's Python example, on a two-file series made from CT_small.dcm."""
+def test_docs_jobs_example_works(restarted, tmp_path, monkeypatch):
+    """The Python example of docs/dicom-pacs.md, on a two-file series made from CT_small.dcm."""
     url, *_ = restarted
     for i in range(2):
         ds = pydicom.dcmread(CT)
@@ -128,10 +128,10 @@ def test_readme_jobs_example_works(restarted, tmp_path, monkeypatch):
         ds.InstanceNumber = i + 1
         ds.ImagePositionPatient[2] += 5.0 * i
         ds.save_as(tmp_path / f"ct-00{i + 1}.dcm")
-    code = readme_jobs_example().replace("http://localhost:3000", url)
+    code = docs_jobs_example().replace("http://localhost:3000", url)
     code = code.replace('"ACC-0001"', '"readme-example"')
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, "README.md", "exec"), {})
+    exec(compile(code, "docs/dicom-pacs.md", "exec"), {})
     seg = pydicom.dcmread(tmp_path / "seg.dcm")
     assert seg.Modality == "SEG"
     referenced = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence

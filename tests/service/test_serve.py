@@ -1,22 +1,15 @@
-"""One real `bentoml serve` process: the README's curl examples, readiness and batching."""
+"""One real `bentoml serve` process: readiness and batching (the docs' curl lines:
+tests/service/test_docs_examples.py)."""
 
 from __future__ import annotations
 
 import csv
-import gzip
-import json
 import re
-import shlex
-import subprocess
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import nibabel as nib
 import numpy as np
-import pydicom
 import pytest
-from pycocotools import mask as mask_utils
 
 from benchmarks.load import main as load_benchmark
 from benchmarks.load import scrape
@@ -48,65 +41,6 @@ def server(model_store, lits, tmp_path_factory):
     }
     with running_server(env, tmp_path_factory.mktemp("serve") / "serve.log") as url:
         yield url
-
-
-def readme_curl_commands() -> list[str]:
-    text = (REPO_ROOT / "README.md").read_text()
-    commands = [line.strip() for line in text.splitlines() if line.startswith("curl ")]
-    assert len(commands) >= 3, "the README lost its curl examples"
-    return commands
-
-
-def test_readme_curl_examples_work(server, tmp_path):
-    port = server.rsplit(":", 1)[1]
-    for command in readme_curl_commands():
-        command = command.replace("localhost:3000", f"127.0.0.1:{port}")
-        command = command.replace("@data/", f"@{REPO_ROOT}/data/")
-        proc = subprocess.run(shlex.split(command), cwd=tmp_path, capture_output=True, check=True)
-        if "-o " in command:  # an overlay PNG, a DICOM SEG, a NIfTI mask, a SEG + SR zip
-            check_written_file(tmp_path / re.search(r"-o (\S+)", command).group(1))
-            continue
-        body = json.loads(proc.stdout)
-        assert body["models"]["backend"] == "torch"
-        if "frames" in body:  # a volume: its frames and 3-D lesions
-            check_volume(body)
-            continue
-        assert (body["width"], body["height"]) == (128, 128), body
-        assert body["lesions"], body
-        dicom = ".dcm" in command  # the CT example has 0.66 mm pixels; the PNG has no spacing
-        for lesion in body["lesions"]:
-            rle = {"size": lesion["mask"]["size"], "counts": lesion["mask"]["counts"].encode()}
-            assert mask_utils.decode(rle).shape == (128, 128)
-            assert (lesion["area_mm2"] is not None) == dicom, (command, lesion)
-
-
-def check_volume(body: dict) -> None:
-    """The NIfTI example (3 slices, 0.8 x 0.7 mm pixels, 2.5 mm apart) with its lesions."""
-    assert body["number_of_frames"] == 3 and body["lesions_3d"], body
-    ids = [x["lesion_id"] for f in body["frames"] for x in f["lesions"]]
-    assert sorted(set(ids)) == [x["id"] for x in body["lesions_3d"]]
-    for lesion in body["lesions_3d"]:
-        area = sum(
-            x["area_mm2"] for f in body["frames"] for x in f["lesions"]
-            if x["lesion_id"] == lesion["id"]
-        )  # fmt: skip
-        assert lesion["volume_mm3"] == pytest.approx(area * 2.5, rel=1e-3)
-        assert lesion["long_axis_mm"] >= lesion["short_axis_mm"] > 0
-
-
-def check_written_file(path) -> None:
-    data = path.read_bytes()
-    if path.suffix == ".zip":
-        archive = zipfile.ZipFile(path)
-        assert pydicom.dcmread(archive.open("seg.dcm")).Modality == "SEG"
-        assert pydicom.dcmread(archive.open("sr.dcm")).Modality == "SR"
-    elif path.suffix == ".png":
-        assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    elif path.suffix == ".dcm":
-        assert pydicom.dcmread(path).Modality == "SEG"
-    else:
-        assert path.name.endswith(".nii.gz")
-        assert nib.Nifti1Image.from_bytes(gzip.decompress(data)).shape == (128, 128, 3)
 
 
 def test_bad_input_over_http(server):
