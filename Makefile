@@ -22,7 +22,7 @@ export YOLO_AUTOINSTALL := false
 .PHONY: help setup data export engines models serve demo build bench bench-encoder test test-fast \
 	lint format train train-default clean pacs-deps train-unet \
 	bench-accuracy bench-gpu browser-deps container-deps container container-gpu \
-	bench-container soak
+	bench-container soak docs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -119,6 +119,11 @@ test: setup data pacs-deps browser-deps container-deps ## run the whole test sui
 
 test-fast: setup ## unit tests only (no slow real-model checks)
 	$(PY) -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
+
+# The site of docs/ (MkDocs Material); tests/test_docs.py builds it the same way in `make test`.
+docs: setup ## build the docs site (mkdocs --strict) into site/
+	$(PY) docs/settings_page.py --check
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 lint: setup ## ruff lint and format check
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
