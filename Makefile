@@ -105,7 +105,7 @@ container-deps: ## install podman, runc and debootstrap (Debian packages) unless
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 			podman runc debootstrap; }
 
-container: container-deps export models ## image lesionseg:<version> and :latest (README "Deploy")
+container: container-deps export models ## image lesionseg:<version> and :latest (docs/deployment.md)
 	$(PY) -m deploy.container build
 
 container-gpu: container-deps export models ## CUDA image lesionseg-gpu (onnxruntime-gpu, TensorRT)

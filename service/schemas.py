@@ -33,7 +33,7 @@ class LesionOut(BaseModel):
 
 
 class Lesion3DOut(BaseModel):
-    """A lesion across the frames of a volume (README: 3-D lesions)."""
+    """A lesion across the frames of a volume (docs/3d.md)."""
 
     id: int = Field(description="the lesion_id its per-frame lesions carry")
     label: str
