@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from lesionseg.datasets.examples import write_examples
 from tests.docs_pages import REPO, curl_lines, pages
 
 # A repository path as the pages write it: a top-level folder, then path characters; not one
@@ -95,3 +96,20 @@ def test_the_pages_have_curl_lines_to_run():
         assert "http://localhost:3000/" in command, (page, command)
         for upload in re.findall(r"=@(\S+)", command):
             assert upload.startswith("data/examples/"), (page, command)
+
+
+@pytest.mark.slow
+def test_the_python_library_example_runs(exported, lits, monkeypatch, capsys):
+    """docs/cli.md's Python example as written, on the example slice, with the session's
+    export (the default backend runs it)."""
+    examples = REPO / "data" / "examples"
+    if not (examples / "lits117-z110.png").exists():  # `make data` writes it
+        write_examples(lits, examples, 110)
+    text = (REPO / "docs" / "cli.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("LESIONSEG_EXPORT_DIR", str(exported[0]))
+    exec(compile(code, "docs/cli.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed, "the example found no lesion in the example slice"
+    assert all(line.startswith("tumour ") for line in printed), printed
