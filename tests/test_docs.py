@@ -4,6 +4,7 @@ repository that a page names exists."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import re
 import subprocess
@@ -20,6 +21,24 @@ REPO_PATH = re.compile(
     r"(?<![\w/.-])((?:lesionseg|service|export|deploy|benchmarks|tests|models|docs)"
     r"/[\w/.-]*\w/?)(?![\w{<*/.-])"
 )
+
+DOTTED = re.compile(r"\blesionseg(?:\.[a-z_][a-z0-9_]*)+")
+
+
+def resolves(dotted: str) -> bool:
+    """Whether ``lesionseg.a.b.c`` names a module, or an attribute of the longest module."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            target = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            if not hasattr(target, name):
+                return False
+            target = getattr(target, name)
+        return True
+    return False
 
 
 def settings_page():
@@ -85,6 +104,12 @@ def test_every_repository_path_a_page_names_exists(page):
         if not (REPO / path).exists() and not (REPO / "lesionseg" / path).exists()
     ]
     assert not missing, f"{page.name} names paths that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("page", pages(), ids=lambda p: p.relative_to(REPO).as_posix())
+def test_every_library_name_a_page_uses_exists(page):
+    missing = sorted({n for n in DOTTED.findall(page.read_text()) if not resolves(n)})
+    assert not missing, f"{page.name} names what lesionseg does not have: {missing}"
 
 
 def test_the_pages_have_curl_lines_to_run():
