@@ -35,7 +35,7 @@ def test_a_missing_extra_is_named_before_any_work(
     error = capsys.readouterr().err
     assert code == 2 and no_work == []
     assert error.startswith("lesionseg train: error: the training extra is not installed")
-    assert f"missing {missing} (" in error and "pip install 'lesionseg[train]'" in error
+    assert f"missing {missing}, for " in error and "pip install 'lesionseg[train]'" in error
 
 
 def test_without_peft_a_run_without_lora_starts(monkeypatch, no_work, tmp_path):

@@ -26,9 +26,10 @@ def require_training_extra(sam_recipe: str) -> None:
         try:
             importlib.import_module(module)
         except ImportError as exc:
-            missing.append(f"{module} ({purpose}: {exc})")
+            absent = isinstance(exc, ModuleNotFoundError) and exc.name == module
+            missing.append(f"{module}, for {purpose}" + ("" if absent else f" ({exc})"))
     if missing:
         raise LesionSegError(
-            f"the training extra is not installed (missing {'; '.join(missing)}): install it "
+            f"the training extra is not installed: missing {'; '.join(missing)}. Install it "
             f"with `{INSTALL}`"
         )
