@@ -44,7 +44,7 @@ from lesionseg.models.bundle_settings import bundle_in_force, effective_settings
 from lesionseg.models.detector import Detector
 from lesionseg.models.sam import load_sam
 from lesionseg.models.segmenter import Segmenter
-from lesionseg.pipeline.engine import filter_detections
+from lesionseg.pipeline.results import filter_detections
 from lesionseg.settings import Settings
 from lesionseg.train.common import perturb_boxes
 from lesionseg.train.sam_train import cached_embeddings

@@ -109,3 +109,37 @@ def test_follows_the_spatial_order_and_shares_frames_between_lesions():
     assert prop.stopped[1] == {-1: "end of volume", 1: "end of volume"}
     _, ids = prop.results()
     assert ids[6] == [1, 2] and ids[0] == [2]
+
+
+def test_the_engine_propagates_as_the_plan_says_and_embeds_each_frame_once():
+    """LesionEngine.propagate (what the CLI and the service run) with stand-in models: the
+    lesions of :func:`propagate`, each frame's embedding asked for once."""
+    import asyncio
+
+    from lesionseg.pipeline.engine import LesionEngine
+
+    frames = volume(LESION)
+    embedded: list[int] = []
+
+    async def embed(images):
+        indices = [next(i for i, f in enumerate(frames) if f is im) for im in images]
+        embedded.extend(indices)
+        return indices  # the stand-in decoder only needs to know the frame
+
+    class Segmenter:
+        def predict(self, embeddings, boxes, *, refine_iterations=None):
+            masks = StandIn(LESION)(dict(zip(embeddings, boxes, strict=True)))
+            return [masks[f] for f in embeddings]
+
+    async def no_detector(images):
+        raise AssertionError("propagation runs no detector")
+
+    engine = LesionEngine(no_detector, embed, Segmenter())
+    results, ids = asyncio.run(engine.propagate(frames, [[14, 10, 34, 30, 6]]))
+    expected, expected_ids = run(LESION, frames, StandIn(LESION)).results()
+    assert ids == expected_ids
+    for got, want in zip(results, expected, strict=True):
+        assert [x.box for x in got.lesions] == [x.box for x in want.lesions]
+        for a, b in zip(got.lesions, want.lesions, strict=True):
+            np.testing.assert_array_equal(a.mask, b.mask)
+    assert sorted(embedded) == sorted(set(embedded)) == list(range(2, 11))

@@ -1,6 +1,6 @@
-"""Turn a :class:`~lesionseg.types.SegmentationResult` into the JSON schema.
+"""The JSON of results: what the service answers and the CLI writes (one place for both).
 
-The JSON is the one the service returns::
+One image (``/segment``'s SegmentResponse)::
 
     {"width": W, "height": H, "pixel_spacing_mm": [row, col] | null,
      "lesions": [{"box": [x0, y0, x1, y1], "label": str, "score": float,
@@ -8,14 +8,22 @@ The JSON is the one the service returns::
                   "mask": {"size": [H, W], "counts": "<COCO compressed RLE>"}}],
      "models": {...}, "timings_ms": {...}}
 
-plus, for DICOM and NIfTI input, ``"pixel_spacing_source"`` when the spacing is known.
+plus, for DICOM and NIfTI input, ``"pixel_spacing_source"`` when the spacing is known and
+the frame's ``"source"``. Several frames, a volume or a series (FramesResponse)::
+
+    {"number_of_frames": F, "frames": [{...as above, without "models", "frame": k; each lesion
+     with its "lesion_id"}], "lesions_3d": [{...}], "models": {...}}
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Sequence
+
 from lesionseg.io.dicom import DicomImage
 from lesionseg.io.masks import encode_rle
 from lesionseg.io.nifti import NiftiVolume
+from lesionseg.io.uploads import Upload
 from lesionseg.measure.lesions3d import Lesion3D
 from lesionseg.types import SegmentationResult
 
@@ -81,7 +89,8 @@ def lesion_3d_to_dict(lesion: Lesion3D) -> dict:
 
 def frame_source(dicom: DicomImage | None, nifti: NiftiVolume | None, index: int) -> dict | None:
     """Where frame ``index`` came from: the DICOM instance and frame number (1-based), or the
-    NIfTI slice axis and index; None for ordinary images."""
+    NIfTI slice axis and index, the other format's keys null (as the API's FrameSource
+    writes them); None for ordinary images."""
     if dicom is not None:
         window = None if dicom.window is None else [float(v) for v in dicom.window]
         return {
@@ -89,7 +98,69 @@ def frame_source(dicom: DicomImage | None, nifti: NiftiVolume | None, index: int
             "sop_instance_uid": str(dicom.dataset.get("SOPInstanceUID", "")),
             "frame_number": index + 1,
             "window": window,
+            "axis": None,
+            "slice": None,
         }
     if nifti is not None:
-        return {"format": "NIfTI", "axis": nifti.axis, "slice": index}
+        return {
+            "format": "NIfTI",
+            "sop_instance_uid": None,
+            "frame_number": None,
+            "window": None,
+            "axis": nifti.axis,
+            "slice": index,
+        }
     return None
+
+
+def frame_dicts(
+    uploads: Sequence[Upload],
+    results: Sequence[SegmentationResult],
+    models: dict,
+    on_stage: Callable[[str, float], None] | None = None,
+) -> list[dict]:
+    """Per frame of ``uploads`` (in order) its result dict with its ``source``; each frame's
+    ``timings_ms`` gains ``encode_response``, the time this took (also given to
+    ``on_stage``)."""
+    start = time.perf_counter()
+    payloads, frames = [], [(u, i) for u in uploads for i in range(len(u.frames))]
+    for (upload, index), result in zip(frames, results, strict=True):
+        payload = result_to_dict(result, models)
+        if (source := frame_source(upload.dicom, upload.nifti, index)) is not None:
+            payload["source"] = source
+        payloads.append(payload)
+    elapsed = time.perf_counter() - start
+    if on_stage is not None:
+        on_stage("encode_response", elapsed)
+    for payload, result in zip(payloads, results, strict=True):
+        timings = {**result.timings_ms, "encode_response": elapsed * 1000}
+        payload["timings_ms"] = {k: round(v, 2) for k, v in timings.items()}
+    return payloads
+
+
+def response_body(
+    uploads: Sequence[Upload],
+    results: Sequence[SegmentationResult],
+    models: dict,
+    *,
+    lesion_ids: Sequence[Sequence[int]] | None = None,
+    lesions_3d: Sequence[Lesion3D] = (),
+    on_stage: Callable[[str, float], None] | None = None,
+) -> dict:
+    """One image's dict (``lesion_ids`` None), else the multi-frame dict: per frame its
+    result with ``frame`` and each lesion's ``lesion_id``, ``lesions_3d``, ``models`` once."""
+    frames = frame_dicts(uploads, results, models, on_stage)
+    if lesion_ids is None:
+        (body,) = frames
+        return body
+    for index, (payload, frame_ids) in enumerate(zip(frames, lesion_ids, strict=True)):
+        payload["frame"] = index
+        del payload["models"]
+        for lesion, lesion_id in zip(payload["lesions"], frame_ids, strict=True):
+            lesion["lesion_id"] = lesion_id
+    return {
+        "number_of_frames": len(frames),
+        "frames": frames,
+        "lesions_3d": [lesion_3d_to_dict(x) for x in lesions_3d],
+        "models": models,
+    }

@@ -1,192 +1,276 @@
-"""detect -> filter -> segment over a batch of images, order preserving."""
+"""The engine: detect -> filter -> embed -> decode -> refine over the frames of an upload (one
+image, a DICOM object or series, a NIfTI volume), box prompts, propagation, and the 3-D lesions.
+
+The two model calls that want batching, the detector and SAM's image encoder, are injected as
+async callables (:data:`Detect`, :data:`Embed`), so that the same engine runs local models
+(:class:`lesionseg.pipeline.local.LocalModels`, the CLI) and a batched model server behind a
+per-image cache (``service.runner_calls.RunnerCalls``). SAM's light prompt/mask decoder runs
+here, in a thread (:class:`~lesionseg.models.segmenter.Segmenter`, which may be decoder-only).
+Async because the service is: requests share the runner calls in flight; the CLI wraps a call
+in ``asyncio.run``.
+"""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 
-from lesionseg.models.detector import Detector
+from lesionseg.errors import InputError
+from lesionseg.io.uploads import Upload, split_boxes, uploads_geometry
+from lesionseg.measure.lesions3d import MIN_OVERLAP as LINK_MIN_OVERLAP
 from lesionseg.models.segmenter import Segmenter, validate_boxes
+from lesionseg.pipeline.prediction import Options, Prediction, is_volume, link
+from lesionseg.pipeline.propagate import Propagation
+from lesionseg.pipeline.results import build_result, filter_detections, prompted
+from lesionseg.pipeline.timing import StageHook, timed
 from lesionseg.settings import Settings
-from lesionseg.transforms import clip_boxes, expand_boxes
-from lesionseg.types import Detections, Lesion, MaskPrediction, MedicalImage, SegmentationResult
+from lesionseg.types import Detections, ImageEmbedding, MedicalImage, SegmentationResult
 
-PROMPT_LABEL = "lesion"  # label of caller-supplied boxes
-
-
-def filter_detections(
-    det: Detections,
-    image_hw: tuple[int, int],
-    *,
-    score_threshold: float,
-    max_lesions: int,
-    box_margin: float = 0.0,
-) -> Detections:
-    """Keep boxes with score >= threshold, clipped to the image and non-empty, best first;
-    then grow the kept boxes by ``box_margin`` (:func:`lesionseg.transforms.expand_boxes`):
-    they are SAM's prompts and the boxes reported."""
-    boxes = clip_boxes(det.boxes, image_hw)
-    keep = (
-        (det.scores >= score_threshold) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    )
-    idx = np.flatnonzero(keep)[:max_lesions]  # scores are sorted descending
-    return Detections(
-        expand_boxes(boxes[idx], box_margin, image_hw),
-        det.scores[idx],
-        det.class_ids[idx],
-        tuple(det.labels[i] for i in idx),
-    )
+Detect = Callable[[Sequence[MedicalImage]], Awaitable[list[Detections]]]
+"""Per image every box the detector finds above the engine's score floor, scores descending."""
+Embed = Callable[[Sequence[MedicalImage]], Awaitable[list[ImageEmbedding]]]
+"""Per image its SAM embedding, with its geometry (:meth:`Segmenter.wrap`)."""
 
 
-def area_mm2(area_px: int, spacing: tuple[float, float] | None) -> float | None:
-    """Pixel count times the pixel area, or None when the spacing is unknown."""
-    return None if spacing is None else float(area_px * spacing[0] * spacing[1])
-
-
-def build_result(
-    image: MedicalImage,
-    boxes: np.ndarray,
-    labels: Sequence[str],
-    scores: np.ndarray,
-    prediction: MaskPrediction,
-    timings_ms: dict[str, float],
-) -> SegmentationResult:
-    """Assemble the lesions of one image from its boxes and masks (same order)."""
-    lesions = []
-    for i in range(len(labels)):
-        mask = prediction.masks[i]
-        area = int(mask.sum())
-        lesions.append(
-            Lesion(
-                box=tuple(float(v) for v in boxes[i]),
-                label=labels[i],
-                score=float(scores[i]),
-                iou_prediction=float(prediction.iou_predictions[i]),
-                mask=mask,
-                area_px=area,
-                area_mm2=area_mm2(area, image.pixel_spacing_mm),
-            )
-        )
-    return SegmentationResult(
-        image.width,
-        image.height,
-        tuple(lesions),
-        image.pixel_spacing_mm,
-        dict(timings_ms),
-        image.pixel_spacing_source,
-    )
-
-
-class LesionPipeline:
-    """Fully automatic (detector boxes) or box-prompted segmentation of a batch of images.
+class LesionEngine:
+    """Segments frames with injected model calls; stateless between requests.
 
     Args:
-        detector: the YOLO stage (None for a prompt-only pipeline).
-        segmenter: the SAM stage.
-        score_threshold, max_lesions, box_margin: settings of the filter stage.
+        detect, embed: the batched model calls (see :data:`Detect`, :data:`Embed`).
+        segmenter: SAM's prompt encoder and mask decoder (its image encoder is not used).
+        score_threshold, max_lesions, box_margin: defaults of the filter stage.
+        score_floor: the confidence ``detect`` runs at; a lower request threshold is refused.
+        frames_in_flight: frames detected and embedded together, so that a volume does not
+            flood a batched server past its latency budget.
+        propagation: keyword settings of :class:`~lesionseg.pipeline.propagate.Propagation`.
+        link_min_overlap: of the smaller mask, for two lesions on neighbouring slices to be
+            one 3-D lesion (:func:`~lesionseg.measure.lesions3d.link_lesions`).
+        on_stage: ``hook(stage, seconds)`` per timed stage ("detect", "embed", "mask_decode").
     """
 
     def __init__(
         self,
-        detector: Detector | None,
+        detect: Detect,
+        embed: Embed,
         segmenter: Segmenter,
         *,
         score_threshold: float = 0.25,
+        score_floor: float = 0.0,
         max_lesions: int = 50,
         box_margin: float = 0.0,
-    ):
-        self.detector = detector
-        self.segmenter = segmenter
-        self.score_threshold = score_threshold
-        self.max_lesions = max_lesions
-        self.box_margin = box_margin
+        frames_in_flight: int = 4,
+        propagation: Mapping[str, float] | None = None,
+        link_min_overlap: float = LINK_MIN_OVERLAP,
+        on_stage: StageHook | None = None,
+    ) -> None:
+        assert frames_in_flight >= 1, frames_in_flight
+        self.detect, self.embed, self.segmenter = detect, embed, segmenter
+        self.score_threshold, self.score_floor = score_threshold, score_floor
+        self.max_lesions, self.box_margin = max_lesions, box_margin
+        self.frames_in_flight = frames_in_flight
+        self.propagation = dict(propagation or {})
+        self.link_min_overlap = link_min_overlap
+        self.on_stage = on_stage
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, with_detector: bool = True) -> LesionPipeline:
-        detector = Detector.from_settings(settings) if with_detector else None
+    def from_settings(
+        cls,
+        settings: Settings,
+        detect: Detect,
+        embed: Embed,
+        segmenter: Segmenter,
+        *,
+        score_floor: float | None = None,
+        on_stage: StageHook | None = None,
+    ) -> LesionEngine:
+        """The engine of ``settings`` (the bundle's threshold and margin, the batch size, the
+        propagation and linking thresholds);
+        ``score_floor`` defaults to ``settings.detector_score_floor``."""
         return cls(
-            detector,
-            Segmenter.from_settings(settings),
+            detect,
+            embed,
+            segmenter,
             score_threshold=settings.score_threshold,
+            score_floor=settings.detector_score_floor if score_floor is None else score_floor,
             max_lesions=settings.max_lesions,
             box_margin=settings.box_margin,
+            frames_in_flight=settings.max_batch_size,
+            propagation={
+                "margin": settings.propagation_margin,
+                "margin_px": settings.propagation_margin_px,
+                "min_iou": settings.propagation_min_iou,
+                "max_growth": settings.propagation_max_growth,
+                "min_overlap": settings.propagation_min_overlap,
+                "max_intensity_shift": settings.propagation_max_intensity_shift,
+            },
+            link_min_overlap=settings.lesion_link_min_overlap,
+            on_stage=on_stage,
         )
 
-    def segment(
+    async def run(
         self,
-        images: Sequence[MedicalImage],
+        uploads: Sequence[Upload],
+        options: Options,
+        timings: dict[str, float] | None = None,
         *,
-        score_threshold: float | None = None,
-        max_lesions: int | None = None,
-        refine_iterations: int | None = None,
-    ) -> list[SegmentationResult]:
-        """Detect lesions, then segment each box; results in input order."""
-        if self.detector is None:
-            raise RuntimeError("this pipeline was built without a detector; use segment_boxes")
-        threshold = self.score_threshold if score_threshold is None else score_threshold
-        limit = self.max_lesions if max_lesions is None else max_lesions
-        pixels = [im.pixels for im in images]
-        t0 = time.perf_counter()
-        raw = self.detector.detect(pixels, score_threshold=threshold, max_detections=limit)
-        t1 = time.perf_counter()
-        dets = [
-            filter_detections(
-                d,
-                (im.height, im.width),
-                score_threshold=threshold,
-                max_lesions=limit,
-                box_margin=self.box_margin,
+        volume: bool | None = None,
+    ) -> Prediction:
+        """Segment every frame of ``uploads``; link the lesions in 3-D when the answer is a
+        volume's (``volume``; default: :func:`is_volume`, or propagation). ``timings`` (ms,
+        e.g. the decode's) start each frame's own."""
+        uploads = tuple(uploads)
+        frames = tuple(f for u in uploads for f in u.frames)
+        ids = None
+        if options.propagate:
+            if not options.boxes:
+                raise InputError(
+                    "propagate needs boxes: one [x0, y0, x1, y1, frame] per lesion, on one frame"
+                )
+            geometry = uploads_geometry(uploads)
+            order = None if geometry is None else geometry.order
+            results, ids = await self.propagate(
+                frames, options.boxes, order, options.refine_iterations, timings
             )
-            for d, im in zip(raw, images, strict=True)
-        ]
-        results = self._segment(images, [d.boxes for d in dets], refine_iterations)
-        detect_ms = (t1 - t0) * 1000
-        return [
-            build_result(im, d.boxes, d.labels, d.scores, pred, {"detect": detect_ms, **timings})
-            for im, d, (pred, timings) in zip(images, dets, results, strict=True)
-        ]
+        else:
+            results = await self.segment(frames, options, timings)
+        if volume is None:
+            volume = is_volume(uploads) or options.propagate
+        if not volume:
+            return Prediction(uploads, results)
+        ids, lesions = await asyncio.to_thread(link, uploads, results, ids, self.link_min_overlap)
+        return Prediction(uploads, results, ids, tuple(lesions))
 
-    def segment_boxes(
+    async def segment(
         self,
-        images: Sequence[MedicalImage],
-        boxes_per_image: Sequence[object],
-        *,
-        refine_iterations: int | None = None,
+        frames: Sequence[MedicalImage],
+        options: Options | None = None,
+        timings: dict[str, float] | None = None,
     ) -> list[SegmentationResult]:
-        """One lesion per caller-supplied box, in the order given (boxes are validated)."""
-        if len(images) != len(boxes_per_image):
-            raise ValueError(f"{len(images)} images but {len(boxes_per_image)} box lists")
-        boxes = [
-            validate_boxes(b, (im.height, im.width))
-            for im, b in zip(images, boxes_per_image, strict=True)
-        ]
-        results = self._segment(images, boxes, refine_iterations)
+        """Per frame its lesions, in frame order: the detector's boxes, or ``options.boxes``
+        (validated before any model work)."""
+        options = options or Options()
+        prompts = self._caller_prompts(frames, options.boxes)
+        threshold, limit = self._limits(options)
+        results: list[SegmentationResult] = []
+        for start in range(0, len(frames), self.frames_in_flight):
+            chunk = slice(start, start + self.frames_in_flight)
+            if prompts is None:
+                found = await self._detect(frames[chunk], threshold, limit, timings)
+            else:
+                found = [(prompted(b), dict(timings or {})) for b in prompts[chunk]]
+            results += await self._decode(frames[chunk], found, options.refine_iterations)
+        return results
+
+    def _caller_prompts(
+        self, frames: Sequence[MedicalImage], boxes: list | None
+    ) -> list[np.ndarray] | None:
+        """Per frame (N, 4) float32 clipped boxes, or None to run the detector."""
+        if boxes is None:
+            return None
+        per_frame = [boxes] if len(frames) == 1 else split_boxes(boxes, len(frames))
         return [
-            build_result(im, b, [PROMPT_LABEL] * len(b), np.ones(len(b), np.float32), pred, t)
-            for im, b, (pred, t) in zip(images, boxes, results, strict=True)
+            validate_boxes(b, (im.height, im.width))
+            for im, b in zip(frames, per_frame, strict=True)
         ]
 
-    def _segment(
+    def _limits(self, options: Options) -> tuple[float, int]:
+        threshold = self.score_threshold
+        if options.score_threshold is not None:
+            threshold = options.score_threshold
+        if threshold < self.score_floor:
+            raise InputError(
+                f"score_threshold {threshold} is below the service's floor of "
+                f"{self.score_floor} (LESIONSEG_DETECTOR_SCORE_FLOOR)"
+            )
+        return threshold, options.max_lesions or self.max_lesions
+
+    async def _detect(
         self,
-        images: Sequence[MedicalImage],
-        boxes: Sequence[np.ndarray],
+        frames: Sequence[MedicalImage],
+        threshold: float,
+        limit: int,
+        timings: dict[str, float] | None,
+    ) -> list[tuple[Detections, dict[str, float]]]:
+        """Per frame its kept, grown boxes and its timings so far."""
+        stage = dict(timings or {})
+        with timed("detect", stage, self.on_stage):
+            found = await self.detect(frames)
+        kept = []
+        for d, im in zip(found, frames, strict=True):
+            hw = (im.height, im.width)
+            options = dict(score_threshold=threshold, max_lesions=limit, box_margin=self.box_margin)
+            kept.append((filter_detections(d, hw, **options), dict(stage)))
+        return kept
+
+    async def _decode(
+        self,
+        frames: Sequence[MedicalImage],
+        found: list[tuple[Detections, dict[str, float]]],
         refine_iterations: int | None,
-    ) -> list[tuple[MaskPrediction, dict[str, float]]]:
-        # Images without boxes skip the encoder altogether.
-        todo = [i for i, b in enumerate(boxes) if len(b)]
-        t0 = time.perf_counter()
-        embeddings = self.segmenter.embed([images[i].pixels for i in todo])
-        t1 = time.perf_counter()
-        predictions = self.segmenter.predict(
-            embeddings, [boxes[i] for i in todo], refine_iterations=refine_iterations
-        )
-        t2 = time.perf_counter()
-        timings = {"embed": (t1 - t0) * 1000, "decode": (t2 - t1) * 1000}
-        by_index = dict(zip(todo, predictions, strict=True))
-        empty = self.segmenter.predict_empty
-        return [
-            (by_index[i] if i in by_index else empty((im.height, im.width)), timings)
-            for i, im in enumerate(images)
-        ]
+    ) -> list[SegmentationResult]:
+        """Embed the frames that have boxes (only those) and decode their masks."""
+        todo = [i for i, (d, _) in enumerate(found) if len(d)]
+        predictions = {}
+        if todo:
+            stage: dict[str, float] = {}
+            with timed("embed", stage, self.on_stage):
+                embeddings = await self.embed([frames[i] for i in todo])
+            with timed("mask_decode", stage, self.on_stage):
+                masks = await asyncio.to_thread(
+                    self.segmenter.predict,
+                    embeddings,
+                    [found[i][0].boxes for i in todo],
+                    refine_iterations=refine_iterations,
+                )
+            predictions = dict(zip(todo, masks, strict=True))
+            for i in todo:
+                found[i][1].update(stage)
+        results = []
+        for i, (image, (d, times)) in enumerate(zip(frames, found, strict=True)):
+            if i in predictions:
+                prediction = predictions[i]
+            else:
+                prediction = self.segmenter.predict_empty((image.height, image.width))
+            results.append(build_result(image, d.boxes, d.labels, d.scores, prediction, times))
+        return results
+
+    async def propagate(
+        self,
+        frames: Sequence[MedicalImage],
+        boxes: list,
+        order: np.ndarray | None = None,
+        refine_iterations: int | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> tuple[list[SegmentationResult], list[list[int]]]:
+        """One box per lesion, ``[x0, y0, x1, y1, frame]`` (the frame may be left out for a
+        single image), carried through ``frames`` in spatial ``order`` (default: frame
+        order) until each lesion ends; per frame its lesions and their 1-based seed ids.
+        Each frame is embedded once."""
+        if len(frames) == 1:
+            boxes = [[*b, 0] if isinstance(b, list | tuple) and len(b) == 4 else b for b in boxes]
+        split_boxes(boxes, len(frames))  # the boxes name valid frames
+        seeds = []
+        for box in boxes:
+            image = frames[int(box[4])]
+            seeds.append((int(box[4]), validate_boxes([box[:4]], (image.height, image.width))[0]))
+        propagation = Propagation(seeds, frames, order, **self.propagation)
+        embeddings: dict[int, ImageEmbedding] = {}
+        stage: dict[str, float] = dict(timings or {})
+        while not propagation.done:
+            pending = propagation.pending()
+            new = [f for f in pending if f not in embeddings]
+            with timed("embed", stage, self.on_stage):
+                embeddings |= zip(new, await self.embed([frames[f] for f in new]), strict=True)
+            with timed("mask_decode", stage, self.on_stage):
+                masks = await asyncio.to_thread(
+                    self.segmenter.predict,
+                    [embeddings[f] for f in pending],
+                    list(pending.values()),
+                    refine_iterations=refine_iterations,
+                )
+            propagation.update(dict(zip(pending, masks, strict=True)))
+        results, ids = propagation.results()
+        return [replace(r, timings_ms=dict(stage)) for r in results], ids

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lesionseg.pipeline.engine import PROMPT_LABEL, area_mm2
+from lesionseg.pipeline.results import PROMPT_LABEL, area_mm2
 from lesionseg.settings import Settings
 from lesionseg.transforms import clip_boxes, mask_to_box
 from lesionseg.types import Lesion, MaskPrediction, MedicalImage, SegmentationResult

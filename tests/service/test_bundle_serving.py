@@ -22,7 +22,7 @@ import pytest
 from lesionseg.datasets.examples import lits_ct
 from lesionseg.models.bundle import SHIPPED_BUNDLE, Bundle
 from lesionseg.models.bundle_settings import effective_settings
-from lesionseg.pipeline.engine import filter_detections
+from lesionseg.pipeline.results import filter_detections
 from lesionseg.settings import Settings
 from service.launcher import REPO_ROOT, running_server
 
