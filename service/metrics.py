@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 from prometheus_client import Counter, Gauge, Histogram
+
+from lesionseg.pipeline.timing import timed as library_timed
 
 STAGE_SECONDS = Histogram(
     "lesionseg_stage_duration_seconds",
@@ -38,16 +38,14 @@ ADMISSION_REJECTED = Counter(
 )
 
 
-@contextmanager
-def timed(stage: str, timings: dict[str, float]) -> Iterator[None]:
+def observe_stage(stage: str, seconds: float) -> None:
+    """The engine's timing hook (:mod:`lesionseg.pipeline.timing`): one histogram sample."""
+    STAGE_SECONDS.labels(stage).observe(seconds)
+
+
+def timed(stage: str, timings: dict[str, float]) -> AbstractContextManager[None]:
     """Time the block: add its ms to ``timings[stage]`` and observe the histogram."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        seconds = time.perf_counter() - start
-        timings[stage] = timings.get(stage, 0.0) + seconds * 1000
-        STAGE_SECONDS.labels(stage).observe(seconds)
+    return library_timed(stage, timings, observe_stage)
 
 
 MODEL_PRECISION = Gauge(

@@ -10,9 +10,10 @@ from pathlib import Path
 import bentoml
 import numpy as np
 
-from lesionseg.models.bundle_settings import effective_settings, served_bundle
+from lesionseg.models.bundle_settings import effective_settings
 from lesionseg.models.detector import Detector
 from lesionseg.models.segmenter import Segmenter
+from lesionseg.pipeline.local import describe_models
 from lesionseg.settings import Settings, check_environment
 from service.drain import Drain
 from service.limits import traffic_timeout_s
@@ -82,23 +83,10 @@ def _stored_bundle(model_path: Path) -> dict:
 
 
 def model_info(models: dict, settings: Settings, segmenter: Segmenter, detector: Detector) -> dict:
-    spec = segmenter.spec
-    return {
-        "backend": settings.backend,
-        "store": {name: str(model.tag) for name, model in models.items()},
-        "bundle": served_bundle(settings),
-        "sam": {
-            "family": spec.family,
-            "name": spec.name,
-            "sha256": spec.sha256,
-            "precision": segmenter.runner.precision,
-        },
-        "detector": {
-            "weights": detector.weights.name,
-            "classes": detector.names,
-            "precision": detector.runner.precision,
-        },
-    }
+    """The ``models`` block of the service's answers: the CLI's
+    (:func:`lesionseg.pipeline.local.describe_models`) and the store tags."""
+    store = {name: str(model.tag) for name, model in models.items()}
+    return {**describe_models(settings, segmenter, detector), "store": store}
 
 
 # BentoML 1.4's client of this service opens a new HTTP session every `max_requests` calls (100)

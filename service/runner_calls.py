@@ -1,69 +1,97 @@
-"""The model runner's per-image calls, through the per-image cache: a mixin of ``LesionSeg``.
+"""The engine's model calls in the service: the model runner's batched ``detect`` and ``embed``,
+one call per image (the runner batches concurrent calls), through the per-image cache.
 
 The same pixels sent again (``/segment/boxes`` re-prompts from the viewer, ``/segment`` with
 another threshold, refinement, a series sent again, jobs) skip the SAM encoder and the detector:
 both are pure functions of the decoded pixels and of the models in force, which is what the key
 (:func:`lesionseg.pipeline.cache.image_key`) digests. The detector runs at the service's score
 floor and returns every box above it; each request's own threshold and lesion count are applied
-afterwards (:func:`lesionseg.pipeline.engine.filter_detections`), so its cached rows serve any
-request.
-
-The host class provides ``runner``, ``segmenter``, ``settings`` and ``models``.
+afterwards by the engine (:func:`lesionseg.pipeline.results.filter_detections`), so its cached
+rows serve any request.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+from lesionseg.models.segmenter import Segmenter
 from lesionseg.pipeline.cache import EmbeddingCache, image_key, models_identity
-from lesionseg.types import ImageEmbedding, MedicalImage
+from lesionseg.types import Detections, ImageEmbedding, MedicalImage
 from service.metrics import CACHE_BYTES, CACHE_ENTRIES, CACHE_HITS, CACHE_MISSES
 from service.retry import call_runner
 
 MIB = 1024 * 1024
 
 
-class CachedRunnerCalls:
-    """``_detections`` and ``_embedding`` of one image; call ``_start_cache`` once the models
-    are described."""
+class RunnerCalls:
+    """``detect`` and ``embed`` for :class:`lesionseg.pipeline.engine.LesionEngine`.
 
-    def _start_cache(self) -> None:
-        self.image_cache = EmbeddingCache(self.settings.embedding_cache_mb * MIB)
-        self._models_id = models_identity(self.models)
+    Args:
+        runner: returns the model runner's client (looked up per call: tests swap it).
+        cache: returns the per-image cache in force (likewise).
+        models: the runner's ``describe()``: the cache key's model identity, class names.
+        segmenter: wraps an embedding with its image's geometry.
+    """
+
+    def __init__(
+        self,
+        runner: Callable[[], Any],
+        cache: Callable[[], EmbeddingCache],
+        models: dict,
+        segmenter: Segmenter,
+    ) -> None:
+        self._runner, self._cache = runner, cache
+        self._models_id = models_identity(models)
+        self._names = models["detector"]["classes"]
+        self._segmenter = segmenter
         # (kind, key) -> the runner call in flight for it: concurrent requests for the same new
         # image (a series sent twice, quick re-prompts) share one encoder or detector pass.
         self._pending: dict[tuple[str, str], asyncio.Future] = {}
 
-    async def _image_key(self, image: MedicalImage) -> str | None:
+    async def detect(self, images: Sequence[MedicalImage]) -> list[Detections]:
+        """Per image the boxes above the service's floor, scores descending."""
+        return list(await asyncio.gather(*map(self._detect_one, images)))
+
+    async def embed(self, images: Sequence[MedicalImage]) -> list[ImageEmbedding]:
+        """Per image its SAM embedding with the image's geometry."""
+        return list(await asyncio.gather(*map(self._embed_one, images)))
+
+    async def _key(self, image: MedicalImage) -> str | None:
         """The image's cache key (None with the cache off); hashed off the event loop."""
-        if not self.image_cache.enabled:
+        if not self._cache().enabled:
             return None
         return await asyncio.to_thread(image_key, image.pixels, self._models_id)
 
-    async def _detections(self, image: MedicalImage, key: str | None) -> np.ndarray:
-        """(K, 6) float32 rows [x0, y0, x1, y1, score, class_id] above the service's floor."""
-
+    async def _detect_one(self, image: MedicalImage) -> Detections:
         async def detect() -> np.ndarray:
-            rows = await call_runner(lambda: self.runner.to_async.detect([image.pixels]), "detect")
+            rows = await call_runner(
+                lambda: self._runner().to_async.detect([image.pixels]), "detect"
+            )
             return np.asarray(rows[0], np.float32)
 
-        return await self._cached("detections", key, detect)
+        # (K, 6) float32 rows [x0, y0, x1, y1, score, class_id]
+        rows = await self._cached("detections", await self._key(image), detect)
+        classes = rows[:, 5].astype(np.int64)
+        labels = tuple(self._names[int(c)] for c in classes)
+        return Detections(rows[:, :4], rows[:, 4], classes, labels)
 
-    async def _embedding(self, image: MedicalImage, key: str | None) -> ImageEmbedding:
-        """The SAM embedding of the image, with its geometry."""
-
+    async def _embed_one(self, image: MedicalImage) -> ImageEmbedding:
         async def embed() -> np.ndarray:
             features = await call_runner(
-                lambda: self.runner.to_async.embed([image.pixels]), "embed"
+                lambda: self._runner().to_async.embed([image.pixels]), "embed"
             )
             return np.asarray(features[0], np.float32)
 
-        features = await self._cached("embedding", key, embed)
-        return self.segmenter.wrap(features, (image.height, image.width))
+        features = await self._cached("embedding", await self._key(image), embed)
+        return self._segmenter.wrap(features, (image.height, image.width))
 
-    async def _cached(self, kind: str, key: str | None, compute) -> np.ndarray:
+    async def _cached(
+        self, kind: str, key: str | None, compute: Callable[[], Awaitable[np.ndarray]]
+    ) -> np.ndarray:
         """The cached value, else the call in flight for the same key (counted as a hit), else
         ``compute()`` once, stored. The call runs as a task of its own: a request that gives up
         (its deadline, a client gone) leaves it to the others waiting for it, and its result
@@ -74,7 +102,7 @@ class CachedRunnerCalls:
         if pending is not None:
             CACHE_HITS.labels(kind).inc()
             return await asyncio.shield(pending)
-        value = self.image_cache.get((kind, key))
+        value = self._cache().get((kind, key))
         if value is not None:
             CACHE_HITS.labels(kind).inc()
             return value
@@ -84,9 +112,12 @@ class CachedRunnerCalls:
         task.add_done_callback(lambda _: self._pending.pop((kind, key), None))
         return await asyncio.shield(task)
 
-    async def _compute_and_store(self, kind: str, key: str, compute) -> np.ndarray:
+    async def _compute_and_store(
+        self, kind: str, key: str, compute: Callable[[], Awaitable[np.ndarray]]
+    ) -> np.ndarray:
         value = await compute()
-        self.image_cache.put((kind, key), value)
-        CACHE_BYTES.set(self.image_cache.nbytes)
-        CACHE_ENTRIES.set(len(self.image_cache))
+        cache = self._cache()
+        cache.put((kind, key), value)
+        CACHE_BYTES.set(cache.nbytes)
+        CACHE_ENTRIES.set(len(cache))
         return value

@@ -5,19 +5,17 @@
   the score threshold's default and floor), ``/`` (a redirect to ``/viewer``) and ``/docs``
   (BentoML's own API page, which ``/`` used to be: the same file, its assets and ``/docs.json``
   unchanged).
-- ``ViewerRoutes``, a mixin of ``LesionSeg``: ``POST /segment/preview`` decodes an upload as
-  ``/segment`` does and answers each frame's pixels after the intensity mapping (DICOM/NIfTI
-  window included) as a PNG, so that the page shows exactly what the models saw.
+- :func:`preview_body`, the answer of ``POST /segment/preview`` (service/routes/preview.py):
+  each frame's pixels after the intensity mapping (DICOM/NIfTI window included) as a PNG, so
+  that the page shows exactly what the models saw.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import Callable
 from pathlib import Path
 
-import bentoml
 from pydantic import BaseModel, Field
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -28,7 +26,6 @@ from lesionseg.io.uploads import Upload
 from lesionseg.outputs.overlay import encode_png
 from lesionseg.outputs.result_json import frame_source
 from lesionseg.settings import Settings
-from service.metrics import timed
 from service.schemas import FrameSource
 
 STATIC_DIR = Path(__file__).parent / "viewer"
@@ -50,30 +47,6 @@ class PreviewResponse(BaseModel):
     kind: str = Field(description="'image', 'dicom' or 'nifti'")
     number_of_frames: int
     frames: list[PreviewFrame]
-
-
-class ViewerRoutes:
-    """``/segment/preview``, as a mixin of ``LesionSeg`` (which provides ``settings``,
-    ``_decode``, ``_decode_dicom_files`` and ``_respond``)."""
-
-    @bentoml.api(route="/segment/preview")
-    async def segment_preview(
-        self, image: list[Path], window: str | None = None
-    ) -> PreviewResponse:
-        """The frames of an upload as the models see them (PNG, base64), decoded as /segment
-        decodes them: one image, DICOM object or NIfTI volume, or the files of one DICOM
-        series (repeat `image`; frame k = the k-th file). No model runs."""
-        return await self._respond(self._preview, path=image, window=window)
-
-    async def _preview(self, path: list[Path], window: str | None) -> JSONResponse:
-        timings: dict[str, float] = {}
-        if len(path) == 1:
-            with timed("decode_image", timings):
-                uploads = [await asyncio.to_thread(self._decode, path[0], window)]
-        else:
-            uploads = await self._decode_dicom_files(path, window, timings)
-        body = await asyncio.to_thread(preview_body, uploads)
-        return JSONResponse(body.model_dump(mode="json", exclude_none=True))
 
 
 def preview_body(uploads: list[Upload]) -> PreviewResponse:

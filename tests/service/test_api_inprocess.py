@@ -1,5 +1,6 @@
 """Every endpoint and every bad-input case, in-process (to_asgi + TestClient)."""
 
+import asyncio
 import struct
 import zlib
 
@@ -119,7 +120,7 @@ def test_image_without_lesions(client):
 def test_default_service_gives_the_torch_lesions(client, lits, settings):
     """The in-process service runs the default CPU backend, openvino: SAM in bf16 where
     /proc/cpuinfo lists a bf16 unit, the detector in fp32; compare with torch."""
-    from lesionseg.pipeline.engine import LesionPipeline
+    from lesionseg.pipeline.local import local_engine
     from lesionseg.provenance import cpu_flags
     from lesionseg.types import MedicalImage
 
@@ -129,14 +130,14 @@ def test_default_service_gives_the_torch_lesions(client, lits, settings):
     # detected validation lesions (0.980 on these slices); the lesion Dice guard is
     # tests/test_openvino.py.
     least_dice = {"bf16": 0.96, "fp32": 0.99}[sam_precision]
-    torch_pipeline = LesionPipeline.from_settings(settings)
+    torch_engine, _ = local_engine(settings)
     for index in (104, 116, 124):
         image = lits.slice(index).image
         body = post(client, "/segment", png_bytes(image)).json()
         assert body["models"]["backend"] == "openvino"
         assert body["models"]["sam"]["precision"] == sam_precision
         assert body["models"]["detector"]["precision"] == "fp32"
-        (ref,) = torch_pipeline.segment([MedicalImage(image)])
+        (ref,) = asyncio.run(torch_engine.segment([MedicalImage(image)]))
         assert len(body["lesions"]) == len(ref.lesions)
         for got, want in zip(body["lesions"], ref.lesions, strict=True):
             assert got["label"] == want.label
