@@ -9,18 +9,21 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lesionseg.errors import LesionSegError
+from lesionseg.errors import InputError, LesionSegError
 
 if TYPE_CHECKING:
     from lesionseg.settings import Settings
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from lesionseg.io.uploads import decode_upload, split_boxes
-    from lesionseg.models.bundle_settings import effective_settings, served_bundle
+    import asyncio
+
+    from lesionseg.models.bundle_settings import effective_settings
     from lesionseg.outputs.overlay import draw_overlay
-    from lesionseg.outputs.result_json import frame_source, result_to_dict
-    from lesionseg.pipeline.engine import LesionPipeline
+    from lesionseg.outputs.result_json import response_body
+    from lesionseg.pipeline.inputs import read_uploads
+    from lesionseg.pipeline.local import describe_models, local_engine
+    from lesionseg.pipeline.prediction import Options
     from lesionseg.settings import Settings
 
     overrides = {
@@ -34,56 +37,45 @@ def _predict(args: argparse.Namespace) -> int:
         if v is not None
     }
     settings = effective_settings(Settings(**overrides))
-    upload = decode_upload(
-        Path(args.image).read_bytes(),
-        settings,
-        window=args.window,
-        default_window=settings.default_window,
-        default_window_modality=settings.default_window_modality,
-    )
-    frames = upload.frames
-    _ensure_export(settings)
-    pipeline = LesionPipeline.from_settings(settings, with_detector=args.boxes is None)
-    if args.boxes is None:
-        results = pipeline.segment(frames)
-    else:
+    paths = [Path(p) for p in args.image]
+    uploads = read_uploads(settings, paths, args.window)
+    boxes = None
+    if args.boxes is not None:
         boxes = json.loads(
             Path(args.boxes).read_text() if Path(args.boxes).is_file() else args.boxes
         )
-        per_frame = [boxes] if len(frames) == 1 else split_boxes(boxes, len(frames))
-        results = pipeline.segment_boxes(frames, per_frame)
-    spec = pipeline.segmenter.spec
-    models = {
-        "bundle": served_bundle(settings),
-        "sam": {"family": spec.family, "name": spec.name, "sha256": spec.sha256},
-    }
-    if pipeline.detector is not None:
-        names = pipeline.detector.names
-        models["detector"] = {"weights": pipeline.detector.weights.name, "classes": names}
+    if args.propagate and boxes is None:
+        raise InputError("--propagate needs --boxes: one [x0, y0, x1, y1, frame] per lesion")
+    _ensure_export(settings)
+    engine, models = local_engine(
+        settings, score_threshold=args.score_threshold, with_detector=boxes is None
+    )
+    # The service's engine and JSON (lesionseg.pipeline.engine, lesionseg.outputs.result_json).
+    prediction = asyncio.run(engine.run(uploads, Options(boxes, args.propagate)))
+    body = response_body(
+        uploads,
+        prediction.results,
+        describe_models(settings, models.segmenter, models.detector),
+        lesion_ids=prediction.lesion_ids,
+        lesions_3d=prediction.lesions_3d,
+    )
+    frames = [f for u in uploads for f in u.frames]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = Path(Path(args.image).name.removesuffix(".gz")).stem
-    payloads = []
-    for index, result in enumerate(results):
-        payload = result_to_dict(result, models)
-        if (source := frame_source(upload.dicom, upload.nifti, index)) is not None:
-            payload["source"] = source
-        payloads.append(payload)
-    if upload.multi_frame:  # the service's multi-frame response; overlays of frames with lesions
-        for index, payload in enumerate(payloads):
-            payload["frame"] = index
-            del payload["models"]
-        body = {"number_of_frames": len(payloads), "frames": payloads, "models": models}
+    stem = Path(paths[0].name.removesuffix(".gz")).stem
+    if prediction.volume:  # the service's multi-frame response; overlays of frames with lesions
         overlays = {
-            out / f"{stem}.frame{i:03d}.overlay.png": i for i, r in enumerate(results) if r.lesions
+            out / f"{stem}.frame{i:03d}.overlay.png": i
+            for i, r in enumerate(prediction.results)
+            if r.lesions
         }
     else:
-        body, overlays = payloads[0], {out / f"{stem}.overlay.png": 0}
+        overlays = {out / f"{stem}.overlay.png": 0}
     (out / f"{stem}.json").write_text(json.dumps(body, indent=1))
     for path, index in overlays.items():
-        path.write_bytes(draw_overlay(frames[index].pixels, results[index]))
-    found = sum(len(r.lesions) for r in results)
-    where = f" in {len(frames)} frames" if upload.multi_frame else ""
+        path.write_bytes(draw_overlay(frames[index].pixels, prediction.results[index]))
+    found = sum(len(r.lesions) for r in prediction.results)
+    where = f" in {len(frames)} frames" if prediction.volume else ""
     print(f"{found} lesion(s){where} -> {out / (stem + '.json')}, {len(overlays)} overlay PNG(s)")
     return 0
 
@@ -137,8 +129,15 @@ def main(argv: list[str] | None = None) -> int:
         return train(argv[1:])
     parser = argparse.ArgumentParser(prog="lesionseg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("predict", help="segment one image; write result JSON and overlay PNG")
-    p.add_argument("image", help="PNG, JPEG, TIFF, DICOM or NIfTI file (told apart by content)")
+    p = sub.add_parser(
+        "predict", help="segment an image or a volume; write the API's JSON and overlay PNGs"
+    )
+    p.add_argument(
+        "image",
+        nargs="+",
+        help="PNG, JPEG, TIFF, DICOM or NIfTI file (told apart by content), or the DICOM files "
+        "of one series",
+    )
     p.add_argument(
         "--model",
         type=Path,
@@ -153,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         "--boxes",
         help="JSON list of [x0, y0, x1, y1] (or a file holding it; [x0, y0, x1, y1, frame] for "
         "volumes): segment these boxes instead of running the detector",
+    )
+    p.add_argument(
+        "--propagate",
+        action="store_true",
+        help="carry each box ([x0, y0, x1, y1, frame], one per lesion) through the volume",
     )
     p.add_argument("--out", default="out", help="output directory (default: out)")
     p.add_argument("--score-threshold", type=float)
