@@ -92,7 +92,8 @@ def test_the_readme_answer_is_the_served_one(server, tmp_path):
     first = answer["lesions"][0]
     assert first["box"] == pytest.approx(shown, abs=0.05), (first, shown)
     assert f'"label": "{first["label"]}"' in readme
-    assert f'"area_px": {first["area_px"]}' in readme
+    area = int(re.search(r'"area_px": (\d+)', readme).group(1))  # SAM's precision: bf16 or fp32
+    assert first["area_px"] == pytest.approx(area, rel=0.03), (first["area_px"], area)
     assert len(answer["lesions"]) == 3 and "three lesions" in readme
     bundle = answer["models"]["bundle"]
     assert f'"score_threshold": {bundle["score_threshold"]}' in readme
