@@ -156,7 +156,7 @@ class LesionSeg(StoreModels):
         window: str | None = None,
     ) -> SegmentResponse:
         """Find and outline every lesion: detector boxes -> SAM masks (COCO RLE). DICOM and
-        NIfTI volumes answer one result per frame (README: multi-frame response)."""
+        NIfTI volumes answer one result per frame (docs/api.md: the result JSON)."""
         options = Options(None, False, score_threshold, max_lesions, refine_iterations)
         return await self._call(segment.segment_json, image, options, window)
 
