@@ -138,7 +138,7 @@ class LesionSeg(StoreModels):
     ) -> tuple[bytes, dict, bytes | None]:
         """What a job stores and pushes (service/jobs.py): the DICOM SEG, the summary and the
         SR when ``sr`` (:func:`service.routes.volumes.segment_to_reports`). Waits for the
-        models to load; ``options`` as :class:`~lesionseg.pipeline.engine.Options`."""
+        models to load; ``options`` as :class:`~lesionseg.pipeline.prediction.Options`."""
         await self._ready.wait()
         return await volumes.segment_to_reports(
             self.served, files, Options(**options), window, sr=sr
