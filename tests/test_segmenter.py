@@ -3,9 +3,9 @@ import shutil
 import numpy as np
 import pytest
 
-from lesionseg.models import sam as sam_models
 from lesionseg.checksums import file_sha256
 from lesionseg.errors import InvalidBoxesError, ModelLoadError
+from lesionseg.models import sam as sam_models
 from lesionseg.models.sam import LITEMEDSAM_SHA256, load_litemedsam
 from lesionseg.models.segmenter import Segmenter, validate_boxes
 from lesionseg.settings import Settings
