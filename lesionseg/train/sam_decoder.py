@@ -10,24 +10,21 @@ as a delta of the fp16 mask-decoder weights on the sha256-verified base (``sam.p
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from lesionseg.models.sam import SamModules
 from lesionseg.train.common import (
     EpochLog,
     Sample,
     Stopper,
-    end_epoch,
-    optimise,
     seed_everything,
     trainable_parameters,
 )
+from lesionseg.train.loop import run_epochs
 from lesionseg.train.sam_train import cached_embeddings, evaluate_gt_boxes, sample_loss
 
 DEFAULT_MAX_SHIFT = 0.05  # fraction of the longest image side
@@ -61,7 +58,6 @@ def train_decoder(
     kept (restored at the end); ``stopper`` ends training early (time budget, Ctrl-C), keeping
     the best epoch so far.
     """
-    stopper = stopper or Stopper()
     rng = seed_everything(seed)
     for p in [*modules.encoder.parameters(), *modules.decoder.parameters()]:
         p.requires_grad_(False)
@@ -73,23 +69,23 @@ def train_decoder(
     train_emb = cached_embeddings(modules, [s.image for s in train], cache)
     val_emb = cached_embeddings(modules, [s.image for s in val], cache) if val else None
     optimiser = torch.optim.Adam(decoder.parameters(), lr=lr)
-    rows = []
-    with stopper:
-        for epoch in range(1, epochs + 1):
-            started, losses = time.time(), []
-            order = rng.permutation(len(train))[:max_steps]
-            for i in tqdm(order, desc=f"SAM decoder epoch {epoch}/{epochs}", leave=False):
-                if stopper.stop:
-                    break
-                emb = train_emb[i : i + 1]
-                loss = sample_loss(modules, emb, train[i], rng, max_shift, max_boxes)
-                losses.append(optimise(optimiser, loss))
-            if not losses:
-                break
-            metrics = evaluate_gt_boxes(modules, val, val_emb) if val_emb is not None else {}
-            end_epoch(rows, log, epoch, losses, started, **metrics)
-            stopper.offer(decoder, metrics.get("val_lesion_dice"))
-            if stopper.stop:
-                break
-    stopper.restore(decoder)
-    return rows
+
+    def loss(i: int) -> torch.Tensor:
+        return sample_loss(modules, train_emb[i : i + 1], train[i], rng, max_shift, max_boxes)
+
+    def validate() -> dict[str, float]:
+        return evaluate_gt_boxes(modules, val, val_emb)
+
+    return run_epochs(
+        decoder,
+        optimiser,
+        loss,
+        validate if val_emb is not None else None,
+        samples=len(train),
+        epochs=epochs,
+        rng=rng,
+        max_steps=max_steps,
+        stopper=stopper,
+        log=log,
+        name="SAM decoder",
+    )

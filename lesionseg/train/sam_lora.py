@@ -14,16 +14,15 @@ merges them again, checked equal to peft's merge here), HF SAM by ``save_pretrai
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from lesionseg.models.sam import SamModules, load_sam
 from lesionseg.models.sam_delta import apply_delta
-from lesionseg.train.common import EpochLog, Sample, Stopper, end_epoch, optimise, seed_everything
+from lesionseg.train.common import EpochLog, Sample, Stopper, seed_everything
+from lesionseg.train.loop import run_epochs
 from lesionseg.train.sam_train import (
     embed,
     evaluate_gt_boxes,
@@ -127,31 +126,28 @@ def train_lora(
     With validation samples the adapters of the epoch with the best validation lesion Dice
     are kept; ``stopper`` ends training early (time budget, Ctrl-C), keeping the best so far.
     """
-    stopper = stopper or Stopper()
     rng = seed_everything(seed)
     model = add_lora(modules, rank=rank)
     optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    rows = []
-    with stopper:
-        for epoch in range(1, epochs + 1):
-            started, losses = time.time(), []
-            order = rng.permutation(len(train))[:steps_per_epoch]
-            for i in tqdm(order, desc=f"SAM LoRA epoch {epoch}/{epochs}", leave=False):
-                if stopper.stop:
-                    break
-                embedding = modules.encoder(images_tensor(modules, [train[i].image]))
-                loss = sample_loss(modules, embedding, train[i], rng, max_shift, max_boxes)
-                losses.append(optimise(optimiser, loss))
-            if not losses:
-                break
-            metrics = (
-                evaluate_gt_boxes(modules, val, embed(modules, [s.image for s in val]))
-                if val
-                else {}
-            )
-            end_epoch(rows, log, epoch, losses, started, **metrics)
-            stopper.offer(model, metrics.get("val_lesion_dice"))
-            if stopper.stop:
-                break
-    stopper.restore(model)
+
+    def loss(i: int) -> torch.Tensor:
+        embedding = modules.encoder(images_tensor(modules, [train[i].image]))  # with grad
+        return sample_loss(modules, embedding, train[i], rng, max_shift, max_boxes)
+
+    def validate() -> dict[str, float]:  # the encoder changes: embed again every epoch
+        return evaluate_gt_boxes(modules, val, embed(modules, [s.image for s in val]))
+
+    rows = run_epochs(
+        model,
+        optimiser,
+        loss,
+        validate if val else None,
+        samples=len(train),
+        epochs=epochs,
+        rng=rng,
+        max_steps=steps_per_epoch,
+        stopper=stopper,
+        log=log,
+        name="SAM LoRA",
+    )
     return model, rows
