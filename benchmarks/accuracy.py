@@ -47,6 +47,7 @@ from lesionseg.models.segmenter import Segmenter
 from lesionseg.pipeline.results import filter_detections
 from lesionseg.settings import Settings
 from lesionseg.train.common import perturb_boxes
+from lesionseg.train.plots import paired_bars
 from lesionseg.train.sam_train import cached_embeddings
 from lesionseg.train.unet import load_unet, predict_unet
 from service.launcher import REPO_ROOT
@@ -208,23 +209,14 @@ def write_markdown(path: Path, rows: list[dict], prov: dict) -> None:
 
 
 def plot(path: Path, rows: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [f"{r['method']}\n{r['prompt']}" for r in rows]
-    y = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
-    ax.barh(y - 0.2, [r["lesion_dice"] for r in rows], 0.4, label="lesion Dice")
-    ax.barh(y + 0.2, [r["image_dice"] for r in rows], 0.4, label="image Dice")
-    ax.set_yticks(y, labels, fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1)
-    ax.set_title("LiTS validation slab (case 117, slices 100-127)")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    paired_bars(
+        path,
+        [f"{r['method']}\n{r['prompt']}" for r in rows],
+        ("lesion Dice", [r["lesion_dice"] for r in rows]),
+        ("image Dice", [r["image_dice"] for r in rows]),
+        title="LiTS validation slab (case 117, slices 100-127)",
+        dpi=120,
+    )
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from lesionseg.measure.evaluation import (
 from lesionseg.models.backends.torch_runner import TorchSamRunner
 from lesionseg.models.sam import SamModules
 from lesionseg.models.segmenter import Segmenter
+from lesionseg.train.plots import paired_bars
 from lesionseg.train.sam_train import cached_embeddings
 from lesionseg.train.train_detector import detection_counts, frame_boxes
 from lesionseg.transforms import expand_boxes
@@ -205,23 +206,12 @@ class Table:
         self._plot(Path(f"{stem}.png"))
 
     def _plot(self, path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         rows = [r for r in self.rows if r.get("lesion_dice") != ""]
-        labels = [f"{r['row']}" for r in rows]
-        y = np.arange(len(rows))
-        fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
-        ax.barh(y - 0.2, [r["lesion_dice"] for r in rows], 0.4, label="lesion Dice")
-        fp = [r["fp_penalised_dice"] or 0 for r in rows]
-        ax.barh(y + 0.2, fp, 0.4, label="FP-penalised lesion Dice")
-        ax.set_yticks(y, labels, fontsize=7)
-        ax.invert_yaxis()
-        ax.set_xlim(0, 1)
-        ax.set_title("validation cases")
-        ax.legend(loc="lower right")
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        paired_bars(
+            path,
+            [f"{r['row']}" for r in rows],
+            ("lesion Dice", [r["lesion_dice"] for r in rows]),
+            ("FP-penalised lesion Dice", [r["fp_penalised_dice"] or 0 for r in rows]),
+            title="validation cases",
+            dpi=110,
+        )
