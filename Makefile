@@ -46,7 +46,7 @@ data: $(EXAMPLES) $(LITS_NNUNET) ## fetch the LiTS case; write the examples and 
 
 # Whether the export is current depends on LESIONSEG_MODEL_DIR and the model settings, which
 # make cannot see: python decides (--if-stale), keyed by the bundle's fingerprint.
-export: setup ## ONNX of the bundle in force, parity-checked, into the store (only when stale)
+export: setup ## ONNX of the bundle in force, parity-checked (only when stale; `make models` imports it)
 	$(PY) -m export onnx --if-stale
 
 engines: export ## TensorRT engines from the ONNX files (NVIDIA GPU + pip install tensorrt)
@@ -114,7 +114,7 @@ container-gpu: container-deps export models ## CUDA image lesionseg-gpu (onnxrun
 bench-container: container-deps export models ## image size, build times, cold start -> benchmarks/results
 	$(PY) -m benchmarks.container
 
-test: setup data pacs-deps browser-deps container-deps ## run the whole test suite (unit, slow, integration, bentoml build, container)
+test: setup data pacs-deps browser-deps container-deps ## the whole test suite: unit, slow, integration, docs build and examples, wheel, container
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup ## unit tests only (no slow real-model checks)
