@@ -38,8 +38,10 @@ def models(tiny_hf_sam_dir):
     return LocalModels(BrightSpotDetector(), segmenter)
 
 
-def engine_of(models: LocalModels, **kwargs) -> LesionEngine:
-    return LesionEngine(models.detect, models.embed, models.segmenter, **kwargs)
+def engine_of(models: LocalModels, **settings) -> LesionEngine:
+    return LesionEngine.from_settings(
+        Settings(**settings), models.detect, models.embed, models.segmenter
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,7 @@ def pipeline(models):
         def run(self, uploads, options=None):
             return asyncio.run(self.engine.run(uploads, options or Options()))
 
-    return Sync(engine_of(models, frames_in_flight=3))
+    return Sync(engine_of(models, max_batch_size=3))
 
 
 SPOTS = [(100, 80, 20, 20, 6), (60, 120, 30, 90, 8), (70, 70, 50, 15, 4), (90, 40, 70, 30, 5)]
@@ -98,7 +100,9 @@ def test_bad_input_is_rejected_before_any_model_work(models):
     async def no_model(images):
         raise AssertionError("a model was called")
 
-    engine = LesionEngine(no_model, no_model, models.segmenter, score_floor=0.1)
+    engine = LesionEngine.from_settings(
+        Settings(), no_model, no_model, models.segmenter, score_floor=0.1
+    )
     images = [MedicalImage(disk(30, 30, 15, 15, 3)), MedicalImage(disk(30, 30, 15, 15, 3))]
     bad = [
         (images[:1], [[5, 5, 1, 1]]),  # empty
@@ -149,7 +153,9 @@ def test_threshold_and_lesion_count_of_a_request(models):
             scores = np.array([0.9, 0.4], np.float32)
             return [Detections(boxes, scores, np.zeros(2, np.int64), ("a", "b")) for _ in images]
 
-    engine = LesionEngine(TwoBoxes(), models.embed, models.segmenter, score_threshold=0.25)
+    engine = LesionEngine.from_settings(
+        Settings(score_threshold=0.25), TwoBoxes(), models.embed, models.segmenter
+    )
     image = MedicalImage(disk(80, 80, 20, 20, 6))
     count = lambda options: len(asyncio.run(engine.segment([image], options))[0].lesions)  # noqa: E731
     assert count(Options()) == 2

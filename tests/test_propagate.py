@@ -117,6 +117,7 @@ def test_the_engine_propagates_as_the_plan_says_and_embeds_each_frame_once():
     import asyncio
 
     from lesionseg.pipeline.engine import LesionEngine
+    from lesionseg.settings import Settings
 
     frames = volume(LESION)
     embedded: list[int] = []
@@ -134,7 +135,7 @@ def test_the_engine_propagates_as_the_plan_says_and_embeds_each_frame_once():
     async def no_detector(images):
         raise AssertionError("propagation runs no detector")
 
-    engine = LesionEngine(no_detector, embed, Segmenter())
+    engine = LesionEngine.from_settings(Settings(), no_detector, embed, Segmenter())
     results, ids = asyncio.run(engine.propagate(frames, [[14, 10, 34, 30, 6]]))
     expected, expected_ids = run(LESION, frames, StandIn(LESION)).results()
     assert ids == expected_ids

@@ -20,7 +20,6 @@ import numpy as np
 
 from lesionseg.errors import InputError
 from lesionseg.io.uploads import Upload, split_boxes, uploads_geometry
-from lesionseg.measure.lesions3d import MIN_OVERLAP as LINK_MIN_OVERLAP
 from lesionseg.models.segmenter import Segmenter, validate_boxes
 from lesionseg.pipeline.prediction import Options, Prediction, is_volume, link
 from lesionseg.pipeline.propagate import Propagation
@@ -41,7 +40,8 @@ class LesionEngine:
     Args:
         detect, embed: the batched model calls (see :data:`Detect`, :data:`Embed`).
         segmenter: SAM's prompt encoder and mask decoder (its image encoder is not used).
-        score_threshold, max_lesions, box_margin: defaults of the filter stage.
+        score_threshold, max_lesions, box_margin: defaults of the filter stage. No defaults
+            here: they are the settings' (:meth:`from_settings`), the one place they live.
         score_floor: the confidence ``detect`` runs at; a lower request threshold is refused.
         frames_in_flight: frames detected and embedded together, so that a volume does not
             flood a batched server past its latency budget.
@@ -57,13 +57,13 @@ class LesionEngine:
         embed: Embed,
         segmenter: Segmenter,
         *,
-        score_threshold: float = 0.25,
-        score_floor: float = 0.0,
-        max_lesions: int = 50,
-        box_margin: float = 0.0,
-        frames_in_flight: int = 4,
+        score_threshold: float,
+        score_floor: float,
+        max_lesions: int,
+        box_margin: float,
+        frames_in_flight: int,
+        link_min_overlap: float,
         propagation: Mapping[str, float] | None = None,
-        link_min_overlap: float = LINK_MIN_OVERLAP,
         on_stage: StageHook | None = None,
     ) -> None:
         assert frames_in_flight >= 1, frames_in_flight
@@ -198,12 +198,11 @@ class LesionEngine:
         stage = dict(timings or {})
         with timed("detect", stage, self.on_stage):
             found = await self.detect(frames)
-        kept = []
-        for d, im in zip(found, frames, strict=True):
-            hw = (im.height, im.width)
-            options = dict(score_threshold=threshold, max_lesions=limit, box_margin=self.box_margin)
-            kept.append((filter_detections(d, hw, **options), dict(stage)))
-        return kept
+        limits = dict(score_threshold=threshold, max_lesions=limit, box_margin=self.box_margin)
+        return [
+            (filter_detections(d, (im.height, im.width), **limits), dict(stage))
+            for d, im in zip(found, frames, strict=True)
+        ]
 
     async def _decode(
         self,
