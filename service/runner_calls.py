@@ -13,6 +13,7 @@ rows serve any request.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -51,6 +52,9 @@ class RunnerCalls:
         # (kind, key) -> the runner call in flight for it: concurrent requests for the same new
         # image (a series sent twice, quick re-prompts) share one encoder or detector pass.
         self._pending: dict[tuple[str, str], asyncio.Future] = {}
+        # id(pixels) -> (a weak reference to them, their key): a request's detect and embed
+        # hash the same frame once (the digest of a large image costs tens of ms).
+        self._keys: dict[int, tuple[weakref.ref, str]] = {}
 
     async def detect(self, images: Sequence[MedicalImage]) -> list[Detections]:
         """Per image the boxes above the service's floor, scores descending."""
@@ -64,7 +68,14 @@ class RunnerCalls:
         """The image's cache key (None with the cache off); hashed off the event loop."""
         if not self._cache().enabled:
             return None
-        return await asyncio.to_thread(image_key, image.pixels, self._models_id)
+        pixels = image.pixels
+        known = self._keys.get(id(pixels))
+        if known is not None and known[0]() is pixels:
+            return known[1]
+        key = await asyncio.to_thread(image_key, pixels, self._models_id)
+        ident = id(pixels)  # dropped when the pixels are, before the id can be reused
+        self._keys[ident] = (weakref.ref(pixels, lambda _: self._keys.pop(ident, None)), key)
+        return key
 
     async def _detect_one(self, image: MedicalImage) -> Detections:
         async def detect() -> np.ndarray:

@@ -13,7 +13,7 @@ import bentoml
 import numpy as np
 import pytest
 
-from lesionseg.pipeline.cache import EmbeddingCache
+from lesionseg.pipeline.cache import EmbeddingCache, image_key
 from service.admission import QueueWaitEstimator
 from service.metrics import CACHE_HITS
 
@@ -118,6 +118,21 @@ def test_another_threshold_skips_detector_and_encoder(client, service, lits):
     assert len(fewer["lesions"]) <= 1
     service.image_cache = EmbeddingCache(0)
     assert answer(post(client, "/segment", image, score_threshold=0.9, max_lesions=1)) == fewer
+
+
+def test_a_request_hashes_each_image_once(client, service, lits, monkeypatch):
+    import service.runner_calls as runner_calls
+
+    digests = []
+
+    def counted(pixels, models):
+        digests.append(pixels.shape)
+        return image_key(pixels, models)
+
+    monkeypatch.setattr(runner_calls, "image_key", counted)
+    answer(post(client, "/segment", png_bytes(lits.slice(113).image)))
+    assert service.runner.calls == ["detect", "embed"]  # a new image: both models ran
+    assert len(digests) == 1  # and its key was computed once for the two
 
 
 def test_another_image_or_window_is_another_key(client, service, lits):
