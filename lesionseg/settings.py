@@ -59,9 +59,12 @@ class Settings(BaseSettings):
         "directory with config.json and weights (required for family 'hf').",
     )
     detector_weights: Path | None = Field(
-        None,
-        description="Ultralytics YOLO weights (.pt) of the lesion detector (default: the "
-        "bundle's detector.pt).",
+        None, description="Lesion detector weights, YOLO or sam-head (default: the bundle's)."
+    )
+    detector_kind: Literal["yolo", "sam-head"] = Field(
+        "yolo",
+        description="The bundle's detector: 'yolo' on the image, or 'sam-head' on SAM's image "
+        "embedding (2.5-D for volumes), so one encoder pass gives boxes and embedding.",
     )
     detector_image_size: int = Field(
         256, ge=32, le=4096, description="Inference size (px, longest side) of the detector."

@@ -19,6 +19,7 @@ import numpy as np
 from bentoml.validators import ContentType
 from pydantic import Field
 
+from lesionseg.models.detectors import load_sam_head
 from lesionseg.models.segmenter import Segmenter
 from lesionseg.pipeline.cache import EmbeddingCache
 from lesionseg.pipeline.engine import LesionEngine
@@ -98,14 +99,21 @@ class LesionSeg(StoreModels):
             calls = RunnerCalls(
                 lambda: self.runner, lambda: self.image_cache, self.models, segmenter
             )
+            head = None
+            if settings.detector_kind == "sam-head":  # it runs here, on the runner's embeddings
+                head = await asyncio.to_thread(load_sam_head, settings)
+                head.score_threshold = settings.detector_score_floor
             self.engine = LesionEngine.from_settings(
-                settings, calls.detect, calls.embed, segmenter, on_stage=observe_stage
+                settings, calls.detect, calls.embed, segmenter, on_stage=observe_stage, head=head
             )
             if settings.warmup:
                 embedding = (await self.runner.to_async.embed([WARMUP_IMAGE]))[0]
-                await self.runner.to_async.detect([WARMUP_IMAGE])
+                if head is None:
+                    await self.runner.to_async.detect([WARMUP_IMAGE])
                 emb = segmenter.wrap(np.asarray(embedding, np.float32), (64, 64))
                 await asyncio.to_thread(segmenter.predict, [emb], [[[20, 20, 44, 44]]])
+                if head is not None:
+                    await asyncio.to_thread(head.detect, [emb])
             self._ready.set()
             log.info("lesionseg ready: %s", self.models)
         except Exception:  # a background task has no caller: log, stay unready

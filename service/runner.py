@@ -12,6 +12,8 @@ import numpy as np
 
 from lesionseg.models.bundle_settings import effective_settings
 from lesionseg.models.detector import Detector
+from lesionseg.models.detectors import load_detector
+from lesionseg.models.sam_head import SamHeadDetector
 from lesionseg.models.segmenter import Segmenter
 from lesionseg.pipeline.local import describe_models
 from lesionseg.settings import Settings, check_environment
@@ -82,7 +84,9 @@ def _stored_bundle(model_path: Path) -> dict:
     return {} if bundle is None else {"model_dir": bundle}
 
 
-def model_info(models: dict, settings: Settings, segmenter: Segmenter, detector: Detector) -> dict:
+def model_info(
+    models: dict, settings: Settings, segmenter: Segmenter, detector: Detector | SamHeadDetector
+) -> dict:
     """The ``models`` block of the service's answers: the CLI's
     (:func:`lesionseg.pipeline.local.describe_models`) and the store tags."""
     store = {name: str(model.tag) for name, model in models.items()}
@@ -137,10 +141,12 @@ class ModelRunner(StoreModels):
     def _load(self) -> None:
         self.settings = settings = runtime_settings(self.store)
         self.segmenter = Segmenter.from_settings(settings)
-        self.detector = Detector.from_settings(settings)
+        # A SAM head is loaded for describe() only: it runs in the API on the embeddings.
+        self.detector = load_detector(settings)
         self.detector.score_threshold = settings.detector_score_floor
         if settings.warmup:
-            self.detector.detect([WARMUP_IMAGE])
+            if isinstance(self.detector, Detector):
+                self.detector.detect([WARMUP_IMAGE])
             self.segmenter.embed([WARMUP_IMAGE])
         log.info("model runner ready: %s", self._models())
 
@@ -148,6 +154,8 @@ class ModelRunner(StoreModels):
     def detect(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Per image (K, 6) float32 rows [x0, y0, x1, y1, score, class_id], scores descending."""
         self._require_ready()
+        if isinstance(self.detector, SamHeadDetector):
+            raise RuntimeError("a sam-head bundle detects in the API process, on the embeddings")
         with self._drain.call():
             detections = self.detector.detect(images)
         return [

@@ -1,10 +1,12 @@
 """Model bundles: the directory ``lesionseg train`` writes and the service serves.
 
 A bundle holds ``model.json`` (format ``lesionseg-bundle/1``), ``detector.pt`` (ultralytics
-YOLO weights whose ``names`` are the bundle's classes, in order) and optionally ``sam.pt`` (a
-LiteMedSAM fine-tune delta, :mod:`lesionseg.models.sam_delta`; absent = the base LiteMedSAM). The
-shipped default is ``lesionseg/models/lits117/``, package data. The settings in force take the
-detector, SAM, thresholds, box margin and window from the bundle in force
+YOLO weights whose ``names`` are the bundle's classes, in order; or, with
+``detector.architecture`` ``"sam-head"``, a head over the SAM embedding,
+:mod:`lesionseg.models.sam_head`) and optionally ``sam.pt`` (a LiteMedSAM fine-tune delta,
+:mod:`lesionseg.models.sam_delta`; absent = the base LiteMedSAM). The shipped default is
+``lesionseg/models/lits117/``, package data. The settings in force take the detector, SAM,
+thresholds, box margin and window from the bundle in force
 (``LESIONSEG_MODEL_DIR``) for every field the user did not set:
 :func:`lesionseg.models.bundle_settings.effective_settings`.
 
@@ -31,6 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lesionseg.checksums import file_sha256
 from lesionseg.errors import ModelLoadError
+from lesionseg.models.sam_head import ARCHITECTURE as SAM_HEAD
+from lesionseg.models.sam_head import HEAD_FORMAT
 
 FORMAT = "lesionseg-bundle/1"
 RECORD_FILE = "model.json"
@@ -139,6 +143,7 @@ class Bundle:
         """The :class:`~lesionseg.settings.Settings` fields this bundle supplies (by name)."""
         return {
             "detector_weights": self.detector.weights,
+            "detector_kind": "sam-head" if self.detector.architecture == SAM_HEAD else "yolo",
             "detector_image_size": self.detector.image_size,
             "score_threshold": self.detector.score_threshold,
             "box_margin": self.detector.box_margin,
@@ -164,11 +169,14 @@ class Bundle:
 
 
 def detector_class_names(weights: Path) -> list[str]:
-    """Class names of an ultralytics .pt checkpoint, in class-id order, without running it."""
+    """Class names of an ultralytics .pt checkpoint or a sam-head checkpoint
+    (:mod:`lesionseg.models.sam_head_net`), in class-id order, without running it."""
     try:
         with zipfile.ZipFile(weights) as archive:
             member = next(n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "data.pkl")
             checkpoint = _StubUnpickler(io.BytesIO(archive.read(member))).load()
+        if isinstance(checkpoint, dict) and checkpoint.get("format") == HEAD_FORMAT:
+            return [str(c) for c in checkpoint["config"]["classes"]]
         names = checkpoint["model"].__dict__["names"]
         if isinstance(names, list | tuple):
             names = dict(enumerate(names))

@@ -8,6 +8,11 @@ per-image cache (``service.runner_calls.RunnerCalls``). SAM's light prompt/mask 
 here, in a thread (:class:`~lesionseg.models.segmenter.Segmenter`, which may be decoder-only).
 Async because the service is: requests share the runner calls in flight; the CLI wraps a call
 in ``asyncio.run``.
+
+With a SAM-head detector (:class:`~lesionseg.models.sam_head.SamHeadDetector`, a bundle's
+``detector: sam-head``) the boxes come from the embeddings: every frame is embedded, the head
+runs here in a thread like the mask decoder, on each slice with its neighbours in space for a
+volume (2.5-D), and the frames with boxes reuse their embeddings for the masks.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import numpy as np
 
 from lesionseg.errors import InputError
 from lesionseg.io.uploads import Upload, split_boxes, uploads_geometry
+from lesionseg.models.sam_head import SamHeadDetector
 from lesionseg.models.segmenter import Segmenter, validate_boxes
 from lesionseg.pipeline.prediction import Options, Prediction, is_volume, link
 from lesionseg.pipeline.propagate import Propagation
@@ -49,6 +55,8 @@ class LesionEngine:
         link_min_overlap: of the smaller mask, for two lesions on neighbouring slices to be
             one 3-D lesion (:func:`~lesionseg.measure.lesions3d.link_lesions`).
         on_stage: ``hook(stage, seconds)`` per timed stage ("detect", "embed", "mask_decode").
+        head: a SAM-head detector: boxes from the embeddings (``detect`` is then not called).
+            It must run at ``score_floor`` (it returns every box above it).
     """
 
     def __init__(
@@ -65,8 +73,10 @@ class LesionEngine:
         link_min_overlap: float,
         propagation: Mapping[str, float] | None = None,
         on_stage: StageHook | None = None,
+        head: SamHeadDetector | None = None,
     ) -> None:
         assert frames_in_flight >= 1, frames_in_flight
+        self.head = head
         self.detect, self.embed, self.segmenter = detect, embed, segmenter
         self.score_threshold, self.score_floor = score_threshold, score_floor
         self.max_lesions, self.box_margin = max_lesions, box_margin
@@ -85,6 +95,7 @@ class LesionEngine:
         *,
         score_floor: float | None = None,
         on_stage: StageHook | None = None,
+        head: SamHeadDetector | None = None,
     ) -> LesionEngine:
         """The engine of ``settings`` (the bundle's threshold and margin, the batch size, the
         propagation and linking thresholds);
@@ -108,6 +119,7 @@ class LesionEngine:
             },
             link_min_overlap=settings.lesion_link_min_overlap,
             on_stage=on_stage,
+            head=head,
         )
 
     async def run(
@@ -135,7 +147,7 @@ class LesionEngine:
                 frames, options.boxes, order, options.refine_iterations, timings
             )
         else:
-            results = await self.segment(frames, options, timings)
+            results = await self.segment(frames, options, timings, _spatial_order(uploads))
         if volume is None:
             volume = is_volume(uploads) or options.propagate
         if not volume:
@@ -148,20 +160,38 @@ class LesionEngine:
         frames: Sequence[MedicalImage],
         options: Options | None = None,
         timings: dict[str, float] | None = None,
+        order: np.ndarray | None = None,
     ) -> list[SegmentationResult]:
         """Per frame its lesions, in frame order: the detector's boxes, or ``options.boxes``
-        (validated before any model work)."""
+        (validated before any model work).
+
+        Args:
+            order: (F,) frame indices in spatial order when the frames are one volume's slices
+                (a SAM head then sees each slice's neighbours); None: unrelated images.
+        """
         options = options or Options()
         prompts = self._caller_prompts(frames, options.boxes)
         threshold, limit = self._limits(options)
+        around = None
+        if prompts is None and self.head is not None:
+            around = _neighbours(len(frames), order, self.head.context)
+        embedded: dict[int, ImageEmbedding] = {}  # a SAM head's, for the masks and neighbours
         results: list[SegmentationResult] = []
         for start in range(0, len(frames), self.frames_in_flight):
-            chunk = slice(start, start + self.frames_in_flight)
-            if prompts is None:
-                found = await self._detect(frames[chunk], threshold, limit, timings)
+            chunk = range(start, min(start + self.frames_in_flight, len(frames)))
+            if prompts is not None:
+                found = [(prompted(prompts[i]), dict(timings or {})) for i in chunk]
+            elif around is None:
+                found = await self._detect([frames[i] for i in chunk], threshold, limit, timings)
             else:
-                found = [(prompted(b), dict(timings or {})) for b in prompts[chunk]]
-            results += await self._decode(frames[chunk], found, options.refine_iterations)
+                found = await self._head_detect(
+                    frames, chunk, around, embedded, threshold, limit, timings
+                )
+            known = [embedded.get(i) for i in chunk]
+            results += await self._decode([frames[i] for i in chunk], found, options, known)
+            if around is not None:  # keep what later chunks still need: their neighbours
+                later = {j for i in range(chunk.stop, len(frames)) for j in around[i]}
+                embedded = {i: e for i, e in embedded.items() if i in later}
         return results
 
     def _caller_prompts(
@@ -204,19 +234,55 @@ class LesionEngine:
             for d, im in zip(found, frames, strict=True)
         ]
 
+    async def _head_detect(
+        self,
+        frames: Sequence[MedicalImage],
+        chunk: range,
+        around: list[list[int]],
+        embedded: dict[int, ImageEmbedding],
+        threshold: float,
+        limit: int,
+        timings: dict[str, float] | None,
+    ) -> list[tuple[Detections, dict[str, float]]]:
+        """The SAM head's boxes for ``frames[chunk]``: embeds the chunk and the neighbours not
+        in ``embedded`` (adding them), then one head call in a thread."""
+        stage = dict(timings or {})
+        new = sorted({j for i in chunk for j in (i, *around[i])} - embedded.keys())
+        with timed("embed", stage, self.on_stage):
+            embedded |= zip(new, await self.embed([frames[j] for j in new]), strict=True)
+        with timed("detect", stage, self.on_stage):
+            found = await asyncio.to_thread(
+                self.head.detect,
+                [embedded[i] for i in chunk],
+                [[embedded[j] for j in around[i]] for i in chunk],
+            )
+        limits = dict(score_threshold=threshold, max_lesions=limit, box_margin=self.box_margin)
+        return [
+            (filter_detections(d, (frames[i].height, frames[i].width), **limits), dict(stage))
+            for d, i in zip(found, chunk, strict=True)
+        ]
+
     async def _decode(
         self,
         frames: Sequence[MedicalImage],
         found: list[tuple[Detections, dict[str, float]]],
-        refine_iterations: int | None,
+        options: Options,
+        known: Sequence[ImageEmbedding | None],
     ) -> list[SegmentationResult]:
-        """Embed the frames that have boxes (only those) and decode their masks."""
+        """Embed the frames that have boxes (only those; ``known`` embeddings are reused) and
+        decode their masks."""
+        refine_iterations = options.refine_iterations
         todo = [i for i, (d, _) in enumerate(found) if len(d)]
         predictions = {}
         if todo:
             stage: dict[str, float] = {}
-            with timed("embed", stage, self.on_stage):
-                embeddings = await self.embed([frames[i] for i in todo])
+            missing = [i for i in todo if known[i] is None]
+            fresh: dict[int, ImageEmbedding] = {}
+            if missing:  # a SAM head's frames were embedded for the detection
+                with timed("embed", stage, self.on_stage):
+                    new = await self.embed([frames[i] for i in missing])
+                fresh = dict(zip(missing, new, strict=True))
+            embeddings = [fresh[i] if known[i] is None else known[i] for i in todo]
             with timed("mask_decode", stage, self.on_stage):
                 masks = await asyncio.to_thread(
                     self.segmenter.predict,
@@ -273,3 +339,31 @@ class LesionEngine:
             propagation.update(dict(zip(pending, masks, strict=True)))
         results, ids = propagation.results()
         return [replace(r, timings_ms=dict(stage)) for r in results], ids
+
+
+def _spatial_order(uploads: Sequence[Upload]) -> np.ndarray | None:
+    """(F,) frame indices in spatial order for one volume's frames (the geometry's, else the
+    frame order of one multi-frame upload); None for unrelated images."""
+    geometry = uploads_geometry(uploads)
+    if geometry is not None:
+        return geometry.order
+    if len(uploads) == 1 and uploads[0].multi_frame:
+        return np.arange(len(uploads[0].frames))
+    return None
+
+
+def _neighbours(count: int, order: np.ndarray | None, context: int) -> list[list[int]]:
+    """Per frame the indices of its ``context`` neighbours on each side in space (k-1, k+1),
+    nearest first on each side; the frame itself where the volume ends or for unrelated images
+    (``order`` None)."""
+    if order is None or context == 0:
+        return [[i] * (2 * context) for i in range(count)]
+    order = [int(i) for i in order]
+    place = {frame: p for p, frame in enumerate(order)}
+    out = []
+    for i in range(count):
+        p = place[i]
+        before = [order[max(p - d, 0)] for d in range(1, context + 1)]
+        after = [order[min(p + d, count - 1)] for d in range(1, context + 1)]
+        out.append(before + after)
+    return out

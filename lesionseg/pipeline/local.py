@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 from lesionseg.models.bundle_settings import served_bundle
 from lesionseg.models.detector import Detector
+from lesionseg.models.detectors import load_detector
+from lesionseg.models.sam_head import SamHeadDetector
 from lesionseg.models.segmenter import Segmenter
 from lesionseg.pipeline.engine import LesionEngine
 from lesionseg.settings import Settings
@@ -19,11 +21,17 @@ class LocalModels:
     """A detector (None for box prompts only) and a whole SAM, called in a worker thread.
 
     The detector runs at a score floor and returns every box above it, as the service's model
-    runner does; the engine then applies each request's threshold.
+    runner does; the engine then applies each request's threshold. A SAM-head detector is the
+    engine's ``head`` (it works on embeddings); :meth:`detect` is then not called.
     """
 
-    def __init__(self, detector: Detector | None, segmenter: Segmenter) -> None:
+    def __init__(self, detector: Detector | SamHeadDetector | None, segmenter: Segmenter) -> None:
         self.detector, self.segmenter = detector, segmenter
+
+    @property
+    def head(self) -> SamHeadDetector | None:
+        """The SAM-head detector, when that is the detector."""
+        return self.detector if isinstance(self.detector, SamHeadDetector) else None
 
     @classmethod
     def from_settings(
@@ -31,14 +39,14 @@ class LocalModels:
     ) -> LocalModels:
         detector = None
         if with_detector:
-            detector = Detector.from_settings(settings)
+            detector = load_detector(settings)
             detector.score_threshold = score_floor
         return cls(detector, Segmenter.from_settings(settings))
 
     async def detect(self, images: Sequence[MedicalImage]) -> list[Detections]:
         """Per image (K, 4) XYXY boxes in original pixels, scores descending; one model call."""
-        if self.detector is None:
-            raise RuntimeError("these models were loaded without a detector: give boxes")
+        if self.detector is None or self.head is not None:
+            raise RuntimeError("these models have no image detector: give boxes, or a head")
         return await asyncio.to_thread(self.detector.detect, [im.pixels for im in images])
 
     async def embed(self, images: Sequence[MedicalImage]) -> list[ImageEmbedding]:
@@ -57,12 +65,14 @@ def local_engine(
         floor = min(floor, score_threshold)
     models = LocalModels.from_settings(settings, score_floor=floor, with_detector=with_detector)
     engine = LesionEngine.from_settings(
-        settings, models.detect, models.embed, models.segmenter, score_floor=floor
+        settings, models.detect, models.embed, models.segmenter, score_floor=floor, head=models.head
     )
     return engine, models
 
 
-def describe_models(settings: Settings, segmenter: Segmenter, detector: Detector | None) -> dict:
+def describe_models(
+    settings: Settings, segmenter: Segmenter, detector: Detector | SamHeadDetector | None
+) -> dict:
     """The ``models`` block of a response: backend, bundle, SAM and detector with their
     precisions (the service adds its store tags)."""
     spec = segmenter.spec
@@ -78,6 +88,7 @@ def describe_models(settings: Settings, segmenter: Segmenter, detector: Detector
     }
     if detector is not None:
         models["detector"] = {
+            "kind": settings.detector_kind,
             "weights": detector.weights.name,
             "classes": detector.names,
             "precision": detector.runner.precision,

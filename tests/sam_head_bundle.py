@@ -1,0 +1,41 @@
+"""A sam-head bundle for tests: the shipped bundle's SAM and settings with an untrained,
+seeded head (its boxes are arbitrary but the same on every run and backend)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from lesionseg.models.bundle import RECORD_FILE, SHIPPED_BUNDLE
+from lesionseg.models.sam_head import ARCHITECTURE, HeadConfig
+from lesionseg.models.sam_head_net import SamHeadNet, save_head
+
+
+def write_sam_head_bundle(directory: Path, *, seed: int = 0, context: int = 1) -> Path:
+    """``directory`` as a bundle whose detector is a seeded random head (a heatmap bias of -1:
+    most scores below the bundle's 0.3, a few peaks above it)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    record = json.loads((SHIPPED_BUNDLE / RECORD_FILE).read_text())
+    torch.manual_seed(seed)
+    net = SamHeadNet(HeadConfig(classes=tuple(record["classes"]), context=context))
+    with torch.no_grad():
+        net.out.bias[:1] = -1.0  # scores mostly below 0.3: a few peaks pass
+    save_head(net, directory / "detector.pt")
+    if record["sam"].get("weights"):
+        shutil.copyfile(SHIPPED_BUNDLE / record["sam"]["weights"], directory / "sam.pt")
+    record["name"] = "sam-head-test"
+    record["detector"] = {
+        "weights": "detector.pt",
+        "architecture": ARCHITECTURE,
+        "image_size": 256,
+        "context": context,
+        "score_threshold": 0.3,
+        "box_margin": 0.0,
+        "nms_iou_threshold": 0.5,
+    }
+    (directory / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return directory
