@@ -89,25 +89,39 @@ def match_detections(
     return DetectionCounts(tp, int(counted.sum()), iou.shape[0] - ignored, tp)
 
 
-def assign_instances(pred_masks: np.ndarray, gt_masks: np.ndarray) -> np.ndarray:
-    """Give every predicted instance to the ground-truth lesion it overlaps most.
+def instance_owners(pred_masks: np.ndarray, gt_masks: np.ndarray) -> np.ndarray:
+    """The ground-truth lesion each predicted instance overlaps most.
 
     Args:
         pred_masks: (P, H, W) bool predicted instances.
         gt_masks: (K, H, W) bool ground-truth lesions.
 
     Returns:
+        (P,) int64: per instance the index of its lesion, -1 when it overlaps none.
+    """
+    owners = np.full(len(pred_masks), -1, np.int64)
+    if len(gt_masks) == 0:  # an image without lesions (reshape cannot infer -1 from size 0)
+        return owners
+    flat_gt = gt_masks.reshape(len(gt_masks), -1)
+    for p, mask in enumerate(pred_masks):
+        overlap = flat_gt[:, mask.ravel()].sum(axis=1)  # (K,)
+        if overlap.max() > 0:
+            owners[p] = int(overlap.argmax())
+    return owners
+
+
+def assign_instances(pred_masks: np.ndarray, gt_masks: np.ndarray) -> np.ndarray:
+    """Give every predicted instance to the ground-truth lesion it overlaps most
+    (:func:`instance_owners`).
+
+    Returns:
         (K, H, W) bool: per lesion, the union of the instances given to it (instances that
         overlap no lesion are given to none).
     """
     per_lesion = np.zeros(gt_masks.shape, bool)
-    if len(gt_masks) == 0:  # an image without lesions (reshape cannot infer -1 from size 0)
-        return per_lesion
-    flat_gt = gt_masks.reshape(len(gt_masks), -1)
-    for mask in pred_masks:
-        overlap = flat_gt[:, mask.ravel()].sum(axis=1)  # (K,)
-        if overlap.size and overlap.max() > 0:
-            per_lesion[int(overlap.argmax())] |= mask
+    for mask, owner in zip(pred_masks, instance_owners(pred_masks, gt_masks), strict=True):
+        if owner >= 0:
+            per_lesion[owner] |= mask
     return per_lesion
 
 
