@@ -1,4 +1,4 @@
-"""Command line: ``lesionseg predict``, ``train``, ``fetch-data``, ``example``."""
+"""Command line: ``lesionseg predict``, ``train``, ``evaluate``, ``fetch-data``, ``example``."""
 
 from __future__ import annotations
 
@@ -127,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         from lesionseg.train.train import main as train
 
         return train(argv[1:])
+    if argv[:1] == ["evaluate"]:  # its own parser too
+        from lesionseg.train.evaluate_command import main as evaluate
+
+        return evaluate(argv[1:])
     parser = argparse.ArgumentParser(prog="lesionseg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser(
@@ -173,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         "train",
         help="train the detector and SAM on a labelled dataset and write a model bundle "
         "(`lesionseg train --help`)",
+    )
+    sub.add_parser(
+        "evaluate",
+        help="score a model bundle on a labelled dataset, fully automatic: lesion Dice, recall, "
+        "false masks per slice, FROC (`lesionseg evaluate --help`)",
     )
     f = sub.add_parser("fetch-data", help="fetch and verify the LiTS case into the cache")
     f.add_argument(
