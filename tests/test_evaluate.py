@@ -275,3 +275,15 @@ def test_bad_input_exits_2_with_a_message(three_slices, tmp_path, capsys, args, 
     assert main(["evaluate", str(three_slices), "--out", str(tmp_path / "o"), *args]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_page_says_where_the_curve_ends_before_a_rate():
+    from lesionseg.train.evaluate_command import _curve_ends
+
+    record = {"froc": {"overall": {"end": (1.5, 0.9)}}, "protocol": {"score_floor": 0.05}}
+    (line,) = _curve_ends(record)
+    assert "ends at 1.5 false masks per slice" in line and "at 2, 4 false masks" in line
+    record["froc"]["overall"]["end"] = (4.0, 0.9)
+    assert _curve_ends(record) == []
+    record["froc"]["overall"]["end"] = None  # no lesion
+    assert _curve_ends(record) == []

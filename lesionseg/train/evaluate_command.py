@@ -207,6 +207,7 @@ def write(out: Path, record: dict, report: Report) -> None:
         f"Bundle fingerprint `{bundle.get('fingerprint')}`, dataset fingerprint "
         f"`{record['dataset']['fingerprint']}`, commit {record['git_commit']}"
         f"{' (dirty tree)' if record['git_dirty'] else ''}, {record['seconds']} s.",
+        *_curve_ends(record),
         *(f"\nWarning: {note}" for note in record["selection"]["notes"]),
         "",
         "![FROC](froc.png)",
@@ -225,6 +226,20 @@ def write(out: Path, record: dict, report: Report) -> None:
         title=f"{bundle.get('name')}: FROC over {record['frames']} slices",
         dpi=110,
     )
+
+
+def _curve_ends(record: dict) -> list[str]:
+    """A line when the overall curve ends (at the floor) before a rate of the table."""
+    end = record["froc"]["overall"]["end"]
+    short = [f"{r:g}" for r in FROC_RATES if end is not None and end[0] < r]
+    if not short:
+        return []
+    return [
+        f"\nThe overall curve ends at {end[0]:.3g} false masks per slice (score "
+        f"{record['protocol']['score_floor']}, the floor): the sensitivity at "
+        f"{', '.join(short)} false masks per slice is the value there, a lower bound (no lower "
+        "threshold was run)."
+    ]
 
 
 def table(rows: list[dict]) -> str:
