@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> None:
         else:
             siblings = sibling_exports(settings)
             export_onnx(settings, out_dir, int8=not args.no_int8, sam_from=siblings)
+    elif settings.detector_kind == "sam-head":
+        raise SystemExit(
+            "python -m export tensorrt: a sam-head bundle's detector has no TensorRT runner; "
+            "serve it with LESIONSEG_BACKEND=onnxruntime (CUDA or CPU), openvino or torch"
+        )
     else:
         from lesionseg.export.tensorrt import build_detector_engine, build_sam_engines
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from lesionseg.datasets.lits import LitsCase
 from lesionseg.measure.evaluation import dice
 from lesionseg.models.detector import Detector
+from lesionseg.models.sam_head import SamHeadDetector, head_input
 from lesionseg.models.segmenter import Segmenter
 from lesionseg.transforms import box_iou
+from lesionseg.types import Detections, ImageEmbedding
 
 
 def mask_agreement(reference: Segmenter, candidate: Segmenter, case: LitsCase, step: int = 3):
@@ -48,6 +52,37 @@ def detector_agreement(
     images = [s.image for s in case.slices("val")]
     ref = reference.detect(images, score_threshold=score_threshold)
     cand = candidate.detect(images, score_threshold=score_threshold)
+    return {"score_threshold": score_threshold, **compare_detections(ref, cand)}
+
+
+def head_agreement(
+    reference: SamHeadDetector,
+    candidate: SamHeadDetector,
+    embeddings: Sequence[ImageEmbedding],
+    neighbours: Sequence[Sequence[ImageEmbedding | None]],
+    score_threshold: float,
+) -> dict:
+    """The two heads on the same embeddings (each with its neighbours): the largest absolute
+    difference of their raw outputs (logits, log sizes, offsets), and per slice the same
+    comparison of the decoded boxes as :func:`detector_agreement`'s, at ``score_threshold``."""
+    context = reference.config.context
+    batch = np.stack(
+        [head_input(e, n, context) for e, n in zip(embeddings, neighbours, strict=True)]
+    )
+    raw_ref = reference.runner.run(batch).astype(np.float64)  # (B, K + 4, h, w)
+    raw_cand = candidate.runner.run(batch).astype(np.float64)
+    ref = reference.detect(embeddings, neighbours, score_threshold=score_threshold)
+    cand = candidate.detect(embeddings, neighbours, score_threshold=score_threshold)
+    return {
+        "score_threshold": score_threshold,
+        "raw_max_abs_err": float(np.max(np.abs(raw_ref - raw_cand))),
+        **compare_detections(ref, cand),
+    }
+
+
+def compare_detections(ref: Sequence[Detections], cand: Sequence[Detections]) -> dict:
+    """Per image: same box count and classes, and the IoU and score difference of matched
+    boxes (same order, both sorted by score)."""
     same_count, same_classes, ious, score_diffs = 0, 0, [], []
     for r, c in zip(ref, cand, strict=True):
         if len(r) == len(c):
@@ -57,8 +92,7 @@ def detector_agreement(
                 ious.extend(np.diag(box_iou(r.boxes, c.boxes)).tolist())
                 score_diffs.extend(np.abs(r.scores - c.scores).tolist())
     return {
-        "score_threshold": score_threshold,
-        "images": len(images),
+        "images": len(ref),
         "boxes": sum(len(d) for d in ref),
         "images_with_same_count": same_count,
         "images_with_same_classes": same_classes,

@@ -1,9 +1,10 @@
 """ONNX export of the models in force: SAM encoder (dynamic batch) and decoder (dynamic box
-count), YOLO detector (dynamic batch), an optional int8 encoder, parity against PyTorch on LiTS
-validation slices, a copy of the model bundle (``bundle/``: model.json and weights, so that what
-serves the export needs no repository) and a record (export.json). The default directory is
-keyed by the models (:meth:`lesionseg.settings.Settings.exports`); SAM files are reused from
-another export of the same SAM.
+count), the detector (dynamic batch: a YOLO's ``detector.onnx``, or a sam-head bundle's head,
+``detector-head.onnx``, :mod:`lesionseg.export.onnx_head`), an optional int8 encoder, parity
+against PyTorch on LiTS validation slices, a copy of the model bundle (``bundle/``: model.json
+and weights, so that what serves the export needs no repository) and a record (export.json).
+The default directory is keyed by the models (:meth:`lesionseg.settings.Settings.exports`); SAM
+files are reused from another export of the same SAM.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from lesionseg.datasets.lits import LitsCase
 from lesionseg.export.checks import detector_agreement, mask_agreement
+from lesionseg.export.onnx_head import export_head
 from lesionseg.export.onnx_sam import (
     DECODER_FILE,
     ENCODER_FILE,
@@ -28,6 +30,7 @@ from lesionseg.models.backends.onnx_runner import RECORD_FILE, OnnxSamRunner, ex
 from lesionseg.models.bundle import BUNDLE_SUBDIR
 from lesionseg.models.bundle_settings import bundle_in_force, export_key, exports_dir
 from lesionseg.models.detector import Detector, import_yolo
+from lesionseg.models.detectors import HEAD_ONNX
 from lesionseg.models.sam import SamModules, load_sam
 from lesionseg.models.segmenter import Segmenter
 from lesionseg.provenance import git_commit, hardware, versions
@@ -59,35 +62,13 @@ def export_onnx(
     record = {"sam": sam}
     (out_dir / RECORD_FILE).write_text(json.dumps(record))  # the runner needs it to load
 
-    shutil.copyfile(settings.detector_weights, out_dir / "detector.pt")
-    onnx_path = import_yolo()(str(out_dir / "detector.pt")).export(
-        format="onnx",
-        dynamic=True,
-        simplify=False,
-        opset=17,
-        batch=settings.max_batch_size,
-        imgsz=settings.detector_image_size,
-        device="cpu",
-    )
-    assert Path(onnx_path) == out_dir / "detector.onnx", onnx_path
-    # ultralytics on the .pt against what is served: onnxruntime + the library's numpy decoding
-    torch_detector = Detector.from_settings(torch_settings)
-    onnx_detector = Detector.from_settings(
-        settings.model_copy(update={"backend": "onnxruntime", "export_dir": out_dir})
-    )
-    record["detector"] = {
-        "source": Path(settings.detector_weights).name,
-        "image_size": settings.detector_image_size,
-        "classes": [onnx_detector.names[k] for k in sorted(onnx_detector.names)],
-        "parity": detector_agreement(torch_detector, onnx_detector, case),
-        "parity_at_floor": detector_agreement(
-            torch_detector, onnx_detector, case, score_threshold=settings.detector_score_floor
-        ),
-    }
-    print(
-        "detector parity:",
-        json.dumps({k: record["detector"][k] for k in ("parity", "parity_at_floor")}),
-    )
+    if settings.detector_kind == "sam-head":
+        for name in ("detector.pt", "detector.onnx"):  # a YOLO export's, in an explicit --out
+            (out_dir / name).unlink(missing_ok=True)
+        record["detector"] = export_head(torch_settings, out_dir, case)
+    else:
+        (out_dir / HEAD_ONNX).unlink(missing_ok=True)
+        record["detector"] = export_yolo(settings, torch_settings, out_dir, case)
 
     shutil.rmtree(out_dir / BUNDLE_SUBDIR, ignore_errors=True)
     if (bundle := bundle_in_force(settings)) is not None:
@@ -105,6 +86,43 @@ def export_onnx(
         versions=versions("torch", "onnx", "onnxruntime", "ultralytics"),
     )
     (out_dir / RECORD_FILE).write_text(json.dumps(record, indent=2))
+    return record
+
+
+def export_yolo(
+    settings: Settings, torch_settings: Settings, out_dir: Path, case: LitsCase
+) -> dict:
+    """The YOLO detector to ``detector.onnx`` through ultralytics (dynamic batch), checked
+    against ultralytics on the .pt (``torch_settings``); returns the "detector" record."""
+    shutil.copyfile(settings.detector_weights, out_dir / "detector.pt")
+    onnx_path = import_yolo()(str(out_dir / "detector.pt")).export(
+        format="onnx",
+        dynamic=True,
+        simplify=False,
+        opset=17,
+        batch=settings.max_batch_size,
+        imgsz=settings.detector_image_size,
+        device="cpu",
+    )
+    assert Path(onnx_path) == out_dir / "detector.onnx", onnx_path
+    # ultralytics on the .pt against what is served: onnxruntime + the library's numpy decoding
+    torch_detector = Detector.from_settings(torch_settings)
+    onnx_detector = Detector.from_settings(
+        settings.model_copy(update={"backend": "onnxruntime", "export_dir": out_dir})
+    )
+    record = {
+        "source": Path(settings.detector_weights).name,
+        "image_size": settings.detector_image_size,
+        "classes": [onnx_detector.names[k] for k in sorted(onnx_detector.names)],
+        "parity": detector_agreement(torch_detector, onnx_detector, case),
+        "parity_at_floor": detector_agreement(
+            torch_detector, onnx_detector, case, score_threshold=settings.detector_score_floor
+        ),
+    }
+    print(
+        "detector parity:",
+        json.dumps({k: record[k] for k in ("parity", "parity_at_floor")}),
+    )
     return record
 
 

@@ -22,7 +22,12 @@ def load_detector(settings: Settings) -> Detector | SamHeadDetector:
 
 def load_sam_head(settings: Settings) -> SamHeadDetector:
     """The SAM head of ``settings``: the checkpoint in torch, or its ONNX export
-    (``HEAD_ONNX`` in the export directory) in ONNX Runtime, OpenVINO or TensorRT."""
+    (``HEAD_ONNX`` in the export directory) in ONNX Runtime or OpenVINO.
+
+    Raises:
+        ModelLoadError: no weights, a missing or foreign export, or the tensorrt backend (no
+            runner for the head).
+    """
     options = dict(
         score_threshold=settings.score_threshold,
         nms_iou_threshold=settings.nms_iou_threshold,
@@ -37,8 +42,28 @@ def load_sam_head(settings: Settings) -> SamHeadDetector:
         net = load_head(settings.detector_weights, settings.device)
         runner = TorchHeadRunner(net, settings.device)
         return SamHeadDetector(runner, net.config, settings.detector_weights, **options)
+    if settings.backend == "tensorrt":
+        # The head is ~1 GFLOP a slice next to the encoder's 75: not worth an engine of its own.
+        raise ModelLoadError(
+            "the sam-head detector has no TensorRT runner (`make engines` builds none for it): "
+            "serve a sam-head bundle with LESIONSEG_BACKEND=onnxruntime (CUDA or CPU), openvino "
+            "or torch"
+        )
     weights = exports_dir(settings) / HEAD_ONNX
-    raise ModelLoadError(
-        f"the sam-head detector has no {settings.backend} runner yet ({weights}): serve it with "
-        "LESIONSEG_BACKEND=torch"
-    )
+    if settings.backend == "openvino":
+        from lesionseg.models.backends.openvino_head import OpenVinoHeadRunner
+
+        # fp32 whatever LESIONSEG_PRECISION says, as the YOLO detector: measured on the
+        # embeddings of LiTS slices 104-115 (the export's check, the test bundle's head), bf16
+        # moved the raw output by up to 0.019 against onnxruntime (fp32: 3e-6) and reordered or
+        # replaced boxes (matched boxes' IoU down to 0); fp32 costs ~43 ms a slice against bf16's
+        # ~14 ms on 2 cores (AVX512_BF16/AMX), ~4 % of the encoder's time there.
+        runner = OpenVinoHeadRunner(
+            weights, device=settings.device, precision="fp32", threads=settings.cpu_threads
+        )
+    else:
+        assert settings.backend == "onnxruntime", settings.backend
+        from lesionseg.models.backends.onnx_head import OnnxHeadRunner
+
+        runner = OnnxHeadRunner(weights, device=settings.device, threads=settings.cpu_threads)
+    return SamHeadDetector(runner, runner.config, weights, **options)
