@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from lesionseg.datasets import Dataset, Frame
-from lesionseg.errors import DatasetError, InputError
-from lesionseg.train.split import Part
+from lesionseg.errors import InputError
+from lesionseg.train.split import Part, check_case_names
 
 _SLAB = re.compile(r"^(?P<case>.+)\[z(?P<start>\d+):(?P<stop>\d+)\]$")  # Part.name of a slab
 
@@ -39,19 +39,13 @@ def select_parts(
             dataset, else every case.
 
     Raises:
-        DatasetError: ``cases`` names a case the dataset does not hold.
+        lesionseg.errors.DatasetError: ``cases`` names a case the dataset does not hold.
     """
     trained_on = fingerprint == (record.get("dataset") or {}).get("fingerprint")
     split = record.get("split") or {}
     train_cases = {_case_name(name) for name in split.get("train", [])}
-    names = [case.name for case in dataset.cases]
     if cases:
-        unknown = sorted(set(cases) - set(names))
-        if unknown:
-            raise DatasetError(
-                f"--cases names cases not in {dataset.root}: {unknown[:5]} (its cases are e.g. "
-                f"{names[:5]})"
-            )
+        check_case_names(dataset, cases, "--cases")
         chosen = [case for case in dataset.cases if case.name in set(cases)]
         return Selection(
             tuple(Part(case) for case in chosen),

@@ -85,12 +85,7 @@ def split_cases(
         return _slab_split(dataset, cases[0], val_fraction, slab_gap)
     names = [c.name for c in cases]
     if val_cases:
-        unknown = sorted(set(val_cases) - set(names))
-        if unknown:
-            raise DatasetError(
-                f"--val-cases names cases not in {dataset.root}: {unknown[:5]} "
-                f"(cases are e.g. {names[:5]})"
-            )
+        check_case_names(dataset, val_cases, "--val-cases")
         val_names = set(val_cases)
     else:
         order = np.random.default_rng(seed).permutation(len(cases))
@@ -105,6 +100,17 @@ def split_cases(
         )
     details = {"seed": seed, "val_fraction": val_fraction} if not val_cases else {}
     return Split(train, val, "case", details)
+
+
+def check_case_names(dataset: Dataset, names: Sequence[str], option: str) -> None:
+    """DatasetError naming ``option`` unless every name is a case of ``dataset``."""
+    known = [c.name for c in dataset.cases]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise DatasetError(
+            f"{option} names cases not in {dataset.root}: {unknown[:5]} "
+            f"(cases are e.g. {known[:5]})"
+        )
 
 
 def _slab_split(dataset: Dataset, case: Case, val_fraction: float, gap: int) -> Split:
