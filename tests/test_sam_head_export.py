@@ -12,6 +12,7 @@ import torch
 
 from lesionseg.errors import ModelLoadError
 from lesionseg.export.checks import head_agreement
+from lesionseg.export.onnx_head import run_neighbours
 from lesionseg.models.backends.onnx_head import OnnxHeadRunner
 from lesionseg.models.backends.openvino_head import OpenVinoHeadRunner
 from lesionseg.models.bundle_settings import effective_settings, export_key
@@ -47,8 +48,7 @@ def head_export(head_settings, served_export, tmp_path_factory):
 def slab(litemedsam, lits):
     """Real SAM embeddings of :data:`SLICES` and each one's (k-1, k+1), None at the slab's ends."""
     embeddings = litemedsam.embed([lits.slice(z).image for z in SLICES])
-    padded = [None, *embeddings, None]
-    return embeddings, [[padded[i], padded[i + 2]] for i in range(len(embeddings))]
+    return embeddings, run_neighbours(embeddings)
 
 
 def test_the_export_holds_the_head_instead_of_a_yolo(head_export, head_settings):

@@ -61,9 +61,13 @@ def check_embeddings(
     at the run's ends)."""
     segmenter = Segmenter.from_settings(settings)
     embeddings = segmenter.embed([case.slice(z).image for z in CHECK_SLICES])
+    return embeddings, run_neighbours(embeddings)
+
+
+def run_neighbours(embeddings: list[ImageEmbedding]) -> list[list[ImageEmbedding | None]]:
+    """Per embedding of a run of consecutive slices its (k-1, k+1), None at the run's ends."""
     padded = [None, *embeddings, None]
-    neighbours = [[padded[i], padded[i + 2]] for i in range(len(embeddings))]
-    return embeddings, neighbours
+    return [[padded[i], padded[i + 2]] for i in range(len(embeddings))]
 
 
 def export_head(settings: Settings, out_dir: Path, case: LitsCase) -> dict:
