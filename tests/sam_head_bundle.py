@@ -15,15 +15,16 @@ from lesionseg.models.sam_head_net import SamHeadNet, save_head
 
 
 def write_sam_head_bundle(directory: Path, *, seed: int = 0, context: int = 1) -> Path:
-    """``directory`` as a bundle whose detector is a seeded random head (a heatmap bias of -1:
-    most scores below the bundle's 0.3, a few peaks above it)."""
+    """``directory`` as a bundle whose detector is a seeded random head (heatmap logits spread
+    ten-fold and biased to -6: most scores below the bundle's 0.3, a few peaks above it)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     record = json.loads((SHIPPED_BUNDLE / RECORD_FILE).read_text())
     torch.manual_seed(seed)
     net = SamHeadNet(HeadConfig(classes=tuple(record["classes"]), context=context))
     with torch.no_grad():
-        net.out.bias[:1] = -1.0  # scores mostly below 0.3: a few peaks pass
+        net.out.weight[:1] *= 10  # heatmap logits spread widely, and mostly low: a few
+        net.out.bias[:1] = -6.0  # peaks pass 0.3 (on LiTS slices: 2-13 a slice)
     save_head(net, directory / "detector.pt")
     if record["sam"].get("weights"):
         shutil.copyfile(SHIPPED_BUNDLE / record["sam"]["weights"], directory / "sam.pt")

@@ -29,7 +29,9 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 SLABS = ((10, 13), (60, 63), (110, 113))  # three cases of three slices
 SMALL = ["--batch", "4", "--imgsz", "64", "--max-val-frames", "2"]  # every run
-TINY = ["--epochs", "1", "--sam", "none", *SMALL]
+HEAD = ["--head-epochs", "1", "--head-views", "1"]  # the sam-head's tiniest settings
+TINY = ["--epochs", "1", "--sam", "none", *SMALL, *HEAD]
+DETECTORS = ("auto", "yolo", "sam-head")
 TUMOUR = ["--labels", "tumour"]
 
 # layout -> (writer, its options, extra command-line arguments, the bundle's classes)
@@ -76,13 +78,17 @@ def _train(dataset: Path, out: Path, *args: str) -> dict:
 def _check_bundle(out: Path) -> dict:
     """A bundle the service loads: model.json, detector names = classes, the table."""
     from lesionseg.models.detector import UltralyticsDetector
+    from lesionseg.models.sam_head_net import load_head
 
     record = json.loads((out / "model.json").read_text())
     assert record["format"] == BUNDLE_FORMAT
     bundle = Bundle.load(out)  # checks model.json's keys, files and the detector's names
     assert list(bundle.classes) == record["classes"]
     size = record["detector"]["image_size"]
-    names = UltralyticsDetector(out / "detector.pt", image_size=size).names
+    if record["detector"]["architecture"] == "sam-head":
+        names = dict(enumerate(load_head(out / "detector.pt").config.classes))
+    else:
+        names = UltralyticsDetector(out / "detector.pt", image_size=size).names
     assert list(names.values()) == record["classes"] and list(names) == list(range(len(names)))
     assert 0.0 <= record["detector"]["score_threshold"] <= 1.0
     with (out / "evaluation.csv").open(newline="") as handle:
@@ -93,24 +99,37 @@ def _check_bundle(out: Path) -> dict:
     return record
 
 
+@pytest.mark.parametrize("detector", DETECTORS)
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_train_writes_a_bundle_from_every_layout(layout, written, tmp_path):
+def test_train_writes_a_bundle_from_every_layout(layout, detector, written, tmp_path):
     _, _, args, classes = LAYOUTS[layout]
-    record = _train(written(layout), tmp_path / "bundle", *TINY, *args)
+    record = _train(written(layout), tmp_path / "bundle", *TINY, *args, "--detector", detector)
     assert record["classes"] == classes
     assert record["dataset"]["format"] == layout.split("-")[0]
     split, cases = record["split"], record["dataset"]["cases"]
     assert split["method"] == "case" and len(split["val"]) == max(1, round(cases * 0.2))
     assert len(split["train"]) + len(split["val"]) == cases
     assert record["window"] == ("abdomen" if "--window" in args else None)
-    detector = record["detector"]
-    assert detector["epochs_run"] == 1
-    # The shipped detector competes when its classes are the dataset's (LiTS: tumour), and
-    # a one-epoch fine-tune may lose to it; the bundle then ships it at its own size.
+    detector_record = record["detector"]
+    assert detector_record["epochs_run"] == 1
+    # The shipped detector competes when its classes are the dataset's (LiTS: tumour) and a
+    # YOLO is trained, and a one-epoch fine-tune may lose to it; the bundle then ships it at
+    # its own size. A sam-head runs at SAM's 256 px.
+    trained = {"auto": {"yolo", "sam-head"}}.get(detector, {detector})
+    assert set(record["detectors"]) == trained == set(detector_record["kinds_trained"])
     tried = {r["detector"] for r in record["metrics"]["table"] if r["detector"] != "-"}
-    assert tried == ({"new", "shipped"} if classes == ["tumour"] else {"new"})
-    assert detector["selected"] in tried
-    assert detector["image_size"] == (64 if detector["selected"] == "new" else 256)
+    shipped = {"shipped"} if classes == ["tumour"] and "yolo" in trained else set()
+    assert tried == trained | shipped
+    assert detector_record["selected"] in tried
+    expected_size = 64 if detector_record["selected"] == "yolo" else 256
+    assert detector_record["image_size"] == expected_size
+    head = detector_record["selected"] == "sam-head"
+    assert (detector_record["architecture"] == "sam-head") == head
+    for kind, kept in record["detectors"].items():  # the one not selected, kept in logs/
+        where = "detector.pt" if kind == detector_record["selected"] else "logs/"
+        assert (
+            kept["weights"].startswith(where) and (tmp_path / "bundle" / kept["weights"]).is_file()
+        )
     assert record["sam"] == {
         "family": "litemedsam",
         "weights": None,
@@ -141,14 +160,14 @@ def test_from_scratch_never_reads_the_shipped_detector_and_records_the_start_com
         taken.append((tmp_path / "bundle-work").exists())
         return {"git_commit": "0123456789ab", "git_dirty": True}
 
-    monkeypatch.setattr(train_module, "_keep_shipped_detector", refuse)
+    monkeypatch.setattr(train_module, "keep_shipped_detector", refuse)
     monkeypatch.setattr(train_module, "git_state", git_state)
     record = _train(written("busi"), tmp_path / "bundle", *TINY, "--from-scratch")
     assert taken == [False]  # once, before the run made its workdir
     assert (record["git_commit"], record["git_dirty"]) == ("0123456789ab", True)
     assert record["detector"]["start"] == "random init"
     tried = {r["detector"] for r in record["metrics"]["table"] if r["detector"] != "-"}
-    assert tried == {"new"} and record["detector"]["selected"] == "new"
+    assert tried == {"yolo", "sam-head"} and record["detector"]["selected"] in tried
 
 
 def test_one_volume_is_split_by_slab_and_sliced_along_every_axis(lits, tmp_path):
@@ -215,7 +234,7 @@ def test_ctrl_c_stops_training_and_writes_the_bundle(written, tmp_path):
     out, work = tmp_path / "bundle", tmp_path / "work"
     command = [sys.executable, "-m", "lesionseg.cli", "train", str(written("folders"))]
     command += ["--out", str(out), "--workdir", str(work), *TUMOUR, *SMALL]
-    command += ["--epochs", "200", "--sam", "decoder"]
+    command += ["--epochs", "200", "--sam", "decoder", "--detector", "yolo"]
     process = subprocess.Popen(
         command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

@@ -44,6 +44,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="training slices of volumes: axial only, or along all three axes",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--detector",
+        choices=["auto", "yolo", "sam-head"],
+        default="auto",
+        help="yolo: a YOLOv8 on the image; sam-head: a head on SAM's embedding, 2.5-D for "
+        "volumes; auto (default): train both and keep the better on validation",
+    )
+    p.add_argument("--head-epochs", type=int, default=60, help="sam-head epochs (default 60)")
+    p.add_argument(
+        "--head-views",
+        type=int,
+        default=3,
+        help="sam-head: views of the training slices, the first as is, the others augmented "
+        "(flips, zoom, intensity); each costs one encoder pass per slice (default 3)",
+    )
+    p.add_argument("--head-lr", type=float, default=2e-3)
     p.add_argument("--model", choices=["n", "s", "m"], default="n", help="YOLOv8 size")
     p.add_argument(
         "--from-scratch",
@@ -52,14 +68,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--epochs", type=int, default=100, help="detector epochs (default 100)")
     p.add_argument("--imgsz", type=int, default=256, help="detector input size (default 256)")
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--batch", type=int, default=16, help="detector batch (both kinds)")
     p.add_argument(
         "--negative-ratio",
         type=float,
         default=1.0,
         help="frames without lesion per frame with one, at most (default 1)",
     )
-    p.add_argument("--sam", choices=["lora", "decoder", "none"], default="lora")
+    p.add_argument(
+        "--sam",
+        choices=["lora", "decoder", "none"],
+        help="SAM fine-tune (default: lora; decoder with --detector sam-head)",
+    )
     p.add_argument("--sam-epochs", type=int, default=3)
     p.add_argument("--sam-steps", type=int, default=0, help="steps per SAM epoch (0: all)")
     p.add_argument("--sam-lr", type=float, help="default 5e-4 (lora), 2e-4 (decoder)")
@@ -75,4 +95,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tune-objective", choices=evaluate.OBJECTIVES, default="fp_penalised_dice")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--workdir", type=Path, help="scratch (default .cache/train/<out name>)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.sam is None:
+        args.sam = "decoder" if args.detector == "sam-head" else "lora"
+    if args.detector == "sam-head" and args.sam == "lora":
+        p.error(
+            "--detector sam-head finds lesions on SAM's frozen encoder, which a LoRA fine-tune "
+            "changes: use --sam decoder (the default with sam-head) or --sam none"
+        )
+    return args

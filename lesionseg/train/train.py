@@ -1,16 +1,19 @@
 """``lesionseg train DATASET --out DIR``: train the detector and SAM on your own labelled images.
 
 Reads the dataset (:mod:`lesionseg.datasets`: nnU-Net/MSD, PNG folders, BUSI, DICOM series with
-SEG or RTSTRUCT, COCO), splits it by case, trains the YOLO detector (from the shipped one by
-default), fine-tunes SAM (LoRA, decoder-only or not at all) with box perturbation, tunes the
-detector's score threshold and box margin on the validation cases, writes the evaluation table
-and a model bundle that ``LESIONSEG_MODEL_DIR=DIR make serve`` serves:
+SEG or RTSTRUCT, COCO), splits it by case, trains the detector(s) of ``--detector`` — a SAM
+head on the frozen encoder's embedding (:mod:`lesionseg.train.head_phase`) and/or a YOLO (from
+the served one by default, :mod:`lesionseg.train.yolo_phase`) — fine-tunes SAM (LoRA,
+decoder-only or not at all) with box perturbation, tunes each detector's score threshold and
+box margin on the validation cases, keeps the best (detector, SAM) pair, writes the evaluation
+table and a model bundle that ``LESIONSEG_MODEL_DIR=DIR make serve`` serves:
 
     DIR/model.json  DIR/detector.pt  DIR/sam.pt (when the fine-tune helps)
-    DIR/evaluation.{csv,md,png}  DIR/logs/
+    DIR/evaluation.{csv,md,png}  DIR/logs/ (the detector not selected, training logs)
 
-``--time-budget MINUTES`` stops training in time (detector ~60 %, SAM ~25 % of it) and still
-writes a valid bundle from the best checkpoints so far; so does Ctrl-C.
+``--time-budget MINUTES`` stops training in time (detectors ~60 %: the head the first 30 % when
+both train, SAM ~25 % of it) and still writes a valid bundle from the best checkpoints so far;
+so does Ctrl-C.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import torch
 from lesionseg.datasets import open_dataset
 from lesionseg.errors import DatasetError, LesionSegError
 from lesionseg.models.bundle import FORMAT, RECORD_FILE
-from lesionseg.models.bundle_settings import bundle_in_force, effective_settings
+from lesionseg.models.bundle_settings import effective_settings
 from lesionseg.models.sam import load_sam
 from lesionseg.provenance import git_state, hardware, versions
 from lesionseg.settings import Settings
@@ -38,14 +41,11 @@ from lesionseg.train import validate
 from lesionseg.train.arguments import parse_args
 from lesionseg.train.common import EpochLog, Stopper, frame_samples
 from lesionseg.train.extra import require_training_extra
+from lesionseg.train.head_data import neighbours, runs_of
+from lesionseg.train.head_phase import CONTEXT, SAMS, head_phase
 from lesionseg.train.split import AXES, split_cases
-from lesionseg.train.train_detector import (
-    AUGMENTATION,
-    copy_checkpoint,
-    copy_training_log,
-    train_yolo,
-    write_yolo_dataset,
-)
+from lesionseg.train.train_detector import write_yolo_dataset
+from lesionseg.train.yolo_phase import keep_shipped_detector, yolo_phase
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
         slab_gap=args.slab_gap,
     )
     print(f"split by {split.method}: {len(split.train)} train, {len(split.val)} validation")
-    val = _val_frames(split, args.max_val_frames, args.seed)
+    val, val_neighbours = _val_frames(split, args.max_val_frames, args.seed)
     if not val:  # _val_frames keeps negatives only as many as positives
         raise DatasetError(
             f"the validation side ({', '.join(p.name for p in split.val[:5])}) holds no lesion:"
@@ -94,9 +94,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
         )
     out, work = args.out, args.workdir or settings.cache_dir / "train" / args.out.name
     work.mkdir(parents=True, exist_ok=True)
-    fine_tune = args.model == "n" and not args.from_scratch
+    kinds = ("sam-head", "yolo") if args.detector == "auto" else (args.detector,)
+    # A YOLO starts from the served bundle's YOLO (none when that bundle's detector is a head).
+    fine_tune = "yolo" in kinds and args.model == "n" and not args.from_scratch
+    fine_tune = fine_tune and settings.detector_kind == "yolo"
     # From scratch, the shipped detector is neither the start nor a candidate: not read at all.
-    shipped = _keep_shipped_detector(settings, work) if fine_tune else None
+    shipped = keep_shipped_detector(settings, work) if fine_tune else None
     # Written into a staging folder and swapped in at the end: an aborted run leaves the old
     # bundle in --out as it was.
     stage = out.parent / f".{out.name}.partial"
@@ -111,28 +114,44 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
                     samples.extend(frame_samples([frame]))
                 yield frame
 
-    data = write_yolo_dataset(
-        {"train": train_frames(), "val": iter(val)},
-        dataset.classes,
-        work / "yolo",
-        negative_ratio=args.negative_ratio,
-        seed=args.seed,
-    )
-    print(f"detector data: {data.frames} frames, {data.lesions} lesions -> {data.yaml}")
-    if not data.lesions["train"]:
-        raise DatasetError(
-            f"the training side ({', '.join(p.name for p in split.train[:5])}, ...) holds no "
-            f"lesion of the classes {list(dataset.classes)}: check --labels and the masks"
+    records: dict[str, dict] = {}
+    head_detections = None
+    if "sam-head" in kinds:
+        share = 0.3 if "yolo" in kinds else 0.6
+        records["sam-head"], head_detections = head_phase(
+            args,
+            split.train,
+            AXES[args.axes],
+            val,
+            val_neighbours,
+            dataset.classes,
+            stage,
+            Settings().cache_dir / "train",
+            _phase_deadline(deadline, started, share),
         )
-
-    detector_record = _train_detector(args, shipped, data, work, stage, deadline, started)
-    stopped = detector_record["interrupted"]  # Ctrl-C ends training, not just the detector's
+        _require_lesions(split, dataset.classes, records["sam-head"]["slices"]["with_lesion"])
+    if "yolo" in kinds and records.get("sam-head", {}).get("interrupted"):
+        print("Ctrl-C during the sam-head's training: the YOLO is not trained")
+    elif "yolo" in kinds:
+        data = write_yolo_dataset(
+            {"train": train_frames(), "val": iter(val)},
+            dataset.classes,
+            work / "yolo",
+            negative_ratio=args.negative_ratio,
+            seed=args.seed,
+        )
+        print(f"detector data: {data.frames} frames, {data.lesions} lesions -> {data.yaml}")
+        _require_lesions(split, dataset.classes, data.lesions["train"])
+        records["yolo"] = yolo_phase(
+            args, shipped, data, work, stage, _phase_deadline(deadline, started, 0.6)
+        )
+    elif args.sam != "none":
+        for _ in train_frames():
+            pass
+    stopped = any(r["interrupted"] for r in records.values())  # Ctrl-C ends the whole run
     sam_record, tuned_modules = _train_sam(args, samples, val, stage, deadline, started, stopped)
-    choice = _choose(args, shipped, dataset.classes, val, stage, tuned_modules)
-    if choice.detector == "shipped":
-        (stage / "detector.pt").rename(stage / "logs" / "detector.not-selected.pt")
-        shutil.copyfile(shipped["weights"], stage / "detector.pt")
-        detector_record["image_size"] = shipped["image_size"]
+    choice = _choose(args, shipped, dataset.classes, val, stage, tuned_modules, head_detections)
+    detector_record = _place_detector(choice.detector, records, shipped, stage)
     if choice.sam == "zero-shot" and (stage / "sam.pt").exists():
         (stage / "sam.pt").rename(stage / "logs" / "sam.not-selected.pt")
     record = {
@@ -142,6 +161,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
         "detector": {
             **detector_record,
             "selected": choice.detector,
+            "kinds_trained": list(records),
             "score_threshold": choice.score_threshold,
             "box_margin": choice.box_margin,
             "nms_iou_threshold": 0.5,
@@ -162,6 +182,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
             "labels": labels,
             "axes": args.axes,
         },
+        "detectors": records,
         "split": split.record() | {"val_frames_scored": len(val)},
         "metrics": {
             "selected": choice.best | {"detector": choice.detector, "sam": choice.sam},
@@ -188,21 +209,6 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
     return out
 
 
-def _keep_shipped_detector(settings: Settings, work: Path) -> dict:
-    """The served detector and its tuning, copied to ``work``: the served bundle may be the one
-    being rebuilt, so keep what it was before writing over it."""
-    bundle = bundle_in_force(settings)
-    shipped = {
-        "weights": work / "shipped-detector.pt",
-        "score_threshold": settings.score_threshold,
-        "box_margin": settings.box_margin,
-        "image_size": settings.detector_image_size,
-        "classes": bundle.classes if bundle else None,
-    }
-    shutil.copyfile(settings.detector_weights, shipped["weights"])
-    return shipped
-
-
 def _publish(stage: Path, out: Path) -> None:
     """Replace ``out`` with the finished ``stage`` (two renames on one file system)."""
     previous = out.parent / f".{out.name}.previous"
@@ -213,71 +219,55 @@ def _publish(stage: Path, out: Path) -> None:
     shutil.rmtree(previous, ignore_errors=True)
 
 
-def _val_frames(split, limit: int, seed: int) -> list:
+def _val_frames(split, limit: int, seed: int) -> tuple[list, list]:
     """Validation frames, axial: every frame with a lesion first, then as many negatives,
-    at most ``limit`` in all (a seeded draw when over)."""
-    frames = [f for part in split.val for f in part.frames((0,))]
-    positives = [f for f in frames if len(f.masks)]
-    negatives = [f for f in frames if not len(f.masks)]
+    at most ``limit`` in all (a seeded draw when over); and per frame its neighbours in its
+    volume (k-1, k+1; itself at the ends and for 2-D images), a sam-head's 2.5-D context."""
+    runs = list(runs_of(split.val, (0,)))
+    where = [(r, i) for r, run in enumerate(runs) for i in range(len(run))]
+    positives = [w for w in where if len(runs[w[0]][w[1]].masks)]
+    negatives = [w for w in where if not len(runs[w[0]][w[1]].masks)]
     rng = np.random.default_rng(seed)
     if len(positives) > limit:
         positives = [positives[i] for i in sorted(rng.permutation(len(positives))[:limit])]
     room = min(len(negatives), len(positives), limit - len(positives))
     negatives = [negatives[i] for i in sorted(rng.permutation(len(negatives))[:room])]
-    return positives + negatives
+    chosen = positives + negatives
+    frames = [runs[r][i] for r, i in chosen]
+    around = [[runs[r][j] for j in neighbours(i, len(runs[r]), CONTEXT)] for r, i in chosen]
+    return frames, around
+
+
+def _require_lesions(split, classes, count: int) -> None:
+    if not count:
+        raise DatasetError(
+            f"the training side ({', '.join(p.name for p in split.train[:5])}, ...) holds no "
+            f"lesion of the classes {list(classes)}: check --labels and the masks"
+        )
+
+
+def _place_detector(name: str, records: dict, shipped: dict | None, stage: Path) -> dict:
+    """Make the selected detector the bundle's ``detector.pt`` (the shipped one copied in);
+    the others go to ``logs/`` as ``<kind>.not-selected.pt``. Its record, as served."""
+    kind = "yolo" if name == "shipped" else name
+    for other, record in records.items():
+        if other != name and record.get("weights"):
+            target = f"logs/{other}.not-selected.pt"
+            (stage / record["weights"]).rename(stage / target)
+            record["weights"] = target
+    selected = dict(records[kind])
+    if name == "shipped":
+        shutil.copyfile(shipped["weights"], stage / "detector.pt")
+        selected["image_size"] = shipped["image_size"]
+    else:
+        (stage / selected["weights"]).rename(stage / "detector.pt")
+        records[kind]["weights"] = "detector.pt"
+    return selected | {"weights": "detector.pt"}
 
 
 def _phase_deadline(deadline, started, share: float) -> float | None:
     """When a phase must end: ``share`` of the budget from the run's start."""
     return None if deadline is None else started + (deadline - started) * share
-
-
-def _train_detector(args, shipped: dict | None, data, work, out, deadline, started) -> dict:
-    """Train YOLO from ``shipped`` (the kept shipped detector; None: a random init)."""
-    fine_tune = shipped is not None
-    start = str(shipped["weights"]) if fine_tune else f"yolov8{args.model}.yaml"
-    if not fine_tune and not args.from_scratch:
-        print(
-            f"--model {args.model}: only a YOLOv8n detector ships, so this one starts from "
-            "a random init (as --from-scratch)"
-        )
-    end = _phase_deadline(deadline, started, 0.6)
-    # At least a few seconds (ultralytics takes 0 h as no limit); it stops mid-epoch if need be.
-    hours = None if end is None else max(end - time.time(), 10) / 3600
-    best, interrupted = train_yolo(
-        data,
-        work,
-        start=start,
-        epochs=args.epochs,
-        imgsz=args.imgsz,
-        batch=args.batch,
-        seed=args.seed,
-        time_hours=hours,
-    )
-    epochs = copy_training_log(work, out / "logs" / "detector.training-log")
-    if best is None:
-        if not fine_tune:
-            raise LesionSegError(
-                "the detector finished no epoch; nothing to write: raise --time-budget"
-            )
-        print("the detector finished no epoch: the bundle keeps the shipped detector")
-        shutil.copyfile(shipped["weights"], out / "detector.pt")
-    else:
-        copy_checkpoint(best, out / "detector.pt")
-    return {
-        "weights": "detector.pt",
-        "architecture": f"yolov8{args.model}",
-        "image_size": args.imgsz,
-        "start": "shipped detector" if fine_tune else "random init",
-        "epochs_run": epochs,
-        "epochs_asked": args.epochs,
-        "interrupted": interrupted,
-        "frames": data.frames,
-        "lesions": data.lesions,
-        "negatives": data.negatives,
-        "augmentation": AUGMENTATION,
-        "checkpoint": best.name if best else None,
-    }
 
 
 def _train_sam(args, samples, val, out, deadline, started, interrupted: bool):
@@ -341,11 +331,19 @@ def _train_sam(args, samples, val, out, deadline, started, interrupted: bool):
 
 
 def _choose(
-    args, shipped: dict | None, classes, val, stage: Path, tuned_modules
+    args, shipped: dict | None, classes, val, stage: Path, tuned_modules, head_detections
 ) -> validate.Choice:
-    """Tune and pick the detector (new; shipped when kept and its classes are the dataset's)
-    and SAM."""
-    detectors = [validate.DetectorCandidate("new", stage / "detector.pt", args.imgsz)]
+    """Tune and pick the detector (the new ones; shipped when kept and its classes are the
+    dataset's) and SAM."""
+    detectors = []
+    if (stage / "yolo.pt").exists():
+        detectors.append(validate.DetectorCandidate("yolo", stage / "yolo.pt", args.imgsz))
+    if head_detections is not None:
+        detectors.append(
+            validate.DetectorCandidate("sam-head", None, 0, detections=head_detections, sams=SAMS)
+        )
+    if not detectors:
+        raise LesionSegError("no detector finished an epoch; nothing to write: raise --time-budget")
     if shipped and shipped["classes"] is not None and tuple(shipped["classes"]) == tuple(classes):
         served = (shipped["score_threshold"], shipped["box_margin"])
         detectors.append(

@@ -1,8 +1,9 @@
 """The validation step of ``lesionseg train``: choose the models, tune them, write the table.
 
-Candidates: the new detector and — when its classes are the dataset's — the shipped one (a
-fine-tune that came out worse than where it started is not shipped); zero-shot SAM and the
-fine-tune. Every (detector, SAM) pair gets its score threshold and box margin tuned on the
+Candidates: the new detectors (a YOLO, a SAM head) and — when its classes are the dataset's —
+the shipped YOLO (a fine-tune that came out worse than where it started is not shipped);
+zero-shot SAM and the fine-tune (a SAM head pairs only with the SAMs that keep the encoder it
+learned on). Every (detector, SAM) pair gets its score threshold and box margin tuned on the
 validation frames (:func:`lesionseg.train.evaluate.tune`); the best pair by the objective makes the
 bundle. The table (``evaluation.{csv,md,png}``) shows ground-truth boxes with each SAM, the
 shipped detector as it was served, each tuned pair, and per class the selected pair.
@@ -11,7 +12,7 @@ shipped detector as it was served, each tuned pair, and per class the selected p
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lesionseg.datasets import Frame
@@ -19,17 +20,22 @@ from lesionseg.models.detector import UltralyticsDetector
 from lesionseg.models.sam import SamModules, load_sam
 from lesionseg.train import evaluate
 from lesionseg.train.train_detector import detect_frames
+from lesionseg.types import Detections
 
 
 @dataclass(frozen=True)
 class DetectorCandidate:
-    """name: "new" or "shipped"; weights: its .pt; image_size: inference px; served_at:
-    (threshold, margin) it is served with today (shipped), None for a new one."""
+    """name: "yolo", "sam-head" or "shipped"; weights: a YOLO's .pt; image_size: its inference
+    px; served_at: (threshold, margin) it is served with today (shipped), None for a new one;
+    detections: per validation frame, made elsewhere at ``evaluate.FLOOR`` (a SAM head's),
+    instead of running ``weights``; sams: the SAMs it may pair with (None: any)."""
 
     name: str
-    weights: Path
+    weights: Path | None
     image_size: int
     served_at: tuple[float, float] | None = None
+    detections: list[Detections] | None = field(default=None, compare=False, repr=False)
+    sams: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -65,14 +71,7 @@ def validate(
         name: evaluate.SamEvaluator(m or load_sam("litemedsam", None), frames, cache)
         for name, m in sams.items()
     }
-    detections = {
-        d.name: detect_frames(
-            UltralyticsDetector(d.weights, image_size=d.image_size, score_threshold=evaluate.FLOOR),
-            frames,
-            score_threshold=evaluate.FLOOR,
-        )
-        for d in detectors
-    }
+    detections = {d.name: _detections(d, frames) for d in detectors}
     rows = [
         _row(
             f"GT boxes, SAM {name}", "-", name, "ground-truth box", evaluate.gt_box_row(s, min_area)
@@ -101,6 +100,8 @@ def validate(
     tuned, grid = {}, []
     for d in detectors:
         for name, s in sam_eval.items():
+            if d.sams is not None and name not in d.sams:
+                continue
             best, cells = evaluate.tune(
                 s, detections[d.name], min_area=min_area, objective=objective
             )
@@ -141,6 +142,15 @@ def validate(
     )
     evaluate.Table(rows).write(out / "evaluation", caption)
     return Choice(det, sam, best["score_threshold"], best["box_margin"], best, rows)
+
+
+def _detections(d: DetectorCandidate, frames: Sequence[Frame]) -> list[Detections]:
+    if d.detections is not None:
+        return d.detections
+    detector = UltralyticsDetector(
+        d.weights, image_size=d.image_size, score_threshold=evaluate.FLOOR
+    )
+    return detect_frames(detector, frames, score_threshold=evaluate.FLOOR)
 
 
 def _row(label: str, detector: str, sam: str, prompt: str, metrics: dict) -> dict:
