@@ -1,42 +1,10 @@
 """A sam-head bundle for tests: the shipped bundle's SAM and settings with an untrained,
-seeded head (its boxes are arbitrary but the same on every run and backend)."""
+seeded head (its boxes are arbitrary but the same on every run and backend). It lives in the
+library (:mod:`lesionseg.models.untrained_head`) so that ``benchmarks/detectors.py --fixture``
+can write it too."""
 
 from __future__ import annotations
 
-import json
-import shutil
-from pathlib import Path
+from lesionseg.models.untrained_head import write_untrained_head_bundle as write_sam_head_bundle
 
-import torch
-
-from lesionseg.models.bundle import RECORD_FILE, SHIPPED_BUNDLE
-from lesionseg.models.sam_head import ARCHITECTURE, HeadConfig
-from lesionseg.models.sam_head_net import SamHeadNet, save_head
-
-
-def write_sam_head_bundle(directory: Path, *, seed: int = 0, context: int = 1) -> Path:
-    """``directory`` as a bundle whose detector is a seeded random head (heatmap logits spread
-    ten-fold and biased to -6: most scores below the bundle's 0.3, a few peaks above it)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    record = json.loads((SHIPPED_BUNDLE / RECORD_FILE).read_text())
-    torch.manual_seed(seed)
-    net = SamHeadNet(HeadConfig(classes=tuple(record["classes"]), context=context))
-    with torch.no_grad():
-        net.out.weight[:1] *= 10  # heatmap logits spread widely, and mostly low: a few
-        net.out.bias[:1] = -6.0  # peaks pass 0.3 (on LiTS slices: 2-13 a slice)
-    save_head(net, directory / "detector.pt")
-    if record["sam"].get("weights"):
-        shutil.copyfile(SHIPPED_BUNDLE / record["sam"]["weights"], directory / "sam.pt")
-    record["name"] = "sam-head-test"
-    record["detector"] = {
-        "weights": "detector.pt",
-        "architecture": ARCHITECTURE,
-        "image_size": 256,
-        "context": context,
-        "score_threshold": 0.3,
-        "box_margin": 0.0,
-        "nms_iou_threshold": 0.5,
-    }
-    (directory / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    return directory
+__all__ = ["write_sam_head_bundle"]

@@ -96,6 +96,10 @@ def _check_bundle(out: Path) -> dict:
     assert rows[0]["row"] == "GT boxes, SAM zero-shot" and float(rows[0]["lesion_dice"]) > 0.3
     assert "| row | detector |" in (out / "evaluation.md").read_text()
     assert (out / "evaluation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # lesionseg evaluate of the bundle on the validation side, every frame
+    held_out = json.loads((out / "held-out" / "evaluation.json").read_text())
+    assert held_out["bundle"]["fingerprint"] == bundle.fingerprint
+    assert held_out["selection"]["parts"] == record["split"]["val"] and held_out["frames"] >= 1
     return record
 
 

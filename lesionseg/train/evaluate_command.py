@@ -2,7 +2,7 @@
 automatic, as ``/segment`` serves it (:func:`lesionseg.train.evaluate_bundle.evaluate_bundle`).
 
 Prints the table (per case, then overall) and writes ``--out`` (default
-``<model>/evaluation-<dataset name>/``): ``evaluation.json`` (numbers, FROC curves and
+``.cache/evaluations/<bundle name>-<dataset name>/``): ``evaluation.json`` (numbers, FROC curves and
 provenance), ``evaluation.csv``, ``evaluation.md`` and ``froc.png``.
 """
 
@@ -70,7 +70,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help=f"smaller lesions and masks are not counted (default {EVAL_MIN_AREA})",
     )
     p.add_argument("--device", choices=["cpu", "cuda"])
-    p.add_argument("--out", type=Path, help="default: <model>/evaluation-<dataset name>/")
+    p.add_argument(
+        "--out", type=Path, help="default: .cache/evaluations/<bundle name>-<dataset name>/"
+    )
     return p.parse_args(argv)
 
 
@@ -116,7 +118,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
     if not report.frames:
         raise InputError(f"no frame to score in {', '.join(p.name for p in selection.parts)}")
     name = dataset.root.stem if dataset.root.is_file() else dataset.root.name
-    out = args.out or bundle.directory / f"evaluation-{name}"
+    # Not into the bundle: the shipped one is package data, and a bundle is what it serves.
+    out = args.out or settings.cache_dir / "evaluations" / f"{bundle.name}-{name}"
     record = {
         "command": "lesionseg evaluate " + " ".join(argv),
         "bundle": report.models.get("bundle"),

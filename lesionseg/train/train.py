@@ -203,10 +203,24 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
     }
     (stage / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     _publish(stage, out)
+    _evaluate_held_out(args, out)
     print((out / "evaluation.md").read_text())
     print(f"bundle -> {out}: {json.dumps(record['metrics']['selected'])}")
     print(f"serve it: LESIONSEG_MODEL_DIR={out} make serve")
     return out
+
+
+def _evaluate_held_out(args: argparse.Namespace, out: Path) -> None:
+    """``lesionseg evaluate`` of the new bundle on its validation side (every frame, not the
+    tuning's sample) into ``out/held-out/``. Its threshold and detector were chosen on these
+    cases: a new patient may score lower."""
+    from lesionseg.train import evaluate_command
+
+    argv = [str(args.dataset), "--model", str(out), "--out", str(out / "held-out")]
+    for option, value in (("--labels", args.labels), ("--format", args.format)):
+        argv += [option, value] if value else []
+    argv += ["--window", args.window] if args.window else []
+    evaluate_command.run(evaluate_command.parse_args(argv), argv)
 
 
 def _publish(stage: Path, out: Path) -> None:

@@ -134,8 +134,15 @@ def train_head(
     seed: int,
     stopper: Stopper,
     log: EpochLog,
+    shift: int = 4,
+    dropout: float = 0.1,
 ) -> tuple[SamHeadNet, int]:
-    """Train the head; return the best epoch's network (by validation F1) and epochs run."""
+    """Train the head; return the best epoch's network (by validation F1) and epochs run.
+
+    Each batch is shifted by up to ``shift`` whole cells (inputs and targets alike; the
+    encoder's features move with the image, give or take its windows) and loses a ``dropout``
+    share of its embedding channels: cheap augmentation on top of the embedded views.
+    """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net = SamHeadNet(config)
@@ -161,6 +168,11 @@ def train_head(
             heat = torch.from_numpy(np.stack([data.heat[n] for n in picks]))
             reg = torch.from_numpy(np.stack([data.regression[n] for n in picks]))
             centres = torch.from_numpy(np.stack([data.centres[n] for n in picks]))[:, None]
+            if shift:  # the same whole-cell shift of inputs and targets
+                dy, dx = (int(v) for v in rng.integers(-shift, shift + 1, 2))
+                x, heat, reg, centres = (_shifted(t, dy, dx) for t in (x, heat, reg, centres))
+            if dropout:  # whole embedding channels dropped: no single channel carries it
+                x = F.dropout2d(x, dropout, training=True)
             out = net(x)
             box = (F.l1_loss(out[:, k:], reg, reduction="none") * centres).sum()
             loss = focal_loss(out[:, :k], heat) + box / centres.sum().clamp(min=1)
@@ -173,6 +185,16 @@ def train_head(
         stopper.offer(net, score)
     stopper.restore(net)
     return net.eval(), run
+
+
+def _shifted(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """(B, C, g, g) moved by (dy, dx) cells, zeros (no lesion, no target) where it came from."""
+    out = torch.zeros_like(t)
+    g_h, g_w = t.shape[-2:]
+    src_y, dst_y = slice(max(-dy, 0), g_h - max(dy, 0)), slice(max(dy, 0), g_h - max(-dy, 0))
+    src_x, dst_x = slice(max(-dx, 0), g_w - max(dx, 0)), slice(max(dx, 0), g_w - max(-dx, 0))
+    out[..., dst_y, dst_x] = t[..., src_y, src_x]
+    return out
 
 
 def _draw(rng: np.random.Generator, positives: list, negatives: list, batch: int) -> list[int]:
