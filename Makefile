@@ -22,7 +22,7 @@ export YOLO_AUTOINSTALL := false
 .PHONY: help setup data export engines models serve demo build bench bench-encoder test test-fast \
 	lint format train train-default clean pacs-deps train-unet \
 	bench-accuracy bench-gpu browser-deps container-deps container container-gpu \
-	bench-container soak docs
+	bench-container soak docs bench-detectors
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -79,6 +79,10 @@ bench-gpu: setup data export ## GPU: encoder batch 1-32 per runtime, HTTP at 8/3
 
 bench-encoder: setup export ## SAM encoder ms/img, decoder ms: torch, onnxruntime, openvino fp32/bf16
 	$(PY) -m benchmarks.encoder_latency
+
+# BENCH_ARGS names the sam-head bundle: BENCH_ARGS="--sam-head DIR", or "--fixture" (untrained head).
+bench-detectors: setup ## YOLO vs sam-head bundle: /segment and a 100-slice series, interleaved (~7 min)
+	$(PY) -m benchmarks.detectors $(BENCH_ARGS)
 
 # Orthanc + its DICOMweb plugin from Debian, for the PACS integration tests (installed only when
 # missing; needs root or sudo).

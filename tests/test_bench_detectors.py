@@ -1,0 +1,80 @@
+"""`make bench-detectors`: the verdicts from hand-made samples, and a tiny real run of the
+script (the fixture head, openvino: it needs both bundles' exports, hence slow)."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from benchmarks.detectors import main
+from benchmarks.detectors_report import PARTS, Sample, summary, verdicts
+from lesionseg.models.bundle import SHIPPED_BUNDLE, Bundle
+from lesionseg.models.untrained_head import BUNDLE_NAME
+
+
+def _rows(single_ms: tuple[float, float], series_ms: tuple[float, float]) -> list[dict]:
+    """Rows of one sample each: (yolo, sam-head) wall ms per part, half of it embed."""
+    rows = []
+    for part, pair in (("single", single_ms), ("series", series_ms)):
+        for role, ms in zip(("yolo", "sam-head"), pair, strict=True):
+            sample = Sample(ms / 1000, 1, 1, 2, {"embed": ms / 2, "mask_decode": ms / 2})
+            rows.append({"role": role, "part": part, **summary([sample])})
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("single", "series", "expected"),
+    [
+        ((100, 115), (1000, 1000), ["met", "met"]),  # at the targets: met
+        ((100, 116), (1000, 1001), ["missed", "missed"]),
+        ((100, 80), (1000, 1200), ["met", "missed"]),
+    ],
+)
+def test_verdicts_hold_sam_head_to_the_issue_targets(single, series, expected):
+    lines = verdicts(_rows(single, series))
+    assert [line.split("**")[1] for line in lines] == expected
+    assert lines[0].startswith("single image") and "≤ 1.15" in lines[0]
+    assert lines[1].startswith("CT series") and "≤ 1.00" in lines[1]
+
+
+def test_summary_takes_medians_and_counts_missing_stages_as_zero():
+    samples = [
+        Sample(0.1, 1, 0, 0, {"detect": 10.0}),  # no box: nothing embedded
+        Sample(0.5, 1, 1, 3, {"detect": 12.0, "embed": 400.0, "mask_decode": 80.0}),
+        Sample(0.4, 1, 1, 1, {"detect": 11.0, "embed": 350.0, "mask_decode": 30.0}),
+    ]
+    row = summary(samples)
+    assert (row["median_ms"], row["calls"], row["frames"]) == (400.0, 3, 1)
+    assert (row["detect_ms"], row["embed_ms"], row["mask_decode_ms"]) == (11.0, 350.0, 30.0)
+    assert row["detect_embed_ms"] == 361.0
+    assert (row["embedded"], row["boxes"], row["frames_per_s"]) == (0.67, 1.33, 2.5)
+
+
+@pytest.mark.slow
+def test_a_tiny_fixture_run_writes_both_bundles_with_provenance(tmp_path):
+    out = tmp_path / "detectors"
+    args = ["--fixture", "--rounds", "1", "--slices", "2", "--series", "4", "--out", str(out)]
+    rows = main([*args, "--backend", "openvino"])
+    with out.with_suffix(".csv").open() as handle:
+        written = list(csv.DictReader(handle))
+    assert len(written) == len(rows) == 4
+    by = {(r["role"], r["part"]): r for r in written}
+    assert set(by) == {(role, part) for role in ("yolo", "sam-head") for part in PARTS}
+    for row in written:
+        assert row["commit"] and row["cpu"] and row["date"] and row["v_openvino"]
+        assert row["backend"] == "openvino" and row["fixture"] == "True"
+        assert float(row["median_ms"]) > 0 and float(row["embed_ms"]) > 0
+    assert by[("yolo", "single")]["fingerprint"] == Bundle.load(SHIPPED_BUNDLE).fingerprint
+    assert by[("yolo", "single")]["detector_weights"] == "detector.onnx"
+    head = by[("sam-head", "series")]
+    assert head["bundle"] == BUNDLE_NAME and head["detector_weights"] == "detector-head.onnx"
+    assert head["head"].startswith("fixture: an untrained")
+    # sam-head embeds every frame of the series; YOLO at most those
+    assert (head["frames"], head["calls"], float(head["embedded"])) == ("4", "1", 4.0)
+    assert float(by[("yolo", "series")]["embedded"]) <= 4
+    assert by[("sam-head", "single")]["calls"] == "2"  # 2 slices x 1 round, warm-up left out
+    assert head["series_slices"] == "62-65"
+    report = out.with_suffix(".md").read_text()
+    assert "FIXTURE HEAD, NOT A TRAINED ONE" in report
+    assert report.count("(target ≤") == 2
