@@ -81,7 +81,7 @@ bench-encoder: setup export ## SAM encoder ms/img, decoder ms: torch, onnxruntim
 	$(PY) -m benchmarks.encoder_latency
 
 # BENCH_ARGS names the sam-head bundle: BENCH_ARGS="--sam-head DIR", or "--fixture" (untrained head).
-bench-detectors: setup ## YOLO vs sam-head bundle: /segment and a 100-slice series, interleaved (~7 min)
+bench-detectors: setup ## YOLO vs sam-head bundle: /segment and a 100-slice series, interleaved (~10 min)
 	$(PY) -m benchmarks.detectors $(BENCH_ARGS)
 
 # Orthanc + its DICOMweb plugin from Debian, for the PACS integration tests (installed only when
