@@ -31,20 +31,20 @@ from pathlib import Path
 from benchmarks.common import RESULTS, provenance
 from benchmarks.detectors_report import Sample, write_report
 from benchmarks.payloads import png_bytes
+from benchmarks.untrained_head import write_untrained_head_bundle
 from lesionseg.datasets.examples import lits_ct
 from lesionseg.datasets.lits import SPLITS, LitsCase
 from lesionseg.export.onnx import ensure_onnx
 from lesionseg.io.uploads import Upload, decode_upload
 from lesionseg.models.bundle import SHIPPED_BUNDLE, Bundle
 from lesionseg.models.bundle_settings import effective_settings
-from lesionseg.models.untrained_head import write_untrained_head_bundle
 from lesionseg.pipeline.engine import LesionEngine
 from lesionseg.pipeline.local import LocalModels, local_engine
 from lesionseg.pipeline.prediction import Options
 from lesionseg.settings import Settings
 
 FIXTURE_HEAD = (
-    "fixture: an untrained, seeded head (lesionseg.models.untrained_head); its box counts, "
+    "fixture: an untrained, seeded head (benchmarks.untrained_head); its box counts, "
     "and so its mask-decode work, are arbitrary"
 )
 

@@ -9,8 +9,8 @@ import pytest
 
 from benchmarks.detectors import main
 from benchmarks.detectors_report import PARTS, Sample, summary, verdicts
+from benchmarks.untrained_head import BUNDLE_NAME
 from lesionseg.models.bundle import SHIPPED_BUNDLE, Bundle
-from lesionseg.models.untrained_head import BUNDLE_NAME
 
 
 def _rows(single_ms: tuple[float, float], series_ms: tuple[float, float]) -> list[dict]:

@@ -287,3 +287,14 @@ def test_the_page_says_where_the_curve_ends_before_a_rate():
     assert _curve_ends(record) == []
     record["froc"]["overall"]["end"] = None  # no lesion
     assert _curve_ends(record) == []
+
+
+def test_froc_slice_without_any_mask():
+    """A slice where the detector found nothing: its lesions are missed, nothing is false."""
+    from lesionseg.measure.froc import Froc
+
+    froc = Froc()
+    gt = np.zeros((1, 8, 8), bool)
+    gt[0, 2:7, 2:7] = True
+    froc.add(np.zeros((0, 8, 8), bool), np.zeros(0), gt, min_area=4)
+    assert froc.lesions == 1 and froc.sensitivity(0.0) == 0.0 and froc.false_masks(0.0) == 0

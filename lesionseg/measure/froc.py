@@ -76,7 +76,7 @@ class Froc:
             if int(gt.sum()) >= min_area:
                 given = scores[owners == k]
                 self.hit_scores.append(float(given.max()) if given.size else -np.inf)
-        areas = pred_masks.reshape(len(pred_masks), -1).sum(axis=1)
+        areas = pred_masks.sum(axis=(1, 2))  # (P,), also for P = 0
         self.false_scores += scores[(owners < 0) & (areas >= min_area)].tolist()
         self.frames += 1
 

@@ -24,7 +24,7 @@ from torch import nn
 from lesionseg.errors import ModelLoadError
 from lesionseg.models.sam_head import HEAD_FORMAT, HeadConfig
 
-PRIOR = 0.05  # initial heatmap probability (the heatmap bias), as CenterNet / focal loss
+PRIOR = 0.01  # initial heatmap probability (the heatmap bias), as RetinaNet / CenterNet
 
 
 class SamHeadNet(nn.Module):

@@ -11,7 +11,7 @@ table and a model bundle that ``LESIONSEG_MODEL_DIR=DIR make serve`` serves:
     DIR/model.json  DIR/detector.pt  DIR/sam.pt (when the fine-tune helps)
     DIR/evaluation.{csv,md,png}  DIR/logs/ (the detector not selected, training logs)
 
-``--time-budget MINUTES`` stops training in time (detectors ~60 %: the head the first 30 % when
+``--time-budget MINUTES`` stops training in time (detectors ~60 %: the head the first 25 % when
 both train, SAM ~25 % of it) and still writes a valid bundle from the best checkpoints so far;
 so does Ctrl-C.
 """
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
     records: dict[str, dict] = {}
     head_detections = None
     if "sam-head" in kinds:
-        share = 0.3 if "yolo" in kinds else 0.6
+        share = 0.25 if "yolo" in kinds else 0.6
         records["sam-head"], head_detections = head_phase(
             args,
             split.train,
@@ -212,11 +212,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
 
 def _evaluate_held_out(args: argparse.Namespace, out: Path) -> None:
     """``lesionseg evaluate`` of the new bundle on its validation side (every frame, not the
-    tuning's sample) into ``out/held-out/``. Its threshold and detector were chosen on these
-    cases: a new patient may score lower."""
+    tuning's sample, up to ``--max-val-frames``) into ``out/held-out/``. Its threshold and
+    detector were chosen on these cases: a new patient may score lower."""
     from lesionseg.train import evaluate_command
 
     argv = [str(args.dataset), "--model", str(out), "--out", str(out / "held-out")]
+    argv += ["--max-frames", str(args.max_val_frames), "--seed", str(args.seed)]
     for option, value in (("--labels", args.labels), ("--format", args.format)):
         argv += [option, value] if value else []
     argv += ["--window", args.window] if args.window else []

@@ -35,7 +35,7 @@ from lesionseg.train.sam_train import cached_embeddings
 from lesionseg.train.train_detector import detection_counts
 from lesionseg.types import Detections, ImageEmbedding
 
-VAL_THRESHOLDS = (0.2, 0.3, 0.4, 0.5)
+VAL_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 @dataclass
