@@ -190,7 +190,7 @@ class LesionEngine:
             known = [embedded.get(i) for i in chunk]
             results += await self._decode([frames[i] for i in chunk], found, options, known)
             if around is not None:  # keep what later chunks still need: their neighbours
-                later = {j for i in range(chunk.stop, len(frames)) for j in around[i]}
+                later = {j for i in range(chunk.stop, len(frames)) for j in (i, *around[i])}
                 embedded = {i: e for i, e in embedded.items() if i in later}
         return results
 
