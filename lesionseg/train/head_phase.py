@@ -23,6 +23,7 @@ from lesionseg.train import head_data
 from lesionseg.train.common import EpochLog, Stopper
 from lesionseg.train.encoder import openvino_encoder
 from lesionseg.train.evaluate import FLOOR
+from lesionseg.train.split import Split, require_lesions
 from lesionseg.train.train_head import ValSlices, embed_training, train_head
 from lesionseg.types import Detections
 
@@ -32,7 +33,7 @@ SAMS = ("zero-shot", "decoder fine-tune")  # the SAMs that keep the encoder it l
 
 def head_phase(
     args: argparse.Namespace,
-    train_parts: Sequence,
+    split: Split,
     axes: Sequence[int],
     val: Sequence[Frame],
     val_neighbours: Sequence[Sequence[Frame]],
@@ -45,10 +46,11 @@ def head_phase(
     detections on ``val`` at the tuning floor (None when it finished no epoch)."""
     started = time.time()
     config = HeadConfig(classes=tuple(classes), context=CONTEXT)
-    runs = list(head_data.runs_of(train_parts, axes))
+    runs = list(head_data.runs_of(split.train, axes))
     selection = head_data.select(
         runs, negative_ratio=args.negative_ratio, context=CONTEXT, seed=args.seed
     )
+    require_lesions(split, classes, selection.positives)  # before any encoder pass
     modules = load_sam("litemedsam", None)
     # The embedding gets up to half of the phase; the first view always completes.
     embed_end = None if deadline is None else started + (deadline - started) * 0.5

@@ -142,3 +142,12 @@ def _slab_split(dataset: Dataset, case: Case, val_fraction: float, gap: int) -> 
         "slab",
         details | {"gap": gap, "val_fraction": val_fraction},
     )
+
+
+def require_lesions(split: Split, classes: Sequence[str], count: int) -> None:
+    """Refuse a training side with ``count`` = 0 lesions (DatasetError naming its cases)."""
+    if not count:
+        raise DatasetError(
+            f"the training side ({', '.join(p.name for p in split.train[:5])}, ...) holds no "
+            f"lesion of the classes {list(classes)}: check --labels and the masks"
+        )

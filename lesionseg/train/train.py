@@ -43,7 +43,7 @@ from lesionseg.train.common import EpochLog, Stopper, frame_samples
 from lesionseg.train.extra import require_training_extra
 from lesionseg.train.head_data import neighbours, runs_of
 from lesionseg.train.head_phase import CONTEXT, SAMS, head_phase
-from lesionseg.train.split import AXES, split_cases
+from lesionseg.train.split import AXES, require_lesions, split_cases
 from lesionseg.train.train_detector import write_yolo_dataset
 from lesionseg.train.yolo_phase import keep_shipped_detector, yolo_phase
 
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
         share = 0.25 if "yolo" in kinds else 0.6
         records["sam-head"], head_detections = head_phase(
             args,
-            split.train,
+            split,
             AXES[args.axes],
             val,
             val_neighbours,
@@ -129,7 +129,6 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
             Settings().cache_dir / "train",
             _phase_deadline(deadline, started, share),
         )
-        _require_lesions(split, dataset.classes, records["sam-head"]["slices"]["with_lesion"])
     if "yolo" in kinds and records.get("sam-head", {}).get("interrupted"):
         print("Ctrl-C during the sam-head's training: the YOLO is not trained")
     elif "yolo" in kinds:
@@ -141,7 +140,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
             seed=args.seed,
         )
         print(f"detector data: {data.frames} frames, {data.lesions} lesions -> {data.yaml}")
-        _require_lesions(split, dataset.classes, data.lesions["train"])
+        require_lesions(split, dataset.classes, data.lesions["train"])
         records["yolo"] = yolo_phase(
             args, shipped, data, work, stage, _phase_deadline(deadline, started, 0.6)
         )
@@ -251,14 +250,6 @@ def _val_frames(split, limit: int, seed: int) -> tuple[list, list]:
     frames = [runs[r][i] for r, i in chosen]
     around = [[runs[r][j] for j in neighbours(i, len(runs[r]), CONTEXT)] for r, i in chosen]
     return frames, around
-
-
-def _require_lesions(split, classes, count: int) -> None:
-    if not count:
-        raise DatasetError(
-            f"the training side ({', '.join(p.name for p in split.train[:5])}, ...) holds no "
-            f"lesion of the classes {list(classes)}: check --labels and the masks"
-        )
 
 
 def _place_detector(name: str, records: dict, shipped: dict | None, stage: Path) -> dict:
