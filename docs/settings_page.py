@@ -5,8 +5,9 @@ field's environment variable, type, default and description.
     .venv/bin/python docs/settings_page.py --check   # exit 1 when the page is stale
 
 The concerns are the ``# --- <concern> ---`` comment lines that head each group of fields in
-the class body. Defaults are those of a server started with no ``LESIONSEG_*`` variable: the
-fields the shipped model bundle supplies show the bundle's value and the class's own fallback.
+the bodies of the classes it is made of (lesionseg/settings/). Defaults are those of a server
+started with no ``LESIONSEG_*`` variable: the fields the shipped model bundle supplies show the
+bundle's value and the class's own fallback.
 This is a script of the docs, not of the library: ``lesionseg`` never imports it (nor mkdocs).
 """
 
@@ -24,7 +25,7 @@ from pathlib import Path
 from unittest import mock
 
 import annotated_types
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 
 from lesionseg.models.bundle_settings import bundle_in_force, effective_settings
@@ -58,7 +59,8 @@ bundle.
 def concerns() -> dict[str, str]:
     """Field name -> the concern heading above it in the class body."""
     found, current = {}, "Other"
-    for line in inspect.getsource(Settings).splitlines():
+    groups = [c for c in reversed(Settings.__mro__) if issubclass(c, BaseModel)]
+    for line in "".join(inspect.getsource(c) for c in groups).splitlines():
         if match := CONCERN.match(line):
             current = match["name"][0].upper() + match["name"][1:]
         elif (match := FIELD.match(line)) and match["name"] in Settings.model_fields:
