@@ -25,7 +25,7 @@ from pathlib import Path
 from unittest import mock
 
 import annotated_types
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, ByteSize, SecretStr
 from pydantic.fields import FieldInfo
 
 from lesionseg.models.bundle_settings import bundle_in_force, effective_settings
@@ -81,6 +81,8 @@ def type_name(annotation: object) -> str:
     if origin is dict:
         return f"JSON object of {type_name(args[0])}: {type_name(args[1])}"
     names = {int: "int", float: "float", str: "string", bool: "bool", Path: "path"}
+    if annotation is ByteSize:
+        return "bytes (or 512MiB, 2GiB)"
     if annotation is SecretStr:
         return "string (secret)"
     return names.get(annotation, getattr(annotation, "__name__", str(annotation)))

@@ -27,6 +27,23 @@ class PacsFields(BaseModel):
         description="Persistent job store: sqlite database, accepted inputs and results "
         "(default: cache_dir/jobs).",
     )
+    max_queued_jobs: int = Field(
+        100,
+        ge=1,
+        description="Most jobs waiting or running in the job store; a POST /jobs beyond it gets "
+        "503 with Retry-After (the accepted ones are never dropped).",
+    )
+    job_retention_hours: float = Field(
+        72.0,
+        gt=0,
+        description="Hours a finished job (its row and its result files) is kept after it "
+        "ended; then it is deleted and its id answers 404.",
+    )
+    keep_job_inputs: bool = Field(
+        False,
+        description="Keep a job's uploaded inputs (patient data) until the retention ends; by "
+        "default they are deleted as soon as the job's result is written.",
+    )
     dicomweb_url: str | None = Field(
         None,
         description="DICOMweb root of the archive to push SEGs to with STOW-RS (POST "

@@ -9,19 +9,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ByteSize, Field, SecretStr
 
 
 class ServiceFields(BaseModel):
     """Limits, deadlines, shutdown, access and logging of the service."""
 
     # --- input limits -------------------------------------------------------------------------
-    max_upload_bytes: int = Field(
-        256 * 1024 * 1024,
+    max_upload_bytes: ByteSize = Field(
+        ByteSize(256 * 1024 * 1024),
         ge=1,
-        description="Largest accepted upload (bytes): each file, and all the files of one "
-        "request together (a series). The request body may be 1 MiB more (the other form "
-        "fields); a larger one is refused with 413 before it is read (service/limits.py).",
+        description="Largest accepted upload (bytes, or with a unit: 256MiB): each file, and all "
+        "the files of one request together (a series). The request body may be 1 MiB more "
+        "(the other form fields); a larger one is refused with 413 before it is read "
+        "(service/limits.py).",
+    )
+    max_inflight_bytes: ByteSize = Field(
+        ByteSize(1024**3),
+        ge=1,
+        description="Most request-body bytes one API process holds at once, over all requests "
+        "in flight (bytes, or with a unit: 512MiB). A request whose declared body would pass it "
+        "gets 503 with Retry-After at once; one larger than the bound itself gets 413. Bounds "
+        "the memory and the temporary disk of uploads, as max_pending_requests bounds their "
+        "count.",
     )
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="Largest accepted image (width x height, per frame)."
@@ -68,6 +78,12 @@ class ServiceFields(BaseModel):
     )
 
     # --- access -------------------------------------------------------------------------------
+    allow_anonymous: bool = Field(
+        False,
+        description="Without API keys, answer clients beyond this machine. Unset with no keys, "
+        "the service is closed: it serves loopback clients only and refuses to start bound to "
+        "another interface; set it to true to run open on purpose (a trusted network).",
+    )
     api_keys: SecretStr | None = Field(
         None,
         description="Comma-separated API keys (or their SHA-256 hex digests). With keys set, "
