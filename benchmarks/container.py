@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 from benchmarks.common import RESULTS, provenance, write_rows
-from deploy.container import NAME, build, image_size, running_container
+from deploy.container import ANONYMOUS_ENV, NAME, build, image_size, running_container
 from deploy.engine import find_engine
 from service.launcher import free_port
 
@@ -33,7 +33,8 @@ def cold_starts(engine, image: str, count: int) -> list[dict]:
         volume = f"lesionseg-bench-{uuid.uuid4().hex[:8]}"
         engine.run("volume", "create", volume)
         try:
-            with running_container(engine, image, volume, free_port()) as container:
+            run = running_container(engine, image, volume, free_port(), env=ANONYMOUS_ENV)
+            with run as container:
                 memory = engine.run(
                     "stats", "--no-stream", "--format", "{{.MemUsage}}", container.name
                 ).stdout.strip()

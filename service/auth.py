@@ -1,16 +1,25 @@
-"""API keys: ``Authorization: Bearer <key>`` on every route but the health checks.
+"""API keys: ``Authorization: Bearer <key>`` on every route but the health checks; without
+keys, closed to all but loopback clients unless ``LESIONSEG_ALLOW_ANONYMOUS`` opens it.
 
 - ``ApiKeys`` reads the keys of ``LESIONSEG_API_KEYS`` (comma-separated) and
-  ``LESIONSEG_API_KEYS_FILE`` (one per line, '#' comments) once, at start: each entry is a key
-  or the SHA-256 hex digest of one (64 hex digits; a key itself never has that form). Only
+  ``LESIONSEG_API_KEYS_FILE`` (one per line, '#' comments) once, at start: each entry is a key,
+  or the SHA-256 digest of one written ``sha256:<64 hex digits>``. A bare entry of 64 hex digits
+  is refused: it may be a key (``openssl rand -hex 32``) or a digest stored bare (read as one
+  before issue 23), and guessing wrong either lets the digest in or locks the key out. Only
   digests are kept; a presented key is hashed and compared with every digest in constant time.
 - ``ApiKeyMiddleware``, the outermost middleware of ``LesionSeg`` (service/middleware.py): without a
   valid key, 401 before the request's body is read. The key's id (16 hex digits of its digest,
   never the key) goes to the app in ``scope["state"]`` (``key_id``): jobs belong to it
   (service/jobs.py), and ``max_requests_per_key`` bounds its synchronous requests (429).
 
-Neither a key nor an Authorization header is ever logged. Without keys the service is open;
-it says so once, in a warning, at start.
+Neither a key nor an Authorization header is ever logged.
+
+Without keys the service is *closed* (:func:`findings`, the one rule that the start-up
+refusal, the middleware and ``python -m service.doctor`` share): ``bentoml serve`` bound to an
+interface other than loopback refuses to start (:func:`refuse_unsafe_start`, in the process that
+binds, before it binds), and the middleware answers 403 to every client that is not on loopback,
+so a bind that was misjudged never opens it. ``LESIONSEG_ALLOW_ANONYMOUS=true`` opens it to
+everyone on purpose. Either way one line at start says which.
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lesionseg.errors import LesionSegError
 from lesionseg.settings import Settings
+from service.bind import is_loopback, serving_host
+from service.findings import Finding
 
 log = logging.getLogger("lesionseg.auth")
 
@@ -35,13 +46,30 @@ STATE_KEY = "lesionseg_key_id"
 KEY_ID_HEX = 16
 MIN_KEY_LENGTH = 16
 HEALTH_PATHS = frozenset({"/livez", "/readyz"})
-DIGEST = re.compile(r"(?:sha256:)?([0-9a-fA-F]{64})")
+DIGEST = re.compile(r"sha256:([0-9a-fA-F]{64})")
+BARE_HEX = re.compile(r"[0-9a-fA-F]{64}")
 # RFC 6750's b64token: what a Bearer credential may hold.
 TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
-OPEN_WARNING = (
-    "no API keys configured (LESIONSEG_API_KEYS, LESIONSEG_API_KEYS_FILE): this service, its "
-    "job results (DICOM SEG/SR with patient data) included, is open to anyone who can reach it"
+HOW_TO_OPEN = (
+    "set LESIONSEG_API_KEYS or LESIONSEG_API_KEYS_FILE (docs/security.md), or "
+    "LESIONSEG_ALLOW_ANONYMOUS=true to serve everyone without keys on a trusted network"
 )
+LOOPBACK_ONLY = (
+    "no API keys configured: this service answers loopback clients only (others get 403); "
+    f"to serve other machines {HOW_TO_OPEN}"
+)
+OPEN_WARNING = (
+    "no API keys configured and LESIONSEG_ALLOW_ANONYMOUS=true: this service, its job results "
+    "(DICOM SEG/SR with patient data) included, is open to anyone who can reach it; set "
+    "LESIONSEG_API_KEYS or LESIONSEG_API_KEYS_FILE to close it"
+)
+ANONYMOUS_WITH_KEYS = "LESIONSEG_ALLOW_ANONYMOUS=true does nothing while API keys are set"
+METRICS_PUBLIC = "/metrics answers without a key (LESIONSEG_METRICS_PUBLIC=true): no patient data"
+VIEWER_PUBLIC = (
+    "the /viewer page's own files answer without a key (LESIONSEG_VIEWER_PUBLIC=true); its data "
+    "needs one"
+)
+CLOSED_403 = f"this service has no API keys and answers loopback clients only: {HOW_TO_OPEN}"
 
 
 class ApiKeysError(LesionSegError):
@@ -62,6 +90,13 @@ def key_id(scope: Scope) -> str | None:
 def _digest_of(entry: str, where: str) -> bytes:
     if match := DIGEST.fullmatch(entry):
         return bytes.fromhex(match.group(1))
+    if BARE_HEX.fullmatch(entry):
+        raise ApiKeysError(
+            f"{where}: 64 hex digits may be a key or a SHA-256 digest, so it is refused: "
+            "write a digest as sha256:<hex>; for a key of this form (openssl rand -hex 32) "
+            'store its digest, sha256:$(printf %s "$KEY" | sha256sum | cut -c1-64), or '
+            "make keys with openssl rand -base64 32"
+        )
     if not TOKEN.fullmatch(entry):
         raise ApiKeysError(
             f"{where}: a key may hold only letters, digits and -._~+/ (and trailing '='), "
@@ -142,22 +177,25 @@ def _bearer(scope: Scope) -> str | None:
 
 
 class ApiKeyMiddleware:
-    """ASGI middleware: ``keys`` None -> everything passes (one warning at start). Otherwise a
-    request to anything but ``public_paths`` needs a valid Bearer key (401 without, before the
-    body is read); at most ``max_requests_per_key`` requests of one key to ``limited_paths``
-    (the synchronous model routes) in flight at once (429 over it)."""
+    """ASGI middleware. ``keys`` None: closed, loopback clients only (403 for any other), or,
+    with ``allow_anonymous``, open to all; one line at start says which. Otherwise a request to
+    anything but ``public_paths`` needs a valid Bearer key (401 without, before the body is
+    read); at most ``max_requests_per_key`` requests of one key to ``limited_paths`` (the
+    synchronous model routes) in flight at once (429 over it)."""
 
     def __init__(
         self,
         app: ASGIApp,
         *,
         keys: ApiKeys | None,
+        allow_anonymous: bool = False,
         public_paths: frozenset[str] = HEALTH_PATHS,
         limited_paths: frozenset[str] = frozenset(),
         max_requests_per_key: int | None = None,
     ) -> None:
         self.app = app
         self.keys = keys
+        self.allow_anonymous = allow_anonymous
         self.public_paths = public_paths
         self.limited_paths = limited_paths
         self.max_requests_per_key = max_requests_per_key
@@ -165,9 +203,17 @@ class ApiKeyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan" and self.keys is None:
-            return await self.app(scope, self._warn_at_startup(receive), send)
-        if scope["type"] not in ("http", "websocket") or self.keys is None:
+            line = OPEN_WARNING if self.allow_anonymous else LOOPBACK_ONLY
+            return await self.app(scope, _say_at_startup(receive, line), send)
+        if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
+        if self.keys is None:
+            client = scope.get("client")
+            if self.allow_anonymous or is_loopback(None if client is None else client[0]):
+                return await self.app(scope, receive, send)
+            if scope["type"] == "websocket":
+                return await send({"type": "websocket.close", "code": 1008})
+            return await JSONResponse({"error": CLOSED_403}, status_code=403)(scope, receive, send)
         if scope["path"] in self.public_paths:
             return await self.app(scope, receive, send)
         presented = _bearer(scope)
@@ -207,15 +253,15 @@ class ApiKeyMiddleware:
             if not self.in_flight[kid]:
                 del self.in_flight[kid]
 
-    @staticmethod
-    def _warn_at_startup(receive: Receive) -> Receive:
-        async def receive_and_warn():
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                log.warning(OPEN_WARNING)
-            return message
 
-        return receive_and_warn
+def _say_at_startup(receive: Receive, line: str) -> Receive:
+    async def receive_and_say():
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            log.warning(line)
+        return message
+
+    return receive_and_say
 
 
 def api_key_options(settings: Settings, service) -> dict:
@@ -231,6 +277,7 @@ def api_key_options(settings: Settings, service) -> dict:
         public |= {"/", "/viewer", *(f"/viewer/{name}" for name in _viewer_files())}
     return {
         "keys": ApiKeys.from_settings(settings),
+        "allow_anonymous": settings.allow_anonymous,
         "public_paths": frozenset(public),
         "limited_paths": frozenset(api.route for api in service.apis.values()),
         "max_requests_per_key": settings.max_requests_per_key,
@@ -241,3 +288,55 @@ def _viewer_files() -> list[str]:
     from service.viewer import MEDIA_TYPES, STATIC_DIR
 
     return sorted(p.name for p in STATIC_DIR.iterdir() if p.suffix in MEDIA_TYPES)
+
+
+def findings(settings: Settings, host: str | None) -> list[Finding]:
+    """Who may call the service with ``settings`` served on ``host`` (an address; None: not
+    known), which routes answer without a key, and the log format. ``unsafe``: no keys, no
+    ``allow_anonymous``, and a host that is not loopback; the start refuses exactly that
+    (:func:`refuse_unsafe_start`). Raises ``ApiKeysError`` for unusable keys."""
+    keys = ApiKeys.from_settings(settings)
+    if keys is None and settings.allow_anonymous:
+        return [Finding("warn", "access", OPEN_WARNING), _log_finding(settings)]
+    if keys is None:
+        if host is None or is_loopback(host):
+            return [Finding("ok", "access", LOOPBACK_ONLY), _log_finding(settings)]
+        return [Finding("unsafe", "access", refusal(host)), _log_finding(settings)]
+    sources = "LESIONSEG_API_KEYS, LESIONSEG_API_KEYS_FILE"
+    found = [Finding("ok", "access", f"{len(keys.digests)} API key(s) ({sources}): every route "
+                     "but /livez and /readyz needs one")]  # fmt: skip
+    if settings.allow_anonymous:
+        found.append(Finding("warn", "access", ANONYMOUS_WITH_KEYS))
+    if settings.metrics_public:
+        found.append(Finding("ok", "access", METRICS_PUBLIC))
+    if settings.viewer_public:
+        found.append(Finding("ok", "access", VIEWER_PUBLIC))
+    return [*found, _log_finding(settings)]
+
+
+def _log_finding(settings: Settings) -> Finding:
+    form = "one JSON object per line" if settings.log_format == "json" else "text, for people"
+    return Finding("ok", "logs", f"LESIONSEG_LOG_FORMAT={settings.log_format}: {form}")
+
+
+def refusal(host: str) -> str:
+    """The one line of a start refused on ``host`` for want of keys."""
+    return (
+        f"lesionseg refuses to serve on {host} without API keys: {HOW_TO_OPEN}; or serve on "
+        "127.0.0.1 (loopback clients only)"
+    )
+
+
+def refuse_unsafe_start(settings: Settings) -> None:
+    """In a ``bentoml serve`` (service/bind.py): exit with the one line of an ``unsafe`` access
+    finding (status 1) in the process about to bind, before it binds. A worker serves a socket
+    bound already, and exiting there would only have it started again: it logs the line, and
+    the middleware answers 403 to every client not on loopback. Outside a serve, nothing."""
+    serving = serving_host()
+    if serving is None:
+        return
+    unsafe = [f.text for f in findings(settings, serving.host) if f.level == "unsafe"]
+    if unsafe and serving.binding:
+        raise SystemExit(unsafe[0])
+    if unsafe:
+        log.error("%s (clients not on loopback get 403)", unsafe[0])

@@ -161,3 +161,44 @@ def test_user_id_is_the_one_bentoml_images_run_as():
     from bentoml._internal.container.generate import BENTO_UID_GID
 
     assert USER_ID == BENTO_UID_GID
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies_admit_only_the_ingress_controller_and_the_scraper(overlay):
+    policies = [o for o in objects(overlay).values() if o["kind"] == "NetworkPolicy"]
+    rules = [rule for p in policies for rule in p["spec"].get("ingress", [])]
+    assert rules, "no ingress rule: the pods would take no traffic"
+    namespaces = set()
+    for rule in rules:
+        assert rule.get("from"), f"an ingress rule without `from` admits every pod: {rule}"
+        for peer in rule["from"]:
+            # An empty selector ({}) selects everything: every peer must name what it admits.
+            assert all(selector for selector in peer.values()), peer
+            namespaces.add(peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"])
+    assert namespaces == {"ingress-nginx", "monitoring"}
+    pods = {
+        tuple(sorted(w["spec"]["template"]["metadata"]["labels"].items()))
+        for w in workloads(overlay)
+    }
+    for labels in pods:  # every pod is under a policy that limits its ingress
+        assert any(
+            "Ingress" in p["spec"]["policyTypes"]
+            and p["spec"]["podSelector"]["matchLabels"].items() <= dict(labels).items()
+            for p in policies
+        ), labels
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pods_need_the_key_secret_and_log_json(overlay):
+    """Closed by default: the pods bind 0.0.0.0, so without API keys the service would refuse to
+    start; the Secret that holds them is required. JSON logs, as in the image."""
+    settings = objects(overlay)[("ConfigMap", "lesionseg-settings")]["data"]
+    assert settings["LESIONSEG_LOG_FORMAT"] == "json"
+    assert "LESIONSEG_ALLOW_ANONYMOUS" not in settings  # the opt-out is a comment only
+    for workload in workloads(overlay):
+        (secret,) = [s["secretRef"] for s in pod_spec(workload)["containers"][0]["envFrom"]
+                     if "secretRef" in s]  # fmt: skip
+        assert not secret.get("optional", False), workload["metadata"]["name"]
+    bentofile = yaml.safe_load((KUBERNETES.parents[1] / "bentofile.yaml").read_text())
+    image_env = {e["name"]: e["value"] for e in bentofile["envs"]}
+    assert image_env["LESIONSEG_LOG_FORMAT"] == "json"

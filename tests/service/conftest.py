@@ -53,7 +53,8 @@ def client(model_store):
 
     from service.app import LesionSeg
 
-    with TestClient(LesionSeg.to_asgi()) as test_client:
+    # A loopback client: without API keys the service answers no other (service/auth.py).
+    with TestClient(LesionSeg.to_asgi(), client=("127.0.0.1", 50000)) as test_client:
         deadline = time.monotonic() + 300
         while test_client.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline, "service never became ready"

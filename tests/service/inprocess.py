@@ -44,7 +44,8 @@ def main(export_dir: str, requests_path: str, responses_path: str) -> None:
     from service.app import LesionSeg
 
     requests = json.loads(Path(requests_path).read_text())
-    with TestClient(LesionSeg.to_asgi()) as client:
+    # A loopback client: without API keys the service answers no other (service/auth.py).
+    with TestClient(LesionSeg.to_asgi(), client=("127.0.0.1", 50000)) as client:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while client.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline, "service never became ready"

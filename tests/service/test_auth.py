@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -19,6 +20,8 @@ from starlette.testclient import TestClient
 
 from lesionseg.settings import Settings
 from service.auth import (
+    CLOSED_403,
+    LOOPBACK_ONLY,
     OPEN_WARNING,
     ApiKeyMiddleware,
     ApiKeys,
@@ -26,6 +29,7 @@ from service.auth import (
     api_key_options,
     key_id,
 )
+from tests.docs_pages import REPO, code_lines
 
 KEY_A = "alpha-key-0123456789abcdef"
 KEY_B = "bravo-key-0123456789abcdef"
@@ -45,7 +49,7 @@ def keys_file(tmp_path: Path, text: str) -> Path:
 
 def test_keys_from_both_sources_plain_and_as_digests(tmp_path):
     path = keys_file(tmp_path, f"# team A\n{KEY_C}  # a comment\n\n   \nsha256:{sha(KEY_D)}\n")
-    settings = Settings(api_keys=f" {KEY_A} ,{sha(KEY_B).upper()},", api_keys_file=path)
+    settings = Settings(api_keys=f" {KEY_A} ,sha256:{sha(KEY_B).upper()},", api_keys_file=path)
     keys = ApiKeys.from_settings(settings)
     assert len(keys.digests) == 4
     for key in (KEY_A, KEY_B, KEY_C, KEY_D):
@@ -63,6 +67,9 @@ def test_keys_from_both_sources_plain_and_as_digests(tmp_path):
         (" , ,", "", "LESIONSEG_API_KEYS is set but holds no key"),
         ("short-secret", "", "LESIONSEG_API_KEYS, entry 1: a key of 12 characters is too short"),
         (None, f"{KEY_A}\nwith space inside the key\n", "line 2: a key may hold only"),
+        # `openssl rand -hex 32`, or a digest stored bare as before issue 23: not guessed
+        (f"{KEY_A},{'0f' * 32}", "", "entry 2: 64 hex digits may be a key or a SHA-256 digest"),
+        (None, f"{sha(KEY_A)}\n", "line 1: 64 hex digits may be a key or a SHA-256 digest"),
     ],
 )
 def test_unusable_keys_stop_the_start_with_a_clear_message(tmp_path, api_keys, file_text, message):
@@ -71,8 +78,25 @@ def test_unusable_keys_stop_the_start_with_a_clear_message(tmp_path, api_keys, f
         path = None
     with pytest.raises(ApiKeysError, match=message) as caught:
         ApiKeys.from_settings(Settings(api_keys=api_keys, api_keys_file=path))
-    for secret in (KEY_A, "short-secret", "with space"):
+    for secret in (KEY_A, "short-secret", "with space", "0f" * 32, sha(KEY_A)):
         assert secret not in str(caught.value)  # a message never quotes a key
+
+
+def test_the_security_page_makes_a_hex_key_that_works_by_its_digest(tmp_path):
+    """docs/security.md's first two lines: `openssl rand -hex 32` (64 hex digits, which bare
+    would be refused) stored as sha256:<digest> in keys.txt."""
+    page = code_lines(REPO / "docs" / "security.md")
+    lines = [line for line in page if line.startswith(("KEY=", 'echo "sha256:'))]
+    assert len(lines) == 2, lines
+    script = "\n".join([*lines, 'printf %s "$KEY"'])
+    made = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    key = made.stdout
+    assert made.returncode == 0 and len(key) == 64, made.stderr
+    keys = ApiKeys.from_settings(Settings(api_keys_file=tmp_path / "keys.txt"))
+    assert keys.identify(key) == sha(key)[:16]
+    assert keys.identify(sha(key)) is None  # the stored digest is no key
+    with pytest.raises(ApiKeysError, match="64 hex digits may be a key or a SHA-256 digest"):
+        ApiKeys.from_settings(Settings(api_keys=key))  # the same key bare: refused, not guessed
 
 
 def test_an_unreadable_keys_file_stops_the_start(tmp_path):
@@ -98,11 +122,12 @@ def small_app(seen: list, gate: threading.Event | None = None) -> Starlette:
     return Starlette(routes=[Route(p, record, methods=["GET", "POST"]) for p in paths])
 
 
-def guarded(settings: Settings, seen: list, gate=None) -> TestClient:
+def guarded(settings: Settings, seen: list, gate=None, client="127.0.0.1") -> TestClient:
+    """``settings``' middleware around :func:`small_app`, called from the address ``client``."""
     from service.app import LesionSeg
 
     app = ApiKeyMiddleware(small_app(seen, gate), **api_key_options(settings, LesionSeg))
-    return TestClient(app)
+    return TestClient(app, client=(client, 50000))
 
 
 def bearer(key: str) -> dict:
@@ -149,21 +174,44 @@ def test_viewer_public_opens_the_page_files_not_its_data():
         assert client.get(path).status_code == 401, path
 
 
-def test_without_keys_everything_passes_and_one_warning_says_so(caplog):
+@pytest.mark.parametrize("client", ["127.0.0.1", "127.8.9.1", "::1", "::ffff:127.0.0.1"])
+def test_without_keys_loopback_clients_pass_and_one_line_says_so(caplog, client):
     seen: list = []
-    warnings = caplog.at_level(logging.WARNING, logger="lesionseg.auth")
-    with warnings, guarded(Settings(max_requests_per_key=1), seen) as client:
-        assert client.get("/segment").status_code == 200
-        assert client.get("/metrics").status_code == 200
-    assert [r.getMessage() for r in caplog.records] == [OPEN_WARNING]
+    with (
+        caplog.at_level(logging.WARNING, logger="lesionseg.auth"),
+        guarded(Settings(max_requests_per_key=1), seen, client=client) as test_client,
+    ):
+        assert test_client.get("/segment").status_code == 200
+        assert test_client.get("/metrics").status_code == 200
+    assert [r.getMessage() for r in caplog.records] == [LOOPBACK_ONLY]
     assert [s[1] for s in seen] == [None, None]  # no owner for jobs
+
+
+@pytest.mark.parametrize("client", ["203.0.113.7", "10.0.0.2", "::ffff:10.0.0.2", "testclient"])
+def test_without_keys_other_clients_get_403_unless_anonymous_is_allowed(caplog, client):
+    """The defence behind the start-up refusal: a bind misjudged as loopback still serves
+    nobody else."""
+    seen: list = []
+    closed = guarded(Settings(), seen, client=client)
+    for path in ("/livez", "/segment", "/metrics", "/viewer/viewer.js"):
+        response = closed.get(path)
+        assert response.status_code == 403, path
+        assert response.json() == {"error": CLOSED_403}
+    assert "LESIONSEG_ALLOW_ANONYMOUS=true" in CLOSED_403 and seen == []
+    with (
+        caplog.at_level(logging.WARNING, logger="lesionseg.auth"),
+        guarded(Settings(allow_anonymous=True), seen, client=client) as opened,
+    ):
+        assert opened.get("/segment").status_code == 200
+    assert [r.getMessage() for r in caplog.records] == [OPEN_WARNING]
     caplog.clear()
     with (
         caplog.at_level(logging.WARNING, logger="lesionseg.auth"),
-        guarded(Settings(api_keys=KEY_A), seen),
+        guarded(Settings(api_keys=KEY_A, allow_anonymous=True), seen, client=client) as keyed,
     ):
-        pass
-    assert caplog.records == []
+        assert keyed.get("/segment").status_code == 401  # keys set: allow_anonymous is moot
+        assert keyed.get("/segment", headers=bearer(KEY_A)).status_code == 200
+    assert caplog.records == []  # nothing to say with keys
 
 
 def test_per_key_limit_on_the_model_routes():

@@ -1,7 +1,8 @@
 """API keys in a real `bentoml serve` (BentoML's middleware order, its access log, real jobs):
 401 on every route the app has but the health checks, the four forms of a key, jobs and
 transaction ids per key, 429 per key, an unauthenticated upload refused before its body is read,
-no key in the server's output; without keys one warning; a bad keys file stops the start."""
+no key in the server's output; without keys loopback only, said once; a bad keys file stops the
+start."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from tests.docs_pages import curl_lines
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 KEY_A = "alpha-key-0123456789abcdef"  # LESIONSEG_API_KEYS, plain
-KEY_B = "bravo-key-0123456789abcdef"  # LESIONSEG_API_KEYS, as its SHA-256
+KEY_B = "bravo-key-0123456789abcdef"  # LESIONSEG_API_KEYS, as sha256:<digest>
 KEY_C = "charlie-key-0123456789abcd"  # the keys file, plain
 KEY_D = "delta-key-0123456789abcdef"  # the keys file, as sha256:<digest>
 WRONG = "wrong-key-0123456789abcdef"
@@ -49,7 +50,7 @@ def served(model_store, lits, tmp_path_factory):
     keys_file = root / "keys"
     keys_file.write_text(f"# rotated 2026-11\n{KEY_C}\n\nsha256:{sha(KEY_D)}  # ops\n")
     env = {
-        "LESIONSEG_API_KEYS": f"{KEY_A},{sha(KEY_B)}",
+        "LESIONSEG_API_KEYS": f"{KEY_A},sha256:{sha(KEY_B)}",
         "LESIONSEG_API_KEYS_FILE": str(keys_file),
         "LESIONSEG_MAX_REQUESTS_PER_KEY": "1",
         "LESIONSEG_JOBS_DIR": str(root / "jobs"),
@@ -246,13 +247,16 @@ def test_no_key_in_the_server_output(served):
 
 
 @pytest.mark.timeout(300)
-def test_without_keys_one_warning_that_the_service_is_open(model_store, tmp_path):
-    from service.auth import OPEN_WARNING
+def test_without_keys_it_serves_loopback_and_one_line_says_so(model_store, tmp_path):
+    """Closed by default, as `make serve` runs it (127.0.0.1, no keys): it starts, answers a
+    loopback client, and says once how to open it (tests/service/test_closed.py: the refusal
+    elsewhere; tests/service/test_auth.py: 403 to other clients)."""
+    from service.auth import LOOPBACK_ONLY
 
     env = {"LESIONSEG_JOBS_DIR": str(tmp_path / "jobs")}
     with running_server(env, tmp_path / "serve.log", ready_path="/livez") as url:
         assert httpx.get(f"{url}/viewer/config.json", timeout=30).status_code == 200
-    assert (tmp_path / "serve.log").read_text().count(OPEN_WARNING) == 1
+    assert (tmp_path / "serve.log").read_text().count(LOOPBACK_ONLY) == 1
 
 
 @pytest.mark.timeout(300)

@@ -2,15 +2,18 @@
 
 The image is built from this session's model store by the same code as `make container` (tagged
 ``lesionseg-test``), run as the README says: read-only root file system, one named volume, the
-image's non-root user, the port published on loopback. It must answer the README's `/segment`
-example as the service does in-process, hold no torch, and on SIGTERM answer the request in
-flight, exit cleanly and keep an accepted job for the next start on the same volume.
+image's non-root user, the port published on loopback, and LESIONSEG_ALLOW_ANONYMOUS=true (the
+image binds 0.0.0.0: without keys or that opt-out it refuses to start, which one short `run`
+checks). It must answer the README's `/segment` example as the service does in-process, log
+JSON, hold no torch, and on SIGTERM answer the request in flight, exit cleanly and keep an
+accepted job for the next start on the same volume.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -22,6 +25,7 @@ import numpy as np
 import pytest
 
 from deploy.container import (
+    ANONYMOUS_ENV,
     DATA_DIR,
     USER_ID,
     build,
@@ -32,6 +36,7 @@ from deploy.engine import find_engine
 from lesionseg.datasets.examples import lits_ct, write_examples
 from lesionseg.io.masks import decode_rle
 from lesionseg.measure.evaluation import dice
+from service.auth import refusal
 from service.launcher import REPO_ROOT, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -42,6 +47,10 @@ MAX_IMAGE_BYTES = 1.5e9  # issue 12's target
 READY_LIMIT_S = 60  # target 30 s (benchmarks/results/container.md); slack for a busy machine
 GRACE_S = 30  # Kubernetes' default terminationGracePeriodSeconds
 NOT_SERVED = ("torch", "torchvision", "triton", "ultralytics", "transformers", "monai", "peft")
+# The container's clients come through the engine's network, not its loopback: without keys
+# (the README's requests have none) these tests open it explicitly.
+OPEN = ANONYMOUS_ENV
+ACCESS = re.compile(r"path=/segment[,)]")  # BentoML's access log line of a /segment request
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +76,7 @@ def volume(engine):
 
 @pytest.fixture(scope="module")
 def container(engine, image, volume):
-    with running_container(engine, image.image, volume, free_port()) as running:
+    with running_container(engine, image.image, volume, free_port(), env=OPEN) as running:
         yield running
 
 
@@ -129,7 +138,20 @@ def test_readme_example_answers_as_in_process(container, in_process):
         assert got["label"] == want["label"]
         if got["mask"]["counts"] != want["mask"]["counts"]:
             assert dice(decode_rle(got["mask"]), decode_rle(want["mask"])) >= 0.99
-    assert "path=/segment" in container.logs()  # the access log goes to stdout/stderr
+    # The access log goes to stdout/stderr, one JSON object per line (the image's log format).
+    access = [line for line in container.logs().splitlines() if ACCESS.search(line)]
+    assert access and all(ACCESS.search(json.loads(line)["message"]) for line in access), access
+
+
+def test_without_keys_or_the_opt_out_it_refuses_to_start(engine, image):
+    """One short `run` of the image as built: no LESIONSEG_API_KEYS(_FILE), no
+    LESIONSEG_ALLOW_ANONYMOUS. It binds 0.0.0.0, so it exits non-zero at once with one line."""
+    start = time.monotonic()
+    out = engine.run("run", "--rm", image.image, check=False, timeout=120)
+    assert out.returncode != 0, out.stdout + out.stderr
+    # The line of the refusal (service/auth.py), whichever check at start says it first.
+    assert refusal("0.0.0.0") in out.stdout + out.stderr, out.stdout + out.stderr
+    assert time.monotonic() - start < 60
 
 
 def test_sigterm_answers_in_flight_and_keeps_jobs(engine, image, volume, container, lits):
@@ -161,7 +183,7 @@ def test_sigterm_answers_in_flight_and_keeps_jobs(engine, image, volume, contain
     assert in_flight["response"].status_code == 200, in_flight["response"].text
     assert in_flight["answered"] > start  # it was in flight when SIGTERM came
 
-    with running_container(engine, image.image, volume, free_port()) as again:
+    with running_container(engine, image.image, volume, free_port(), env=OPEN) as again:
         deadline = time.monotonic() + 120
         while (status := httpx.get(f"{again.url}{job.headers['Location']}").json())[
             "state"
