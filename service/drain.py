@@ -1,15 +1,20 @@
 """The model runner outlives the API's in-flight requests on SIGTERM.
 
 BentoML's arbiter sends SIGTERM to the API process and to the model-runner process at once.
-The API stops accepting requests and finishes those in flight; uvicorn in the runner would stop
-listening at once, so a request in flight whose next frame still needs the encoder would get a
-503 instead of its answer. The runner therefore defers SIGTERM (:meth:`Drain.install`) until
-the first of:
+The API stops accepting requests and finishes those in flight (uvicorn waits for them without a
+cap of its own; each synchronous one ends at the request deadline, ``RequestDeadline`` of
+service/limits.py); uvicorn in the runner would stop listening at once, so a request in flight
+whose next frame still needs the encoder would get a 503 instead of its answer. The runner
+therefore defers SIGTERM (:meth:`Drain.install`) until the first of:
 
 - the API says it has drained (its shutdown hook calls ``ModelRunner.api_drained``) and no
   runner call is running;
-- no runner call for ``idle_s`` since the signal (the API is gone or has nothing in flight);
-- ``timeout_s`` since the signal (stays within Kubernetes' default grace of 30 s).
+- the API process is gone (killed, or it exited without a word) and no runner call came for
+  ``idle_s``;
+- ``timeout_s`` since the signal: by default the request deadline plus :data:`DRAIN_MARGIN_S`
+  (:func:`drain_timeout_s`), so that a request that arrived just before the signal, still
+  uploading or between two frames, is answered. The pod's grace period covers it
+  (service/deadlines.py).
 
 Both come from the settings (``LESIONSEG_DRAIN_IDLE_S``, ``LESIONSEG_DRAIN_TIMEOUT_S``).
 
@@ -24,20 +29,57 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+
+import psutil
 
 from lesionseg.settings import Settings
 
 log = logging.getLogger("lesionseg.service")
+
+# After the request deadline: the API writes its last answer (or 504) and tells the runner.
+DRAIN_MARGIN_S = 5.0
+
+# The API reaches the runner over loopback TCP, not BentoML's default Unix socket: on SIGTERM,
+# BentoML's arbiter deletes the sockets' directory at once, before it stops its workers
+# (bentoml/_internal/utils/circus Arbiter.stop runs its exit stack first), so a request still
+# uploading when the signal came could not connect to the draining runner (503). A TCP port is
+# closed only once the runner has stopped. Read by `bentoml serve` when it creates the runner's
+# socket, after importing the service (which imports this module).
+os.environ.setdefault("BENTOML_NO_UDS", "1")
+
+
+def drain_timeout_s(settings: Settings) -> float:
+    """Most seconds the runner defers a SIGTERM: ``drain_timeout_s`` where set, else the
+    request deadline plus :data:`DRAIN_MARGIN_S`."""
+    if settings.drain_timeout_s is not None:
+        return settings.drain_timeout_s
+    return settings.request_timeout_s + DRAIN_MARGIN_S
+
+
+def sibling_alive(parent_pid: int) -> bool:
+    """Whether another child of ``parent_pid`` (BentoML's arbiter: the API process beside this
+    runner) still runs; False once this process was orphaned (the arbiter is gone)."""
+    if os.getppid() != parent_pid:
+        return False
+    with suppress(psutil.Error):
+        for child in psutil.Process(parent_pid).children():
+            with suppress(psutil.Error):
+                if child.pid != os.getpid() and child.status() != psutil.STATUS_ZOMBIE:
+                    return True
+    return False
 
 
 class Drain:
     """Counts the runner's calls in flight and decides when a deferred SIGTERM may proceed.
 
     Args:
-        idle_s: seconds without a call after which the runner stops anyway.
+        idle_s: seconds without a call after which the runner stops once the API is gone.
         timeout_s: most seconds a SIGTERM is deferred.
         clock: monotonic seconds (tests pass their own).
+        api_alive: whether the API process still runs (it may have requests in flight that
+            have not called the runner yet, such as an upload); by default it is taken as gone,
+            and the runner stops after ``idle_s`` without a call.
     """
 
     def __init__(
@@ -46,8 +88,10 @@ class Drain:
         idle_s: float,
         timeout_s: float,
         clock: Callable[[], float] = time.monotonic,
+        api_alive: Callable[[], bool] = lambda: False,
     ):
         self.idle_s, self.timeout_s, self.clock = idle_s, timeout_s, clock
+        self.api_alive = api_alive
         self._lock = threading.Lock()
         self._calls = 0
         self._last = clock()
@@ -56,8 +100,14 @@ class Drain:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Drain:
-        """The drain of the settings' ``drain_idle_s`` and ``drain_timeout_s``."""
-        return cls(idle_s=settings.drain_idle_s, timeout_s=settings.drain_timeout_s)
+        """The drain of the settings' ``drain_idle_s`` and :func:`drain_timeout_s`, in a
+        worker of BentoML's arbiter (this process's parent, whose other child is the API)."""
+        parent = os.getppid()
+        return cls(
+            idle_s=settings.drain_idle_s,
+            timeout_s=drain_timeout_s(settings),
+            api_alive=lambda: sibling_alive(parent),
+        )
 
     @contextmanager
     def call(self) -> Iterator[None]:
@@ -86,8 +136,8 @@ class Drain:
             return None
         if self._drained.is_set():
             return "the API has drained"
-        if now - max(last, since) >= self.idle_s:
-            return f"no call for {self.idle_s:g} s"
+        if now - max(last, since) >= self.idle_s and not self.api_alive():
+            return f"the API is gone and no call for {self.idle_s:g} s"
         return None
 
     def wait(self, since: float, poll_s: float = 0.05) -> str:
