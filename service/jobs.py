@@ -5,11 +5,16 @@ background tasks in the service's event loop:
 
 - the worker runs queued jobs one at a time through ``service.segment_to_reports`` (once the
   service is ready) and stores the SEG (and the SR when asked), or the reason the job failed;
+  every PURGE_INTERVAL_S it deletes the jobs past ``LESIONSEG_JOB_RETENTION_HOURS``;
 - the pusher sends finished SEGs to ``LESIONSEG_DICOMWEB_URL`` with STOW-RS, retrying with
   exponential back-off while the server is down (``lesionseg.pacs.dicomweb.push_due``).
 
 Everything a job needs is in the persistent ``JobStore``, so both pick up where they were after
-a restart. Nothing here knows about tensors.
+a restart. The store keeps to ``JobBounds`` (lesionseg/pacs/job_bounds.py): a POST beyond
+``LESIONSEG_MAX_QUEUED_JOBS`` jobs queued or running gets 503, beyond one API key's share
+(``LESIONSEG_MAX_REQUESTS_PER_KEY`` of them) 429, both with Retry-After; the upload is read
+first, so that a retried submission (same transaction id) still gets its 409 and job id.
+Nothing here knows about tensors.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from starlette.routing import Route
 from lesionseg.errors import DuplicateJobError, InputError, JobNotFoundError, StorageFullError
 from lesionseg.io.images import check_upload_size
 from lesionseg.pacs.dicomweb import StowClient, push_due
+from lesionseg.pacs.job_bounds import JobBounds, JobQueueFullError
 from lesionseg.pacs.job_db import check_database
 from lesionseg.pacs.job_store import Job, JobStore
 from lesionseg.settings import Settings
@@ -44,6 +50,7 @@ from service.forms import (
     check_window,
     read_form,
 )
+from service.metrics import JOB_STORE_BYTES, JOBS_PURGED, JOBS_REFUSED
 from service.retry import RunnerConnectionError
 
 log = logging.getLogger("lesionseg.pacs.job_store")
@@ -51,6 +58,9 @@ log = logging.getLogger("lesionseg.pacs.job_store")
 IDLE_POLL_S = 5.0  # also notices jobs and pushes written by another process
 DISK_FULL_RETRY_S = 10.0  # a result that found the volume full is retried this often
 MAX_FILES = 5000
+PURGE_INTERVAL_S = 60.0  # expired jobs are gone within this of their expiry
+# A full queue frees a place when a job ends: minutes for a series on CPU.
+QUEUE_FULL_RETRY_S = 60
 
 
 def _error(status: int, message: str, headers: dict | None = None, **extra) -> JSONResponse:
@@ -109,6 +119,7 @@ class Jobs:
         self._tasks: list[asyncio.Task] = []
         self._work_wake: asyncio.Event | None = None
         self._push_wake: asyncio.Event | None = None
+        self._purged_at = float("-inf")  # monotonic s of the last purge
         self.app = Starlette(
             routes=[
                 Route("/jobs", self.submit, methods=["POST"]),
@@ -130,7 +141,8 @@ class Jobs:
             await self.stop()
 
     async def start(self) -> None:
-        self.store = await asyncio.to_thread(JobStore, self.settings.jobs_dir)
+        bounds = JobBounds.from_settings(self.settings)
+        self.store = await asyncio.to_thread(JobStore, self.settings.jobs_dir, bounds)
         requeued = await asyncio.to_thread(self.store.recover)
         if requeued:
             log.info("re-queued %d job(s) interrupted by the last shutdown", requeued)
@@ -160,6 +172,8 @@ class Jobs:
                     await asyncio.wait_for(wake.wait(), delay)
 
     async def _work_once(self) -> float:
+        if time.monotonic() - self._purged_at >= PURGE_INTERVAL_S:
+            await self._purge()
         service = self._get_service()
         if not service.__is_ready__():
             return 1.0
@@ -168,6 +182,16 @@ class Jobs:
             return IDLE_POLL_S
         await self._run(service, job)
         return 0.0
+
+    async def _purge(self) -> None:
+        """Delete the jobs past the retention; publish the bytes the store holds."""
+        self._purged_at = time.monotonic()
+        purged = await asyncio.to_thread(self.store.purge_expired)
+        if purged:
+            JOBS_PURGED.inc(len(purged))
+            hours = self.settings.job_retention_hours
+            log.info("deleted %d job(s) past the retention of %g h", len(purged), hours)
+        JOB_STORE_BYTES.set(await asyncio.to_thread(self.store.bytes_held))
 
     async def _run(self, service: Any, job: Job) -> None:
         from bentoml.exceptions import ServiceUnavailable
@@ -261,6 +285,11 @@ class Jobs:
             )
         except DuplicateJobError as exc:
             return _error(409, str(exc), job_id=exc.job_id, location=f"/jobs/{exc.job_id}")
+        except JobQueueFullError as exc:  # nothing kept; the jobs accepted stay queued
+            status = 429 if exc.per_owner else 503
+            JOBS_REFUSED.labels(str(status)).inc()
+            log.warning("job refused (%d): %s", status, exc)
+            return _error(status, str(exc), {"Retry-After": str(QUEUE_FULL_RETRY_S)})
         except StorageFullError as exc:  # nothing kept, so never a 202 for a lost job
             log.error("job refused (507): %s (%s)", exc, exc.__cause__)
             return _error(507, str(exc))
@@ -305,6 +334,8 @@ class Jobs:
         sr = request.url.path.endswith("/sr")
         path = self.store.sr_path(job.id) if sr else self.store.result_path(job.id)
         if not path.exists():
+            if not self.store.job_dir(job.id).exists():  # purged since it was read
+                return _error(404, f"no job {job.id!r}")
             return _error(404, f"job {job.id} has no SR: submit it with sr=true")
         return FileResponse(
             path, media_type="application/dicom", filename=f"{job.id}-{'sr' if sr else 'seg'}.dcm"

@@ -1,5 +1,5 @@
-"""Per-stage latency histograms, the per-image cache and admission control, exported at
-/metrics beside BentoML's own."""
+"""Per-stage latency histograms, the per-image cache, admission control and the bounded
+resources (bytes in flight, the job queue and store), exported at /metrics beside BentoML's own."""
 
 from __future__ import annotations
 
@@ -35,6 +35,30 @@ CACHE_ENTRIES = Gauge(
 ADMISSION_REJECTED = Counter(
     "lesionseg_admission_rejected",
     "Requests answered 503 at once: expected queue wait over LESIONSEG_MAX_QUEUE_WAIT_S",
+)
+# Bounded resources (service/inflight.py, service/jobs.py).
+INFLIGHT_BYTES = Gauge(
+    "lesionseg_inflight_bytes",
+    "Request-body bytes reserved by the requests in flight (LESIONSEG_MAX_INFLIGHT_BYTES)",
+    multiprocess_mode="livesum",
+)
+INFLIGHT_REJECTED = Counter(
+    "lesionseg_inflight_rejected",
+    "Requests refused before their body was read: over LESIONSEG_MAX_INFLIGHT_BYTES",
+    ["status"],  # 503: the bound is full now; 413: larger than the bound itself
+)
+JOBS_REFUSED = Counter(
+    "lesionseg_jobs_refused",
+    "POST /jobs refused: the queue full (503) or the API key's share of it (429)",
+    ["status"],
+)
+JOB_STORE_BYTES = Gauge(
+    "lesionseg_job_store_bytes",
+    "Bytes held by the job store: database, inputs and results",
+    multiprocess_mode="livemax",
+)
+JOBS_PURGED = Counter(
+    "lesionseg_jobs_purged", "Finished jobs deleted after LESIONSEG_JOB_RETENTION_HOURS"
 )
 
 

@@ -9,6 +9,9 @@ Layout under ``root`` (``Settings.jobs_dir``)::
     <job id>/sr.dcm         the DICOM SR measurement report, when the job asked for one
     <job id>/summary.json   the JSON-ready per-frame summary of the result
 
+Bounds (lesionseg/pacs/job_bounds.py): the jobs queued or running, the inputs deleted once a
+job has ended, a finished job deleted (row and files) after the retention (``purge_expired``).
+
 Job states: ``queued`` -> ``running`` -> ``done`` | ``failed`` (with a reason). A job left
 ``running`` by a process that died goes back to ``queued`` when the store is opened again.
 Push states: ``none`` (no push asked or no server configured), ``pending`` (due now),
@@ -34,13 +37,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from lesionseg.errors import (
-    DuplicateJobError,
-    InputError,
-    JobNotFoundError,
-    StorageFullError,
-)
+from lesionseg.errors import DuplicateJobError, InputError, JobNotFoundError, StorageFullError
+from lesionseg.pacs import job_bounds
 from lesionseg.pacs.durable_files import disk_full, fsync_dir, write_durably
+from lesionseg.pacs.job_bounds import JobBounds
 from lesionseg.pacs.job_db import DB_FILE, create_database, transaction
 
 JOB_STATES = ("queued", "running", "done", "failed")
@@ -82,10 +82,12 @@ def backoff_delay(attempts: int, initial_s: float, max_s: float) -> float:
 
 
 class JobStore:
-    """The job store in directory ``root`` (created if missing)."""
+    """The job store in directory ``root`` (created if missing), kept within ``bounds``
+    (default: no bounds but the inputs' deletion once a job has ended)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, bounds: JobBounds | None = None) -> None:
         self.root = Path(root)
+        self.bounds = JobBounds() if bounds is None else bounds
         self.root.mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / DB_FILE
         create_database(self.db_path)
@@ -140,7 +142,10 @@ class JobStore:
         ``queued``, owned by ``owner`` (an API key's id; None: no owner).
 
         Returns only once the job is durable. Raises :class:`DuplicateJobError` if the same
-        owner used ``transaction_id`` before, :class:`InputError` for no files or a bad id.
+        owner used ``transaction_id`` before (whatever the queue holds),
+        :class:`~lesionseg.pacs.job_bounds.JobQueueFullError` if the queue or the owner's
+        share of it is full (checked before the files are copied and again as the job is
+        recorded), :class:`InputError` for no files or a bad id.
         """
         if not files:
             raise InputError("no files: submit one or more DICOM files of one study or series")
@@ -150,6 +155,8 @@ class JobStore:
             raise InputError(f"transaction_id must be 1-{MAX_TRANSACTION_ID} printable characters")
         if transaction_id is not None and (existing := self.find(transaction_id, owner)):
             raise DuplicateJobError(transaction_id, existing.id)
+        with transaction(self.db_path) as db:
+            job_bounds.check_queue(db, self.bounds, owner)  # before copying a series for nothing
         job_id = uuid.uuid4().hex
         staging = self.root / f".incoming-{job_id}"
         try:
@@ -169,6 +176,7 @@ class JobStore:
             staging.rename(self.job_dir(job_id))
             fsync_dir(self.root)
             with transaction(self.db_path) as db:
+                job_bounds.check_queue(db, self.bounds, owner)
                 db.execute(
                     "INSERT INTO jobs (id, transaction_id, owner, state, window, n_files,"
                     " push_state, created_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
@@ -211,9 +219,11 @@ class JobStore:
 
     def recover(self) -> int:
         """After a restart: put jobs left ``running`` back to ``queued``, drop half-written
-        submissions (never acknowledged). Returns the number of jobs re-queued."""
+        submissions (never acknowledged) and the directories of jobs whose purge was cut
+        short. Returns the number of jobs re-queued."""
         for staging in self.root.glob(".incoming-*"):
             shutil.rmtree(staging, ignore_errors=True)
+        job_bounds.remove_orphans(self.db_path, self.root)
         with transaction(self.db_path) as db:
             return db.execute(
                 "UPDATE jobs SET state = 'queued', started_at = NULL WHERE state = 'running'"
@@ -278,6 +288,7 @@ class JobStore:
             raise StorageFullError(
                 "the job store's volume is full: the result could not be stored"
             ) from exc
+        self._drop_inputs(job_id)
         return self.get(job_id)
 
     def note(self, job_id: str, reason: str) -> None:
@@ -296,7 +307,28 @@ class JobStore:
                 "WHERE id = ?",
                 (reason, time.time() if now is None else now, job_id),
             )
+        self._drop_inputs(job_id)
         return self.get(job_id)
+
+    def _drop_inputs(self, job_id: str) -> None:
+        """The job has ended: its inputs (patient data) go, unless the bounds keep them."""
+        if not self.bounds.keep_inputs:
+            job_bounds.remove_tree(self.job_dir(job_id) / "input")
+
+    # --- retention ---------------------------------------------------------------------------
+
+    def purge_expired(self, now: float | None = None) -> list[str]:
+        """Delete the jobs that finished ``bounds.retention_s`` or more before ``now`` (Unix
+        s): rows, inputs and results; their ids are unknown from then on. Returns those ids
+        (none without a retention)."""
+        if self.bounds.retention_s is None:
+            return []
+        now = time.time() if now is None else now
+        return job_bounds.purge_finished(self.db_path, self.root, now - self.bounds.retention_s)
+
+    def bytes_held(self) -> int:
+        """Bytes of the store's files: the database, inputs and results."""
+        return job_bounds.bytes_under(self.root)
 
     # --- push bookkeeping --------------------------------------------------------------------
 
