@@ -12,7 +12,8 @@
    container, a HEALTHCHECK on ``/livez``. Tags ``<name>:<bento version>`` and ``<name>:latest``.
 
 :func:`running_container` runs an image the way the README says (read-only root, one volume,
-non-root) for the tests and the benchmark.
+non-root) for the tests and the benchmark. The image logs JSON (bentofile.yaml's envs) and needs
+API keys or :data:`ANONYMOUS_ENV` to start.
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ LIVEZ = (
 HEALTHCHECK = "HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 CMD " + (
     json.dumps(["python", "-c", LIVEZ])
 )
+# The start: the deployment check (service/doctor.py; exit 1 on an unsafe finding stops it), then
+# what BentoML's entrypoint runs without arguments, exec'd so that it gets SIGTERM.
+START_SCRIPT = (
+    'cd "$BENTO_PATH/src" && python -m service.doctor --host 0.0.0.0 '
+    '&& cd "$BENTO_PATH" && exec bentoml serve "$BENTO_PATH"'
+)
+START = "CMD " + json.dumps(["sh", "-c", START_SCRIPT])
 # The last stage, on top of BentoML's image:
 # - BentoML's Dockerfile installs build-essential and git (~640 MB) for packages built from
 #   source; every package here is a wheel, so they go, and podman squashes the image into one
@@ -73,6 +81,9 @@ DATA_ENV = {
     "BENTOML_HOME": f"{DATA_DIR}/bentoml",
     "TMPDIR": DATA_DIR,
 }
+# The image binds 0.0.0.0, so without API keys it refuses to start (service/auth.py): callers
+# that run it without keys on purpose (the tests, the benchmark) pass this.
+ANONYMOUS_ENV = {"LESIONSEG_ALLOW_ANONYMOUS": "true"}
 FINAL_STAGE = f"""FROM {{stage}}
 USER root
 RUN apt-get purge -y -q --auto-remove -o APT::AutoRemove::RecommendsImportant=false \\
@@ -82,6 +93,7 @@ RUN apt-get purge -y -q --auto-remove -o APT::AutoRemove::RecommendsImportant=fa
 USER bentoml
 ENV {" ".join(f"{k}={v}" for k, v in DATA_ENV.items())}
 {HEALTHCHECK.replace("{", "{{").replace("}", "}}")}
+{START}
 """
 
 

@@ -28,6 +28,7 @@ import annotated_types
 from pydantic import BaseModel, ByteSize, SecretStr
 from pydantic.fields import FieldInfo
 
+from lesionseg.models.baked_settings import BAKED_INTO_EXPORT
 from lesionseg.models.bundle_settings import bundle_in_force, effective_settings
 from lesionseg.settings import Settings
 
@@ -53,6 +54,14 @@ is no setting stops the start with the name of the closest one.
 [Models & export](models.md)); the value shown is the shipped bundle's, followed by the class's
 own fallback (no bundle) where that differs. A variable set in the environment wins over the
 bundle.
+
+**Baked into the export**: a description that starts with *baked into the export* names a value
+fixed in the exported files when `make export` (or `make engines`) ran, for the backends named.
+The CLI exports the ONNX files again by itself when `multimask_output` or `detector_image_size`
+changes (the export directory is keyed by them); a service serves the export it was given and
+refuses to load it with another value (the message names the file and the command), and
+`python -m service.doctor` reports it before the start
+([Models & export](models.md#settings-baked-into-an-export)).
 """
 
 
@@ -141,6 +150,17 @@ def default_text(name: str, field: FieldInfo, served: Settings, from_bundle: set
     return value_text(field.default)
 
 
+def baked_mark(name: str) -> str:
+    """'*Baked into the export* (backends; where): to change it, how.' or ''."""
+    baked = BAKED_INTO_EXPORT.get(name)
+    if baked is None:
+        return ""
+    return (
+        f"*Baked into the export* ({', '.join(baked.backends)}; {baked.recorded_in}): "
+        f"to change it, {baked.how_to_change}. "
+    )
+
+
 def cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
@@ -156,7 +176,7 @@ def render() -> str:
             f"`{prefix}{name.upper()}`",
             type_name(field.annotation) + (f", {bounds(field)}" if bounds(field) else ""),
             default_text(name, field, served, from_bundle),
-            cell(field.description or ""),
+            cell(baked_mark(name) + (field.description or "")),
         ]
         groups.setdefault(concern, []).append("| " + " | ".join(row) + " |")
     missing = set(Settings.model_fields) - set(concerns())

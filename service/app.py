@@ -19,12 +19,14 @@ import numpy as np
 from bentoml.validators import ContentType
 from pydantic import Field
 
+from lesionseg.errors import ModelLoadError
 from lesionseg.models.detectors import load_sam_head
 from lesionseg.models.segmenter import Segmenter
 from lesionseg.pipeline.cache import EmbeddingCache
 from lesionseg.pipeline.engine import LesionEngine
 from lesionseg.pipeline.prediction import Options
 from service.admission import QueueWaitEstimator
+from service.auth import refuse_unsafe_start
 from service.jobs import Jobs
 from service.limits import traffic_timeout_s
 from service.metrics import observe_stage, report_models
@@ -116,6 +118,8 @@ class LesionSeg(StoreModels):
                     await asyncio.to_thread(head.detect, [emb])
             self._ready.set()
             log.info("lesionseg ready: %s", self.models)
+        except ModelLoadError as exc:  # says how to fix it (e.g. a setting baked into the export)
+            log.error("loading failed; the service stays unready: %s", exc)
         except Exception:  # a background task has no caller: log, stay unready
             log.exception("loading failed; the service stays unready")
 
@@ -268,3 +272,4 @@ class LesionSeg(StoreModels):
 
 
 install_middleware(LesionSeg, SETTINGS)  # service/middleware.py: keys, limits, contract
+refuse_unsafe_start(SETTINGS)  # service/auth.py: no keys, not loopback -> no start

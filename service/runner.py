@@ -10,6 +10,7 @@ from pathlib import Path
 import bentoml
 import numpy as np
 
+from lesionseg.errors import ModelLoadError
 from lesionseg.models.bundle_settings import effective_settings
 from lesionseg.models.detector import Detector
 from lesionseg.models.detectors import load_detector
@@ -135,6 +136,8 @@ class ModelRunner(StoreModels):
         try:
             self._load()
             self._ready.set()
+        except ModelLoadError as exc:  # says how to fix it (e.g. a setting baked into the export)
+            log.error("loading the models failed; the runner stays unready: %s", exc)
         except Exception:  # the thread has no caller to report to: log, stay unready
             log.exception("loading the models failed; the runner stays unready")
 

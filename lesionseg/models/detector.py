@@ -24,6 +24,7 @@ import numpy as np
 
 from lesionseg.errors import ModelLoadError
 from lesionseg.models.backends import DetectorRunner
+from lesionseg.models.baked_settings import check_baked_settings
 from lesionseg.models.bundle_settings import exports_dir
 from lesionseg.models.yolo import decode
 from lesionseg.settings import Settings
@@ -97,6 +98,7 @@ class Detector:
                 image_size=settings.detector_image_size,
                 **options,
             )
+        check_baked_settings(settings, exports_dir(settings))
         if settings.backend == "tensorrt":
             from lesionseg.models.backends.tensorrt_runner import TensorRTDetectorRunner
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from lesionseg.errors import InvalidBoxesError
 from lesionseg.models.backends import SamRunner
+from lesionseg.models.baked_settings import check_baked_settings
 from lesionseg.models.bundle_settings import exports_dir
 from lesionseg.settings import Settings
 from lesionseg.transforms import clip_boxes, preprocess, resize_bilinear, resized_hw, scale_boxes
@@ -87,10 +88,11 @@ class Segmenter:
             import torch  # only here: the other backends serve without torch
 
             torch.set_num_threads(settings.cpu_threads)
+        if settings.backend != "torch":
+            check_baked_settings(settings, exports_dir(settings))
         if settings.backend == "onnxruntime":
-            from lesionseg.models.backends.onnx_runner import OnnxSamRunner, check_fp32
+            from lesionseg.models.backends.onnx_runner import OnnxSamRunner
 
-            check_fp32(settings.precision)
             runner = OnnxSamRunner(
                 exports_dir(settings),
                 device=settings.device,
