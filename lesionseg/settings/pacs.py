@@ -30,14 +30,16 @@ class PacsFields(BaseModel):
     max_queued_jobs: int = Field(
         100,
         ge=1,
-        description="Most jobs waiting or running in the job store; a POST /jobs beyond it gets "
-        "503 with Retry-After (the accepted ones are never dropped).",
+        description="Most jobs queued or running in the job store; a POST /jobs beyond it gets "
+        "503 with Retry-After and nothing of it is kept (the accepted ones are never dropped). "
+        "With API keys, max_requests_per_key bounds one key's share of them (429).",
     )
     job_retention_hours: float = Field(
         72.0,
         gt=0,
-        description="Hours a finished job (its row and its result files) is kept after it "
-        "ended; then it is deleted and its id answers 404.",
+        description="Hours a finished job, done or failed (its row and its result files), is "
+        "kept after it ended; then the job worker deletes it (within a minute) and its id "
+        "answers 404.",
     )
     keep_job_inputs: bool = Field(
         False,

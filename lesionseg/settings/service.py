@@ -29,9 +29,9 @@ class ServiceFields(BaseModel):
         ge=1,
         description="Most request-body bytes one API process holds at once, over all requests "
         "in flight (bytes, or with a unit: 512MiB). A request whose declared body would pass it "
-        "gets 503 with Retry-After at once; one larger than the bound itself gets 413. Bounds "
-        "the memory and the temporary disk of uploads, as max_pending_requests bounds their "
-        "count.",
+        "gets 503 with Retry-After at once; one larger than the bound itself gets 413; a "
+        "chunked body counts as the largest allowed. Bounds the memory and the temporary disk "
+        "of uploads (twice this, in TMPDIR), as max_pending_requests bounds their count.",
     )
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="Largest accepted image (width x height, per frame)."
@@ -58,17 +58,24 @@ class ServiceFields(BaseModel):
     )
 
     # --- shutdown and timeouts ----------------------------------------------------------------
+    # One chain from the request deadline (service/deadlines.py, docs/deployment.md "Time
+    # limits"): BentoML's traffic timeout, the drain on SIGTERM, the pod's grace period and the
+    # ingress timeouts all follow request_timeout_s.
     drain_idle_s: float = Field(
         5.0,
         gt=0,
-        description="On SIGTERM the model runner stays up for the API's requests in flight; it "
-        "stops once no runner call came for this many seconds (service/drain.py).",
+        description="On SIGTERM the model runner stays up for the API's requests in flight; once "
+        "the API process is gone it stops after this many seconds without a runner call "
+        "(service/drain.py).",
     )
-    drain_timeout_s: float = Field(
-        25.0,
+    drain_timeout_s: float | None = Field(
+        None,
         gt=0,
-        description="Most seconds the model runner defers a SIGTERM (within Kubernetes' default "
-        "grace period of 30 s).",
+        description="Most seconds the model runner defers a SIGTERM while the API still answers "
+        "its requests in flight. Unset: request_timeout_s + 5, so that a request that arrived "
+        "just before the signal is answered; below request_timeout_s such a request may get "
+        "503 (the deployment check calls it unsafe). The pod's terminationGracePeriodSeconds "
+        "must cover it (docs/deployment.md, Time limits).",
     )
     traffic_backstop_s: float = Field(
         30.0,
@@ -81,18 +88,23 @@ class ServiceFields(BaseModel):
     allow_anonymous: bool = Field(
         False,
         description="Without API keys, answer clients beyond this machine. Unset with no keys, "
-        "the service is closed: it serves loopback clients only and refuses to start bound to "
-        "another interface; set it to true to run open on purpose (a trusted network).",
+        "the service is closed: it answers loopback clients only (403 to any other) and "
+        "`bentoml serve` bound to another interface (0.0.0.0: the container, the pods) refuses "
+        "to start with one line; set it to true to run open on purpose (a trusted network). "
+        "With keys set it changes nothing.",
     )
     api_keys: SecretStr | None = Field(
         None,
-        description="Comma-separated API keys (or their SHA-256 hex digests). With keys set, "
-        "every route but /livez and /readyz needs 'Authorization: Bearer <key>'.",
+        description="Comma-separated API keys, or their SHA-256 digests written "
+        "'sha256:<64 hex digits>'. A bare entry of 64 hex digits (openssl rand -hex 32, or a "
+        "digest stored bare) is refused at start: write a digest with its 'sha256:' prefix. "
+        "With keys set, every route but /livez and /readyz needs 'Authorization: Bearer <key>'.",
     )
     api_keys_file: Path | None = Field(
         None,
-        description="File of API keys, one per line (a key or its SHA-256 hex digest; '#' "
-        "starts a comment); combined with api_keys. Read at start.",
+        description="File of API keys, one per line (a key, or its SHA-256 digest written "
+        "'sha256:<hex>', as in api_keys; '#' starts a comment); combined with api_keys. Read "
+        "at start.",
     )
     metrics_public: bool = Field(
         False, description="With API keys set, /metrics still answers without a key."
@@ -101,7 +113,8 @@ class ServiceFields(BaseModel):
         None,
         ge=1,
         description="Most synchronous requests (the /segment routes) one API key may have in "
-        "flight in one API process (pod); over it, 429 with Retry-After. None: no per-key limit "
+        "flight in one API process (pod), and most jobs it may have queued or running (POST "
+        "/jobs); over it, 429 with Retry-After. None: no per-key limit "
         "(the global limits still apply). Without API keys it does not apply: there is no key "
         "to count by.",
     )
@@ -115,6 +128,7 @@ class ServiceFields(BaseModel):
     # --- logging ------------------------------------------------------------------------------
     log_format: Literal["text", "json"] = Field(
         "text",
-        description="Service log lines: 'text' for people, 'json' (one object per line) for "
-        "log shippers.",
+        description="Service log lines: 'text' for people (`make serve`), 'json' (one object "
+        "per line) for log shippers: the container image and the Kubernetes ConfigMap set "
+        "json.",
     )
