@@ -26,7 +26,7 @@ from lesionseg.pipeline.cache import EmbeddingCache
 from lesionseg.pipeline.engine import LesionEngine
 from lesionseg.pipeline.prediction import Options
 from service.admission import QueueWaitEstimator
-from service.auth import refuse_unsafe_start
+from service.doctor import refuse_unsafe_start
 from service.jobs import Jobs
 from service.limits import traffic_timeout_s
 from service.metrics import observe_stage, report_models
@@ -272,4 +272,4 @@ class LesionSeg(StoreModels):
 
 
 install_middleware(LesionSeg, SETTINGS)  # service/middleware.py: keys, limits, contract
-refuse_unsafe_start(SETTINGS)  # service/auth.py: no keys, not loopback -> no start
+refuse_unsafe_start(SETTINGS)  # service/doctor.py: e.g. no keys, not loopback -> no start

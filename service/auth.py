@@ -14,12 +14,12 @@ keys, closed to all but loopback clients unless ``LESIONSEG_ALLOW_ANONYMOUS`` op
 
 Neither a key nor an Authorization header is ever logged.
 
-Without keys the service is *closed* (:func:`findings`, the one rule that the start-up
-refusal, the middleware and ``python -m service.doctor`` share): ``bentoml serve`` bound to an
-interface other than loopback refuses to start (:func:`refuse_unsafe_start`, in the process that
-binds, before it binds), and the middleware answers 403 to every client that is not on loopback,
-so a bind that was misjudged never opens it. ``LESIONSEG_ALLOW_ANONYMOUS=true`` opens it to
-everyone on purpose. Either way one line at start says which.
+Without keys the service is *closed* (:func:`findings`, the one rule that the start-up refusal,
+the middleware and ``python -m service.doctor`` share): ``bentoml serve`` bound to an interface
+other than loopback refuses to start (``service.doctor.refuse_unsafe_start``, in the process
+that binds, before it binds), and the middleware answers 403 to every client that is not on
+loopback, so a bind that was misjudged never opens it. ``LESIONSEG_ALLOW_ANONYMOUS=true`` opens
+it to everyone on purpose. Either way one line at start says which.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lesionseg.errors import LesionSegError
 from lesionseg.settings import Settings
-from service.bind import is_loopback, serving_host
+from service.bind import is_loopback
 from service.findings import Finding
 
 log = logging.getLogger("lesionseg.auth")
@@ -294,7 +294,7 @@ def findings(settings: Settings, host: str | None) -> list[Finding]:
     """Who may call the service with ``settings`` served on ``host`` (an address; None: not
     known), which routes answer without a key, and the log format. ``unsafe``: no keys, no
     ``allow_anonymous``, and a host that is not loopback; the start refuses exactly that
-    (:func:`refuse_unsafe_start`). Raises ``ApiKeysError`` for unusable keys."""
+    (``service.doctor.refuse_unsafe_start``). Raises ``ApiKeysError`` for unusable keys."""
     keys = ApiKeys.from_settings(settings)
     if keys is None and settings.allow_anonymous:
         return [Finding("warn", "access", OPEN_WARNING), _log_finding(settings)]
@@ -325,18 +325,3 @@ def refusal(host: str) -> str:
         f"lesionseg refuses to serve on {host} without API keys: {HOW_TO_OPEN}; or serve on "
         "127.0.0.1 (loopback clients only)"
     )
-
-
-def refuse_unsafe_start(settings: Settings) -> None:
-    """In a ``bentoml serve`` (service/bind.py): exit with the one line of an ``unsafe`` access
-    finding (status 1) in the process about to bind, before it binds. A worker serves a socket
-    bound already, and exiting there would only have it started again: it logs the line, and
-    the middleware answers 403 to every client not on loopback. Outside a serve, nothing."""
-    serving = serving_host()
-    if serving is None:
-        return
-    unsafe = [f.text for f in findings(settings, serving.host) if f.level == "unsafe"]
-    if unsafe and serving.binding:
-        raise SystemExit(unsafe[0])
-    if unsafe:
-        log.error("%s (clients not on loopback get 403)", unsafe[0])

@@ -9,12 +9,15 @@ it prints what is open, what is bounded and which limits disagree: one line per
 
 The findings come from the concern modules, each beside the code that enforces the rule (so the
 doctor and the service decide with the same function): :data:`CONCERNS`, and the export's here.
+``bentoml serve`` itself refuses to start on an unsafe finding of the concern modules
+(:func:`refuse_unsafe_start`, called by service/app.py as it is imported).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -27,7 +30,10 @@ from lesionseg.models.backends.onnx_runner import RECORD_FILE
 from lesionseg.models.baked_settings import BAKED_INTO_EXPORT, EXPORTED_BACKENDS, baked_mismatches
 from lesionseg.models.bundle_settings import effective_settings, exports_dir
 from lesionseg.settings import Settings, check_environment
+from service.bind import serving_host
 from service.findings import Finding
+
+log = logging.getLogger("lesionseg.service")
 
 DEFAULT_HOST = "127.0.0.1"
 # Modules with ``findings(settings, host) -> list[Finding]``; one that is absent is skipped.
@@ -86,6 +92,24 @@ def gather(
     for check in [*(concern_checks() if checks is None else checks), export_findings]:
         found.extend(check(settings, host))
     return found
+
+
+def refuse_unsafe_start(settings: Settings) -> None:
+    """In a ``bentoml serve`` (service/bind.py): exit (status 1) with the first ``unsafe``
+    finding of the concern modules (access, time limits, resources: the settings alone, not the
+    export, which the model runner checks as it loads) in the process about to bind, before it
+    binds. A worker serves a socket bound already, and exiting there would only have it started
+    again: it logs the line (for access, the middleware answers 403 to every client not on
+    loopback). Outside a serve, nothing."""
+    serving = serving_host()
+    if serving is None:
+        return
+    found = [f for check in concern_checks() for f in check(settings, serving.host)]
+    unsafe = [f.text for f in found if f.level == "unsafe"]
+    if unsafe and serving.binding:
+        raise SystemExit(unsafe[0])
+    if unsafe:
+        log.error("%s (the start should have refused; clients not on loopback get 403)", unsafe[0])
 
 
 def report(findings: Iterable[Finding]) -> str:

@@ -22,9 +22,9 @@ from service.auth import (
     OPEN_WARNING,
     findings,
     refusal,
-    refuse_unsafe_start,
 )
 from service.bind import Serving, is_loopback, serving_host
+from service.doctor import refuse_unsafe_start
 from service.launcher import REPO_ROOT, free_port
 
 KEY = "alpha-key-0123456789abcdef"
@@ -123,12 +123,12 @@ def test_refuse_unsafe_start_exits_before_binding_and_logs_in_a_worker(caplog):
         refuse_unsafe_start(Settings(allow_anonymous=True))
     with in_command({"host": "127.0.0.1"}):
         refuse_unsafe_start(Settings())
-    with socket.socket() as bound, caplog.at_level(logging.ERROR, logger="lesionseg.auth"):
+    with socket.socket() as bound, caplog.at_level(logging.ERROR, logger="lesionseg.service"):
         bound.bind(("0.0.0.0", 0))
         with in_command({"fd": bound.fileno()}):
             refuse_unsafe_start(Settings())  # a worker: its socket is bound already
     assert [r.getMessage() for r in caplog.records] == [
-        f"{refusal('0.0.0.0')} (clients not on loopback get 403)"
+        f"{refusal('0.0.0.0')} (the start should have refused; clients not on loopback get 403)"
     ]
 
 
