@@ -5,7 +5,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 3000
-HOST   ?= 0.0.0.0
+# Loopback: without API keys the service serves loopback clients only, and refuses to start
+# bound elsewhere (docs/security.md); HOST=0.0.0.0 needs LESIONSEG_API_KEYS(_FILE) or
+# LESIONSEG_ALLOW_ANONYMOUS=true.
+HOST   ?= 127.0.0.1
 BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_HOME
 EXAMPLE := data/examples/lits117-z110.png
@@ -22,7 +25,7 @@ export YOLO_AUTOINSTALL := false
 .PHONY: help setup data export engines models serve demo build bench bench-encoder test test-fast \
 	lint format train train-default clean pacs-deps train-unet \
 	bench-accuracy bench-gpu browser-deps container-deps container container-gpu \
-	bench-container soak docs bench-detectors
+	bench-container soak docs bench-detectors doctor ohif-deps
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -55,8 +58,11 @@ engines: export ## TensorRT engines from the ONNX files (NVIDIA GPU + pip instal
 models: setup ## import SAM, detector, exports and the bundle into the BentoML store (idempotent)
 	$(PY) -m service.model_store
 
-serve: setup data export models ## serve on $(HOST):$(PORT); LESIONSEG_MODEL_DIR=DIR serves that bundle
+serve: setup data export models ## serve on $(HOST):$(PORT), loopback by default; LESIONSEG_MODEL_DIR=DIR serves that bundle
 	$(VENV)/bin/bentoml serve service.app:LesionSeg --host $(HOST) --port $(PORT)
+
+doctor: setup ## the deployment check of the settings in force on $(HOST): exit 1 if unsafe
+	$(PY) -m service.doctor --host $(HOST)
 
 demo: setup data export ## run the pipeline once from the command line on the example image
 	$(PY) -m lesionseg.cli predict $(EXAMPLE) --out out/demo
@@ -101,6 +107,16 @@ browser-deps: ## install chromium and chromium-driver (Debian packages) if missi
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 			chromium chromium-driver; }
 
+# OHIF Viewer 3 (npm's prebuilt @ohif/app, version pinned in tests/ohif.py) unpacked into
+# .cache/ohif/ for tests/test_ohif.py and docs/viewer.md; Node's npm from Debian if missing.
+# Offline, the fetch's error is printed and ignored: tests/test_ohif.py then skips, saying why.
+ohif-deps: setup ## fetch OHIF Viewer (npm @ohif/app) into .cache/ohif (npm from Debian if missing)
+	@command -v npm >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			nodejs npm; }
+	-$(PY) -m tests.ohif
+
 # Podman, runc and debootstrap from Debian, for `make container` where no Docker daemon answers
 # (installed only when missing; needs root or sudo; deploy/engine.py says how podman runs here).
 container-deps: ## install podman, runc and debootstrap (Debian packages) unless Docker runs
@@ -118,7 +134,7 @@ container-gpu: container-deps export models ## CUDA image lesionseg-gpu (onnxrun
 bench-container: container-deps export models ## image size, build times, cold start -> benchmarks/results
 	$(PY) -m benchmarks.container
 
-test: setup data pacs-deps browser-deps container-deps ## the whole test suite: unit, slow, integration, docs build and examples, wheel, container
+test: setup data pacs-deps browser-deps container-deps ohif-deps ## the whole test suite: unit, slow, integration, OHIF, docs build and examples, wheel, container
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup ## unit tests only (no slow real-model checks)

@@ -14,9 +14,9 @@ from pydicom.sr.codedict import codes
 
 from lesionseg import __version__
 from lesionseg.io.dicom import volume_geometry
-from lesionseg.measure.lesions3d import link_lesions, measure_lesions
+from lesionseg.measure.lesions3d import Lesion3D, link_lesions, measure_lesions
 from lesionseg.outputs.dicom_seg import build_seg, seg_to_bytes
-from lesionseg.outputs.dicom_sr import build_sr
+from lesionseg.outputs.dicom_sr import _recist_groups, build_sr
 from lesionseg.types import Lesion, SegmentationResult
 
 SLICE_MM = 3.0
@@ -123,11 +123,61 @@ def test_sr_references_the_seg_and_sources_and_carries_the_values(report):
         texts = {x.ConceptNameCodeSequence[0].CodeMeaning: x.get("TextValue") for x in items}
         assert (texts["Algorithm Name"], texts["Algorithm Version"]) == ("lesionseg", __version__)
         values = {m.name.meaning: (m.value, m.unit.value) for m in group.get_measurements()}
-        assert values == {
-            "Volume": (pytest.approx(lesion.volume_mm3, abs=1e-3), "mm3"),
-            "Long axis": (pytest.approx(lesion.long_axis_mm, abs=1e-3), "mm"),
-            "Short axis": (pytest.approx(lesion.short_axis_mm, abs=1e-3), "mm"),
-        }
+        assert values == {"Volume": (pytest.approx(lesion.volume_mm3, abs=1e-3), "mm3")}
+
+
+def test_each_recist_axis_is_a_two_point_polyline_on_the_image_it_was_measured_on(report):
+    """One TID 1410 group per axis, tracked as its lesion: the region is the axis' end points
+    in (column, row) image coordinates on the source slice of ``long_axis_frame``, and the
+    measurement its length in mm, as the lesion (the JSON's ``lesions_3d``) has it."""
+    files, seg, sr, lesions, _ = report
+    groups = sr.content.get_planar_roi_measurement_groups()
+    assert len(groups) == 2 * len(lesions)
+    tracking = {s.TrackingID: s.TrackingUID for s in seg.SegmentSequence}
+    spacing = np.array([float(v) for v in files[0].PixelSpacing])
+    for lesion, (long, short) in zip(
+        lesions, zip(groups[::2], groups[1::2], strict=True), strict=True
+    ):
+        image = files[lesion.long_axis_frame]
+        for group, name, mm, points in (
+            (long, "Long axis", lesion.long_axis_mm, lesion.long_axis_points),
+            (short, "Short axis", lesion.short_axis_mm, lesion.short_axis_points),
+        ):
+            assert group.tracking_identifier == f"lesion {lesion.id}"
+            assert group.tracking_uid == tracking[f"lesion {lesion.id}"]
+            assert group.finding_type == codes.SCT.Lesion
+            (measurement,) = group.get_measurements()
+            assert measurement.name.meaning == name and measurement.unit.value == "mm"
+            assert measurement.value == pytest.approx(mm, abs=1e-3)
+            region = group.roi
+            assert region.ValueType == "SCOORD" and region.GraphicType == "POLYLINE"
+            (source,) = region.ContentSequence
+            assert source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == image.SOPInstanceUID
+            assert source.ReferencedSOPSequence[0].ReferencedSOPClassUID == image.SOPClassUID
+            ends = region.value  # (2, 2) [[column, row], [column, row]]
+            np.testing.assert_allclose(ends, points, atol=1e-4)
+            length = np.linalg.norm((ends[1] - ends[0]) * spacing[::-1])  # columns x, rows y
+            assert length == pytest.approx(mm, abs=1e-3)
+    # The ellipsoid's long axis crosses its centre (x, y) = (2, 4) mm on the slice z = 35:
+    # an edge coordinate e is the position (first pixel's centre) + (e - 0.5) pixels.
+    ellipsoid = lesions[1]
+    x0, y0, _ = (float(v) for v in files[ellipsoid.long_axis_frame].ImagePositionPatient)
+    centre = (np.array([2.0 - x0, 4.0 - y0]) / spacing[::-1]) + 0.5
+    assert np.linalg.norm(ellipsoid.long_axis_points.mean(axis=0) - centre) < 1.5
+
+
+def test_the_axes_of_a_multi_frame_source_reference_their_frame():
+    """Of one multi-frame object, the axes' image is that object and their frame's number."""
+    source = pydicom.dcmread(get_testdata_file("emri_small.dcm"))  # 10 frames
+    points = np.array([[1.0, 2.0], [30.5, 2.0]])
+    lesion = Lesion3D(1, "lesion", (3, 4), 50, 10.0, 29.5, 8.0, 4, points, points[::-1], None)
+    tracking = hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="lesion 1")
+    algorithm = hd.sr.AlgorithmIdentification(name="lesionseg", version=__version__)
+    for group in _recist_groups(lesion, [source], tracking, algorithm):
+        (source_image,) = group.roi.ContentSequence
+        (image,) = source_image.ReferencedSOPSequence
+        assert image.ReferencedSOPInstanceUID == source.SOPInstanceUID
+        assert image.ReferencedFrameNumber == 5  # frame 4, counted from 1
 
 
 def test_a_lesion_sam_found_nothing_for_is_reported_empty():

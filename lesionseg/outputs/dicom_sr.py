@@ -1,13 +1,24 @@
 """3-D lesions -> a DICOM Comprehensive 3D SR measurement report (TID 1500), with highdicom.
 
-One Volumetric ROI measurement group (TID 1411) per 3-D lesion, each referencing its segment
-of the SEG (:func:`lesionseg.outputs.dicom_seg.build_seg` with ``lesion_ids``) and carrying that
-segment's
-tracking identifier and UID; measurements: Volume (mm3), Long axis and Short axis (mm, RECIST,
-:mod:`lesionseg.measure.recist`), each only when known. The algorithm (name "lesionseg", the
-package version) is named in every group and measurement, the observer is the lesionseg
-device, and the SeriesDescription says "not for clinical use". The evidence lists the source
-images and the SEG; the report lives in the source study with new Series and SOP Instance UIDs.
+Three measurement groups per 3-D lesion, all with the tracking identifier and UID of its
+segment of the SEG (:func:`lesionseg.outputs.dicom_seg.build_seg` with ``lesion_ids``):
+
+- a Volumetric ROI group (TID 1411) referencing that segment: Volume (mm3), when known;
+- two Planar ROI groups (TID 1410) on the source image where the RECIST axes were measured
+  (:mod:`lesionseg.measure.recist`), one per axis: its region the axis as a two-point SCOORD
+  POLYLINE, its measurement Long axis or Short axis (mm); only when the axes are known in mm.
+  (TID 1410 gives a measurement no coordinates of its own: the group's region is what it
+  measures, hence one group per axis.)
+
+SCOORD Graphic Data are (column, row) image coordinates with 0.0\\0.0 at the top left corner of
+the top left pixel (DICOM PS3.3 C.18.6.1.2): the RECIST end points' own coordinates. One
+tracking UID for a lesion's groups lets viewers show it as one finding: OHIF 3 merges the
+groups of one UID, draws the first SCOORD (the long axis) on its image and lists every NUM.
+
+The algorithm (name "lesionseg", the package version) is named in every group and measurement,
+the observer is the lesionseg device, and the SeriesDescription says "not for clinical use".
+The evidence lists the source images and the SEG; the report lives in the source study with
+new Series and SOP Instance UIDs.
 """
 
 from __future__ import annotations
@@ -15,8 +26,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import highdicom as hd
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from lesionseg import __version__
@@ -51,34 +64,29 @@ def build_sr(
     """
     segment_of = {str(s.get("TrackingID", "")): s for s in seg.SegmentSequence if "TrackingID" in s}
     algorithm = hd.sr.AlgorithmIdentification(name=ALGORITHM_NAME, version=__version__)
-    groups = []
+    groups: list[hd.sr.templates.Template] = []
     for lesion in lesions:
         segment = segment_of.get(f"lesion {lesion.id}")
         if segment is None:
             raise ValueError(f"the SEG has no segment tracked as 'lesion {lesion.id}'")
-        values = [
-            (codes.SCT.Volume, lesion.volume_mm3, codes.UCUM.CubicMillimeter),
-            (codes.SCT.LongAxis, lesion.long_axis_mm, codes.UCUM.Millimeter),
-            (codes.SCT.ShortAxis, lesion.short_axis_mm, codes.UCUM.Millimeter),
-        ]
         tracking = hd.sr.TrackingIdentifier(
             uid=str(segment.TrackingUID), identifier=str(segment.TrackingID)
         )
+        volume = []
+        if lesion.volume_mm3 is not None:
+            mm3 = codes.UCUM.CubicMillimeter
+            volume.append(_measurement(codes.SCT.Volume, lesion.volume_mm3, mm3, algorithm))
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=tracking,
                 referenced_segment=_referenced_segment(seg, segment, lesion, sources),
                 finding_type=codes.SCT.Lesion,
                 algorithm_id=algorithm,
-                measurements=[
-                    hd.sr.Measurement(
-                        name=name, value=round(float(value), 3), unit=unit, algorithm_id=algorithm
-                    )
-                    for name, value, unit in values
-                    if value is not None
-                ],
+                measurements=volume,
             )
         )
+        if lesion.long_axis_mm is not None and lesion.short_axis_mm is not None:
+            groups.extend(_recist_groups(lesion, sources, tracking, algorithm))
     if not groups:
         groups.append(_no_lesion_group(algorithm))
     observer = hd.sr.ObserverContext(
@@ -108,6 +116,50 @@ def build_sr(
             )
     except (ValueError, TypeError, AttributeError) as exc:
         raise InputError(f"cannot make a DICOM SR for this input: {exc}") from exc
+
+
+def _measurement(
+    name: Code, value: float, unit: Code, algorithm: hd.sr.AlgorithmIdentification
+) -> hd.sr.Measurement:
+    return hd.sr.Measurement(
+        name=name, value=round(float(value), 3), unit=unit, algorithm_id=algorithm
+    )
+
+
+def _recist_groups(
+    lesion: Lesion3D,
+    sources: Sequence[Dataset],
+    tracking: hd.sr.TrackingIdentifier,
+    algorithm: hd.sr.AlgorithmIdentification,
+) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
+    """The lesion's RECIST axes on the source image of ``lesion.long_axis_frame``: one TID 1410
+    group per axis, its region the axis as a two-point POLYLINE ((2, 2) [[column, row],
+    [column, row]] image coordinates), its measurement the axis' length in mm (TID 1410 allows
+    no coordinates of its own to a measurement: the group's region is what it measures)."""
+    frame = lesion.long_axis_frame
+    if len(sources) == 1:  # one multi-frame object: its frame, numbered from 1
+        image, frames = sources[0], [frame + 1]
+    else:
+        image, frames = sources[frame], None
+    source = hd.sr.SourceImageForRegion(str(image.SOPClassUID), str(image.SOPInstanceUID), frames)
+    axes = [
+        (codes.SCT.LongAxis, lesion.long_axis_mm, lesion.long_axis_points),
+        (codes.SCT.ShortAxis, lesion.short_axis_mm, lesion.short_axis_points),
+    ]
+    return [
+        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking,
+            referenced_region=hd.sr.ImageRegion(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                graphic_data=np.asarray(points, np.float64).reshape(2, 2),
+                source_image=source,
+            ),
+            finding_type=codes.SCT.Lesion,
+            algorithm_id=algorithm,
+            measurements=[_measurement(name, value, codes.UCUM.Millimeter, algorithm)],
+        )
+        for name, value, points in axes
+    ]
 
 
 def _no_lesion_group(
