@@ -23,6 +23,7 @@ import time
 
 import httpx
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 from selenium.webdriver.common.action_chains import ActionChains
@@ -44,6 +45,11 @@ ARTIFACTS = REPO_ROOT / "out" / "ohif-tests"
 def study(orthanc):
     """The CT series, its SEG and SR stored in Orthanc; (files, lesions, seg, sr)."""
     files = ct_series(9)  # z = 50 ... 26 mm: a small cube on z = 50, 47; an ellipsoid 26-44
+    # A study of its own: the session's Orthanc holds other tests' SEGs of CT_small's study,
+    # which OHIF would list beside ours (seen in a fresh-clone CI run).
+    study_uid = pydicom.uid.generate_uid()
+    for ds in files:
+        ds.StudyInstanceUID = study_uid
     results, _ = masks_per_frame(files)
     geometry = volume_geometry(files)
     ids = link_lesions(results, geometry)
