@@ -5,6 +5,9 @@ background tasks in the service's event loop:
 
 - the worker runs queued jobs one at a time through ``service.segment_to_reports`` (once the
   service is ready) and stores the SEG (and the SR when asked), or the reason the job failed;
+  a job by reference (``{"study": UID, "series": UID}``) first fetches its series from
+  ``LESIONSEG_DICOMWEB_URL`` (QIDO-RS + WADO-RS, ``lesionseg.pacs.job_fetch``), waiting with
+  back-off while the archive is down;
   every PURGE_INTERVAL_S it deletes the jobs past ``LESIONSEG_JOB_RETENTION_HOURS``;
 - the pusher sends finished SEGs to ``LESIONSEG_DICOMWEB_URL`` with STOW-RS, retrying with
   exponential back-off while the server is down (``lesionseg.pacs.dicomweb.push_due``).
@@ -21,8 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Callable
@@ -37,19 +40,16 @@ from starlette.routing import Route
 from lesionseg.errors import DuplicateJobError, InputError, JobNotFoundError, StorageFullError
 from lesionseg.io.images import check_upload_size
 from lesionseg.pacs.dicomweb import StowClient, push_due
+from lesionseg.pacs.job import Job, SeriesReference
 from lesionseg.pacs.job_bounds import JobBounds, JobQueueFullError
 from lesionseg.pacs.job_db import check_database
-from lesionseg.pacs.job_store import Job, JobStore
+from lesionseg.pacs.job_fetch import fetch_job, next_fetch_at
+from lesionseg.pacs.job_store import JobStore
+from lesionseg.pacs.wado import WadoClient
 from lesionseg.settings import Settings
 from service.auth import key_id
-from service.forms import (
-    FALSE_WORDS,
-    TRUE_WORDS,
-    check_boxes,
-    check_transaction_id,
-    check_window,
-    read_form,
-)
+from service.forms import check_transaction_id, check_window
+from service.job_requests import flag, job_options, read_job_form, reference, text
 from service.metrics import JOB_STORE_BYTES, JOBS_PURGED, JOBS_REFUSED
 from service.retry import RunnerConnectionError
 
@@ -67,42 +67,6 @@ def _error(status: int, message: str, headers: dict | None = None, **extra) -> J
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
-def _text(form, name: str) -> str | None:
-    value = form.get(name)
-    if value is not None and not isinstance(value, str):
-        raise InputError(f"{name} must be a text field, not a file")
-    return value or None
-
-
-def _flag(value: str | None, name: str) -> bool | None:
-    if value is None:
-        return None
-    lowered = value.strip().lower()
-    if lowered in TRUE_WORDS:
-        return True
-    if lowered in FALSE_WORDS:
-        return False
-    raise InputError(f"{name} must be true or false, got {value[:20]!r}")
-
-
-def _options(form) -> dict:
-    """The segmentation options of a job: ``boxes`` (JSON, as /segment/boxes), ``propagate``
-    (one box per lesion, carried through the frames), ``sr`` (a DICOM SR too)."""
-    options: dict = {}
-    if (boxes := _text(form, "boxes")) is not None:
-        try:
-            options["boxes"] = json.loads(boxes)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"boxes must be JSON, e.g. [[x0, y0, x1, y1, frame]]: {exc}") from None
-        check_boxes(options["boxes"])
-    for flag in ("propagate", "sr"):
-        if _flag(_text(form, flag), flag):
-            options[flag] = True
-    if options.get("propagate") and not options.get("boxes"):
-        raise InputError("propagate needs boxes: one [x0, y0, x1, y1, frame] per lesion")
-    return options
-
-
 class Jobs:
     """The job API and its background tasks. ``get_service()`` returns the running service:
     an object with ``async segment_to_reports(files, *, window, **options) -> (seg_bytes,
@@ -115,6 +79,7 @@ class Jobs:
         check_database(settings.jobs_dir)
         self._get_service = get_service
         self.stow = StowClient.from_settings(settings)
+        self.wado = WadoClient.from_settings(settings)
         self.store: JobStore | None = None
         self._tasks: list[asyncio.Task] = []
         self._work_wake: asyncio.Event | None = None
@@ -152,6 +117,11 @@ class Jobs:
             asyncio.create_task(self._loop(self._push_once, self._push_wake), name="job-pusher"),
         ]
 
+    @property
+    def started(self) -> bool:
+        """True once :meth:`start` has opened and recovered the store and runs the loops."""
+        return self._work_wake is not None
+
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
@@ -178,8 +148,9 @@ class Jobs:
         if not service.__is_ready__():
             return 1.0
         job = await asyncio.to_thread(self.store.claim_next)
-        if job is None:
-            return IDLE_POLL_S
+        if job is None:  # sleep until a job waiting for the archive is due, at the latest
+            due = await asyncio.to_thread(next_fetch_at, self.store)
+            return IDLE_POLL_S if due is None else min(IDLE_POLL_S, max(0.05, due - time.time()))
         await self._run(service, job)
         return 0.0
 
@@ -197,8 +168,12 @@ class Jobs:
         from bentoml.exceptions import ServiceUnavailable
 
         started = time.monotonic()
-        files = self.store.inputs(job.id)
         try:
+            if job.series is not None:  # by reference: its inputs come from the archive
+                args = (self.store, self.wado, job, self.settings)
+                if (job := await asyncio.to_thread(fetch_job, *args)).state != "running":
+                    return  # waits for the archive, or failed: fetch_job logged why
+            files = self.store.inputs(job.id)
             options = await asyncio.to_thread(self.store.options, job.id)
             seg, summary, sr = await service.segment_to_reports(files, window=job.window, **options)
         except InputError as exc:  # the caller's data: say why (messages carry no identifiers)
@@ -247,6 +222,9 @@ class Jobs:
 
     def _status(self, job: Job) -> dict:
         body = {**job.to_dict(), "location": f"/jobs/{job.id}"}
+        if job.state == "queued" and job.fetch_next_at is not None and job.reason:
+            wait = max(0, math.ceil(job.fetch_next_at - time.time()))
+            body["reason"] = f"{job.reason}, next try in {wait} s"
         if job.state == "done":
             body["result"] = f"/jobs/{job.id}/result"
             if self.store.sr_path(job.id).exists():
@@ -255,12 +233,14 @@ class Jobs:
         return body
 
     async def submit(self, request: Request) -> Response:
-        """POST /jobs (multipart): ``files`` (one or more DICOM files of one study or series),
-        optional ``transaction_id``, ``window``, ``push``. 202 + Location once stored."""
+        """POST /jobs: ``files`` (multipart: one or more DICOM files of one study or series) or
+        ``study`` and ``series`` (UIDs of a series in the archive; form fields or a JSON
+        object), optional ``transaction_id``, ``window``, ``push``, ``boxes``, ``propagate``,
+        ``sr``. 202 + Location once stored."""
         if self.store is None:
             return _error(503, "the job store is starting; retry shortly", {"Retry-After": "2"})
         try:
-            form = await read_form(request, max_files=MAX_FILES)
+            form = await read_job_form(request, max_files=MAX_FILES)
         except InputError as exc:
             return _error(400, str(exc))
         try:
@@ -270,18 +250,20 @@ class Jobs:
             check_upload_size(sum(u.size or 0 for u in uploads), self.settings.max_upload_bytes)
             if any(not u.size for u in uploads):
                 raise InputError("an uploaded file is empty")
-            push = _flag(_text(form, "push"), "push")
+            series = self._reference(form, uploads)
+            push = flag(text(form, "push"), "push")
             if push and self.stow is None:
                 raise InputError("push requested but no DICOMweb server is configured "
                                  "(LESIONSEG_DICOMWEB_URL)")  # fmt: skip
             job = await asyncio.to_thread(
                 self.store.submit,
                 [u.file for u in uploads],
-                transaction_id=check_transaction_id(_text(form, "transaction_id")),
-                window=check_window(_text(form, "window"), self.settings),
+                transaction_id=check_transaction_id(text(form, "transaction_id")),
+                window=check_window(text(form, "window"), self.settings),
                 push=self.stow is not None if push is None else push,
-                options=_options(form),
+                options=job_options(form),
                 owner=key_id(request.scope),
+                reference=series,
             )
         except DuplicateJobError as exc:
             return _error(409, str(exc), job_id=exc.job_id, location=f"/jobs/{exc.job_id}")
@@ -301,6 +283,20 @@ class Jobs:
         return JSONResponse(
             self._status(job), status_code=202, headers={"Location": f"/jobs/{job.id}"}
         )
+
+    def _reference(self, form, uploads: list) -> SeriesReference | None:
+        """The request's study/series reference, if any: not with files, and only with an
+        archive to fetch it from."""
+        series = reference(form)
+        if series is not None and uploads:
+            raise InputError("send either files or a study/series reference, not both")
+        if series is not None and self.wado is None:
+            raise InputError(
+                "a job by reference fetches its series from LESIONSEG_DICOMWEB_URL, which is "
+                "not set: set it to the archive's DICOMweb root (e.g. "
+                "http://pacs:8042/dicom-web), or upload the files"
+            )
+        return series
 
     async def _job(self, request: Request) -> Job:
         """The job of the request's path; another API key's job is not found (404)."""

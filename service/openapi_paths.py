@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from lesionseg.pacs.job_store import JOB_STATES, PUSH_STATES, Job
+from lesionseg.pacs.job import JOB_STATES, MAX_UID, PUSH_STATES, UID_PATTERN, Job
 from lesionseg.settings import Settings
 from service.forms import (
     BOXES,
@@ -137,21 +137,28 @@ def job_routes(settings: Settings) -> dict[str, Any]:
             {"properties": {"propagate": {"pattern": words_pattern(FALSE_WORDS)}}},
         ],
     }
+    content = {
+        "multipart/form-data": {
+            "schema": submit,
+            "encoding": {"boxes": {"contentType": "application/json"}},
+        }
+    }
+    if settings.dicomweb_url:  # jobs by reference: only with an archive to fetch from
+        content["application/json"] = {"schema": reference_body(submit, flag)}
+        # The form takes `study` and `series` text fields instead of files too; only the JSON
+        # body documents them: a oneOf of files or a reference, with binary parts in it, is
+        # more than schemathesis 4.32's coverage phase can judge ("Unsupported type: Binary").
+        submit["properties"]["files"]["description"] += (
+            "; or, instead of files, the text fields study and series, as the JSON body"
+        )
     return {
         "/jobs": {
             "post": {
                 "operationId": "submit_job",
                 "tags": ["jobs"],
-                "summary": "Queue a study: 202 and its Location once the upload is stored.",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "multipart/form-data": {
-                            "schema": submit,
-                            "encoding": {"boxes": {"contentType": "application/json"}},
-                        }
-                    },
-                },
+                "summary": "Queue a study (files, or a series of the archive by reference): 202 "
+                "and its Location once stored.",
+                "requestBody": {"required": True, "content": content},
                 "responses": {
                     "202": {
                         **body("application/json", {"$ref": REF.format(model="JobStatus")}),
@@ -194,6 +201,47 @@ def job_routes(settings: Settings) -> dict[str, Any]:
             }
             for kind, name in (("result", "DICOM SEG"), ("sr", "DICOM SR"))
         },
+    }
+
+
+def uid_schema(name: str) -> dict[str, Any]:
+    """A DICOM UID field, as lesionseg.pacs.job.check_uid reads it."""
+    return {"type": "string", "maxLength": MAX_UID, "pattern": UID_PATTERN, "description": name}
+
+
+def reference_body(submit: dict[str, Any], flag: dict[str, Any]) -> dict[str, Any]:
+    """The JSON body of a job by reference: the form's fields, flags as booleans too
+    (service.job_requests.json_form)."""
+    form = submit["properties"]
+    json_flag = {**flag, "type": ["boolean", "string", "null"]}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["study", "series"],
+        "properties": {
+            "study": uid_schema("StudyInstanceUID of the series"),
+            "series": uid_schema("SeriesInstanceUID in the archive"),
+            "transaction_id": {**form["transaction_id"], "type": ["string", "null"]},
+            "window": {**form["window"], "type": ["string", "null"]},
+            "push": {**form["push"], "type": ["boolean", "string", "null"]},
+            "boxes": {**BOXES, "type": ["array", "null"], "description": "as a list"},
+            "propagate": {**json_flag, "description": form["propagate"]["description"]},
+            "sr": {**json_flag, "description": form["sr"]["description"]},
+        },
+        "anyOf": [  # propagate needs boxes, one per lesion
+            {"required": ["boxes"], "properties": {"boxes": {"type": "array", "minItems": 1}}},
+            {
+                "properties": {
+                    "propagate": {
+                        "anyOf": [
+                            {"type": "null"},
+                            {"const": False},
+                            {"type": "string", "pattern": words_pattern(FALSE_WORDS)},
+                        ]
+                    }
+                }
+            },
+        ],
     }
 
 

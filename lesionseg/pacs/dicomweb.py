@@ -1,4 +1,5 @@
-"""DICOMweb STOW-RS client (PS3.18 section 10.5) and the push step of the job store.
+"""DICOMweb STOW-RS client (PS3.18 section 10.5) and the push step of the job store; the
+connection settings every DICOMweb client here shares (lesionseg/pacs/wado.py fetches).
 
 ``StowClient.store`` POSTs Part-10 instances as ``multipart/related; type="application/dicom"``
 to ``<root>/studies`` and checks the server's answer (a DICOM JSON dataset with
@@ -13,12 +14,14 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Self
 
 import httpx
 import pydicom
 
 from lesionseg.errors import PushError
-from lesionseg.pacs.job_store import Job, JobStore, backoff_delay
+from lesionseg.pacs.job import Job, backoff_delay
+from lesionseg.pacs.job_store import JobStore
 from lesionseg.settings import Settings
 
 log = logging.getLogger("lesionseg.pacs.dicomweb")
@@ -43,7 +46,8 @@ def _values(item: dict, tag: str) -> list:
     return (item.get(tag) or {}).get("Value") or []
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def retry_after(response: httpx.Response) -> float | None:
+    """The server's Retry-After in seconds, when it gave one as a number."""
     value = response.headers.get("Retry-After", "")
     return float(value) if value.isdigit() else None
 
@@ -58,21 +62,21 @@ def _sop_instance_uid(data: bytes, index: int) -> str:
         ) from exc
 
 
-class StowClient:
-    """STOW-RS to one DICOMweb server, e.g. ``StowClient("http://pacs:8042/dicom-web")``."""
+class DicomwebClient:
+    """One DICOMweb server: its root URL (e.g. ``http://pacs:8042/dicom-web``), the
+    Authorization header sent with every request, and the timeout (s) of each operation."""
 
     def __init__(
         self, root: str, *, authorization: str | None = None, timeout_s: float = 30.0
     ) -> None:
-        self.url = root.rstrip("/") + "/studies"
-        self._headers = {"Accept": "application/dicom+json"}
-        if authorization:
-            self._headers["Authorization"] = authorization
+        self.root = root.rstrip("/")
+        self._headers = {"Authorization": authorization} if authorization else {}
         self.timeout_s = timeout_s
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> StowClient | None:
-        """The configured client, or None when ``dicomweb_url`` is unset."""
+    def from_settings(cls, settings: Settings) -> Self | None:
+        """The client of ``dicomweb_url`` with its authorization and timeout, or None when
+        ``dicomweb_url`` is unset."""
         if not settings.dicomweb_url:
             return None
         auth = settings.dicomweb_authorization
@@ -81,6 +85,16 @@ class StowClient:
             authorization=auth.get_secret_value() if auth else None,
             timeout_s=settings.dicomweb_timeout_s,
         )
+
+
+class StowClient(DicomwebClient):
+    """STOW-RS to one DICOMweb server, e.g. ``StowClient("http://pacs:8042/dicom-web")``."""
+
+    def __init__(
+        self, root: str, *, authorization: str | None = None, timeout_s: float = 30.0
+    ) -> None:
+        super().__init__(root, authorization=authorization, timeout_s=timeout_s)
+        self.url = self.root + "/studies"
 
     def store(self, instances: Sequence[bytes]) -> StowResult:
         """Send Part-10 ``instances`` in one request; return once the server confirmed all.
@@ -99,6 +113,7 @@ class StowClient:
         )
         headers = {
             **self._headers,
+            "Accept": "application/dicom+json",
             "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
         }
         try:
@@ -112,7 +127,7 @@ class StowClient:
             raise PushError(
                 f"STOW-RS to {self.url} answered HTTP {status} {response.reason_phrase}",
                 retryable=status >= 500 or status in RETRYABLE_STATUS,
-                retry_after_s=_retry_after(response),
+                retry_after_s=retry_after(response),
             )
         return self._check(response, expected)
 

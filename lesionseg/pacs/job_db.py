@@ -14,6 +14,8 @@ DB_FILE = "jobs.sqlite3"
 
 # ``owner``: the id of the API key that submitted the job (NULL without keys); a transaction
 # id is unique per owner, so one key can neither see nor collide with another key's ids.
+# ``study``, ``series``: the UIDs of a job by reference (NULL for uploaded files); its fetch
+# from the archive is retried at ``fetch_next_at`` after ``fetch_attempts`` failed tries.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -30,7 +32,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at REAL NOT NULL,
     started_at REAL,
     finished_at REAL,
-    pushed_at REAL
+    pushed_at REAL,
+    study TEXT,
+    series TEXT,
+    fetch_attempts INTEGER NOT NULL DEFAULT 0,
+    fetch_next_at REAL
 )
 """
 _OWNER_INDEX = (
@@ -39,10 +45,20 @@ _OWNER_INDEX = (
 )
 
 
+# Columns added after the first release, as ``ALTER TABLE ADD COLUMN`` clauses.
+_ADDED_COLUMNS = {
+    "study": "study TEXT",
+    "series": "series TEXT",
+    "fetch_attempts": "fetch_attempts INTEGER NOT NULL DEFAULT 0",
+    "fetch_next_at": "fetch_next_at REAL",
+}
+
+
 def _migrate(db: sqlite3.Connection) -> None:
-    """Bring a store written before jobs had owners up to date: add ``owner`` and make the
-    transaction id unique per owner (SQLite cannot drop a column's UNIQUE, so the table is
-    rebuilt, rows and rowids kept, in one transaction)."""
+    """Bring a store written by an older version up to date, in one transaction: before jobs
+    had owners, add ``owner`` and make the transaction id unique per owner (SQLite cannot drop
+    a column's UNIQUE, so the table is rebuilt, rows and rowids kept); before jobs by
+    reference, add their columns (NULL / 0 for the jobs already there)."""
     db.execute("BEGIN IMMEDIATE")  # another process may be opening the same store
     columns = [row[1] for row in db.execute("PRAGMA table_info(jobs)")]
     if "owner" not in columns:
@@ -51,6 +67,10 @@ def _migrate(db: sqlite3.Connection) -> None:
         db.execute(f"INSERT INTO jobs_owned (rowid, {names}) SELECT rowid, {names} FROM jobs")
         db.execute("DROP TABLE jobs")
         db.execute("ALTER TABLE jobs_owned RENAME TO jobs")
+        columns = [row[1] for row in db.execute("PRAGMA table_info(jobs)")]
+    for name, clause in _ADDED_COLUMNS.items():
+        if name not in columns:
+            db.execute(f"ALTER TABLE jobs ADD COLUMN {clause}")
     db.execute(_OWNER_INDEX)
     db.execute("COMMIT")
 

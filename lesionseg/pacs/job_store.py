@@ -3,7 +3,9 @@
 Layout under ``root`` (``Settings.jobs_dir``)::
 
     jobs.sqlite3            one row per job: state, reason, push bookkeeping, timestamps
-    <job id>/input/0000.dcm the accepted files, written and fsynced before the job is acknowledged
+    <job id>/input/0000.dcm the accepted files, written and fsynced before the job is acknowledged;
+                            for a job by reference, the series fetched from the archive
+    <job id>/.fetching/     a fetch under way, renamed to input/ once complete (job_fetch.py)
     <job id>/options.json   segmentation options of the job (boxes, propagate, sr), if any
     <job id>/result.dcm     the DICOM SEG (Part-10) once the job is done
     <job id>/sr.dcm         the DICOM SR measurement report, when the job asked for one
@@ -13,7 +15,9 @@ Bounds (lesionseg/pacs/job_bounds.py): the jobs queued or running, the inputs de
 job has ended, a finished job deleted (row and files) after the retention (``purge_expired``).
 
 Job states: ``queued`` -> ``running`` -> ``done`` | ``failed`` (with a reason). A job left
-``running`` by a process that died goes back to ``queued`` when the store is opened again.
+``running`` by a process that died goes back to ``queued`` when the store is opened again. A
+job by reference whose archive was unavailable goes back to ``queued`` until ``fetch_next_at``
+(lesionseg/pacs/job_fetch.py); the job record itself is in lesionseg/pacs/job.py.
 Push states: ``none`` (no push asked or no server configured), ``pending`` (due now),
 ``retrying`` (the last try failed with a retryable error; next try at ``push_next_at``),
 ``pushed``, ``failed`` (the server refused it for good). A result is never deleted by a push
@@ -26,7 +30,6 @@ assumes that no other process is running jobs of the same store at that moment.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -40,45 +43,10 @@ from typing import BinaryIO
 from lesionseg.errors import DuplicateJobError, InputError, JobNotFoundError, StorageFullError
 from lesionseg.pacs import job_bounds
 from lesionseg.pacs.durable_files import disk_full, fsync_dir, write_durably
+from lesionseg.pacs.job import MAX_TRANSACTION_ID, Job, SeriesReference
+from lesionseg.pacs.job import backoff_delay as backoff_delay  # re-exported (tests)
 from lesionseg.pacs.job_bounds import JobBounds
 from lesionseg.pacs.job_db import DB_FILE, create_database, transaction
-
-JOB_STATES = ("queued", "running", "done", "failed")
-PUSH_STATES = ("none", "pending", "retrying", "pushed", "failed")
-MAX_TRANSACTION_ID = 128
-
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-    """One job as stored. Times are Unix seconds (float); ``None`` until they happen."""
-
-    id: str
-    transaction_id: str | None
-    state: str
-    reason: str | None
-    window: str | None
-    n_files: int
-    push_state: str
-    push_attempts: int
-    push_next_at: float | None
-    push_error: str | None
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    pushed_at: float | None
-    owner: str | None = None  # the submitting API key's id (service.auth); None without keys
-
-    def to_dict(self) -> dict:
-        """JSON-ready status (no file paths, no owner)."""
-        body = dataclasses.asdict(self)
-        del body["owner"]
-        return body
-
-
-def backoff_delay(attempts: int, initial_s: float, max_s: float) -> float:
-    """Seconds to wait after ``attempts`` failed tries (>= 1): initial, 2x, 4x ... capped."""
-    assert attempts >= 1
-    return min(max_s, initial_s * 2.0 ** min(attempts - 1, 60))
 
 
 class JobStore:
@@ -102,7 +70,7 @@ class JobStore:
         return self.root / job_id
 
     def inputs(self, job_id: str) -> list[Path]:
-        """The accepted files of a job, in the order they were submitted."""
+        """The accepted files of a job, in the order they were submitted (or fetched)."""
         return sorted((self.job_dir(job_id) / "input").iterdir())
 
     def result_path(self, job_id: str) -> Path:
@@ -136,10 +104,12 @@ class JobStore:
         options: dict | None = None,
         now: float | None = None,
         owner: str | None = None,
+        reference: SeriesReference | None = None,
     ) -> Job:
         """Accept a job: copy ``files`` (paths or binary file objects) and the JSON-ready
         segmentation ``options`` into the store and fsync them, then record the job as
-        ``queued``, owned by ``owner`` (an API key's id; None: no owner).
+        ``queued``, owned by ``owner`` (an API key's id; None: no owner). A job by
+        ``reference`` has no files: its worker fetches the series (lesionseg.pacs.job_fetch).
 
         Returns only once the job is durable. Raises :class:`DuplicateJobError` if the same
         owner used ``transaction_id`` before (whatever the queue holds),
@@ -147,8 +117,13 @@ class JobStore:
         share of it is full (checked before the files are copied and again as the job is
         recorded), :class:`InputError` for no files or a bad id.
         """
-        if not files:
-            raise InputError("no files: submit one or more DICOM files of one study or series")
+        if files and reference is not None:
+            raise InputError("send either files or a study/series reference, not both")
+        if not files and reference is None:
+            raise InputError(
+                "no files: submit one or more DICOM files of one study or series, or a "
+                "study/series reference to fetch from the archive"
+            )
         if transaction_id is not None and not (
             0 < len(transaction_id) <= MAX_TRANSACTION_ID and transaction_id.isprintable()
         ):
@@ -160,17 +135,9 @@ class JobStore:
         job_id = uuid.uuid4().hex
         staging = self.root / f".incoming-{job_id}"
         try:
-            (staging / "input").mkdir(parents=True)
-            for i, source in enumerate(files):
-                with (staging / "input" / f"{i:04d}.dcm").open("wb") as target:
-                    if isinstance(source, Path):
-                        with source.open("rb") as f:
-                            shutil.copyfileobj(f, target)
-                    else:
-                        shutil.copyfileobj(source, target)
-                    target.flush()
-                    os.fsync(target.fileno())
-            fsync_dir(staging / "input")
+            staging.mkdir()
+            if files:  # a job by reference gets its input/ when its series is fetched
+                self._copy_inputs(files, staging / "input")
             if options:
                 write_durably(staging / "options.json", json.dumps(options).encode())
             staging.rename(self.job_dir(job_id))
@@ -179,9 +146,11 @@ class JobStore:
                 job_bounds.check_queue(db, self.bounds, owner)
                 db.execute(
                     "INSERT INTO jobs (id, transaction_id, owner, state, window, n_files,"
-                    " push_state, created_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
+                    " push_state, created_at, study, series)"
+                    " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
                     (job_id, transaction_id, owner, window, len(files),
-                     "pending" if push else "none", time.time() if now is None else now),
+                     "pending" if push else "none", time.time() if now is None else now,
+                     reference and reference.study, reference and reference.series),
                 )  # fmt: skip
         except sqlite3.IntegrityError:  # a concurrent submission with the same id won
             shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
@@ -196,6 +165,21 @@ class JobStore:
                 ) from exc
             raise
         return self.get(job_id)
+
+    @staticmethod
+    def _copy_inputs(files: Sequence[Path | BinaryIO], target: Path) -> None:
+        """``files`` as ``target``/0000.dcm, 0001.dcm ..., each and the directory fsynced."""
+        target.mkdir()
+        for i, source in enumerate(files):
+            with (target / f"{i:04d}.dcm").open("wb") as copy:
+                if isinstance(source, Path):
+                    with source.open("rb") as f:
+                        shutil.copyfileobj(f, copy)
+                else:
+                    shutil.copyfileobj(source, copy)
+                copy.flush()
+                os.fsync(copy.fileno())
+        fsync_dir(target)
 
     def get(self, job_id: str, *, owner: str | None = None) -> Job:
         """The job ``job_id``. With ``owner`` (an API key's id), a job of another owner, or of
@@ -240,16 +224,19 @@ class JobStore:
         return self.get(job_id)
 
     def claim_next(self, now: float | None = None) -> Job | None:
-        """Mark the oldest queued job ``running`` and return it (None if there is none)."""
+        """Mark the oldest queued job ``running`` and return it (None if there is none);
+        a job waiting for the archive is skipped until its ``fetch_next_at``."""
+        now = time.time() if now is None else now
         with transaction(self.db_path) as db:
             row = db.execute(
-                "SELECT id FROM jobs WHERE state = 'queued' ORDER BY created_at, rowid LIMIT 1"
+                "SELECT id FROM jobs WHERE state = 'queued' AND ifnull(fetch_next_at, 0) <= ? "
+                "ORDER BY created_at, rowid LIMIT 1",
+                (now,),
             ).fetchone()
             if row is None:
                 return None
             db.execute(
-                "UPDATE jobs SET state = 'running', started_at = ? WHERE id = ?",
-                (time.time() if now is None else now, row["id"]),
+                "UPDATE jobs SET state = 'running', started_at = ? WHERE id = ?", (now, row["id"])
             )
         return self.get(row["id"])
 

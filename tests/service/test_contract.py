@@ -146,10 +146,10 @@ def test_the_job_boxes_check_is_the_contract(boxes):
      "2", "\x1ctrue", "\ufefftrue", "\u3000no\n"],
 )  # fmt: skip
 def test_the_flag_pattern_is_what_jobs_reads(value):
-    from service.jobs import _flag, _text
+    from service.job_requests import flag, text
 
     def read(v):
-        return _flag(_text({"f": v}, "f"), "f")
+        return flag(text({"f": v}, "f"), "f")
 
     pattern = {"type": "string", "pattern": words_pattern(TRUE_WORDS + FALSE_WORDS)}
     assert accepts(read, value) == valid(pattern, value)

@@ -1,5 +1,6 @@
 """The /jobs API through the real models in real `bentoml serve` processes, pushing to a real
-Orthanc: a job accepted by one server process is done and pushed by the next one."""
+Orthanc: a job accepted by one server process is done and pushed by the next one; a job by
+reference fetches its series from that Orthanc and pushes its SEG back."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from lesionseg.pacs.dicomweb import StowClient
 from service.launcher import REPO_ROOT, running_server
+from tests.service.dicom_inputs import lits_ct
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -52,6 +55,7 @@ def restarted(model_store, orthanc, tmp_path_factory):
         "LESIONSEG_DICOMWEB_URL": orthanc.dicomweb_url,
         "LESIONSEG_PUSH_INITIAL_DELAY_S": "0.5",
         "LESIONSEG_PUSH_MAX_DELAY_S": "2",
+        "LESIONSEG_MAX_FRAMES": "8",  # the largest job here: 3 slices fetched by reference
     }
     with running_server(env, root / "first.log", ready_path="/livez") as url:
         response = submit(url, study_file(), transaction_id="study-1")
@@ -138,6 +142,40 @@ def test_docs_jobs_example_works(restarted, tmp_path, monkeypatch):
     assert sorted(r.ReferencedSOPInstanceUID for r in referenced) == [
         f"{pydicom.dcmread(CT).SOPInstanceUID}.{i}" for i in (1, 2)
     ]
+
+
+def docs_reference_example() -> str:
+    text = (REPO_ROOT / "docs" / "dicom-pacs.md").read_text()
+    section = text[text.index("## Jobs by reference") :]
+    return section[section.index("```python\n") + 10 : section.index("```\n", 10)]
+
+
+def test_docs_reference_example_fetches_a_series_and_pushes_its_seg_back(restarted, orthanc, lits):
+    """The acceptance of issue 22 (2): a real CT series stored in Orthanc, named by UIDs to
+    POST /jobs (the example of docs/dicom-pacs.md), is fetched, segmented and its SEG pushed
+    to Orthanc, referencing that series."""
+    url, *_ = restarted
+    files = lits_ct(lits, [106, 110, 114], patient=("Ref^Job", "REF1"))
+    StowClient(orthanc.dicomweb_url).store(files)
+    source = [pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True) for data in files]
+    study, series = str(source[0].StudyInstanceUID), str(source[0].SeriesInstanceUID)
+    code = docs_reference_example().replace("http://localhost:3000", url)
+    code = code.replace("1.2.840.113619.2.55.3.604688119.969.1268071029.320", study)
+    code = code.replace("1.2.840.113619.2.55.3.604688119.969.1268071029.321", series)
+    code = code.replace('"ACC-0002"', '"reference-example"')
+    scope: dict = {}
+    exec(compile(code, "docs/dicom-pacs.md", "exec"), scope)
+    status = scope["status"]
+    assert (status["state"], status["push_state"]) == ("done", "pushed"), status
+    assert (status["study"], status["series"], status["n_files"]) == (study, series, 3)
+    seg = orthanc.instance_file(status["summary"]["seg"]["sop_instance_uid"])
+    assert seg.Modality == "SEG" and seg.StudyInstanceUID == study
+    (referenced,) = seg.ReferencedSeriesSequence
+    assert referenced.SeriesInstanceUID == series
+    assert {r.ReferencedSOPInstanceUID for r in referenced.ReferencedInstanceSequence} <= {
+        str(ds.SOPInstanceUID) for ds in source
+    }
+    assert len(seg.SegmentSequence) >= 1  # the LiTS slices have tumours
 
 
 def test_no_patient_identifiers_in_job_status_or_server_logs(restarted):
