@@ -29,6 +29,7 @@ from service.admission import QueueWaitEstimator
 from service.doctor import refuse_unsafe_start
 from service.jobs import Jobs
 from service.limits import traffic_timeout_s
+from service.listener import DicomIngest
 from service.metrics import observe_stage, report_models
 from service.middleware import install_middleware
 from service.routes import preview, segment, volumes
@@ -48,6 +49,8 @@ RefineIterations = Annotated[int, Field(ge=0, le=10)] | None
 
 # /jobs: persistent async studies; its lifespan runs the job worker and the DICOMweb pusher.
 JOBS = Jobs(SETTINGS, bentoml.get_current_service)
+# The DICOM listener (LESIONSEG_DICOM_PORT; off without): its series become jobs of JOBS.
+DICOM = DicomIngest(SETTINGS)
 # /viewer: the page (and / redirects to it; BentoML's API page moves to /docs).
 VIEWER = Viewer(lambda: bentoml.get_current_service().settings)
 
@@ -70,17 +73,19 @@ class LesionSeg(StoreModels):
         self._ready = asyncio.Event()
 
     def __is_ready__(self) -> bool:
-        return self._ready.is_set()
+        return self._ready.is_set() and DICOM.ready()
 
     @bentoml.on_startup
     async def _begin_loading(self) -> None:
         # A task, not an await: startup returns at once and /readyz answers 503 until done.
         self._loading = asyncio.create_task(self._load())
+        DICOM.start(after=lambda: JOBS.started)  # once the store is recovered
 
     @bentoml.on_shutdown
     async def _release_runner(self) -> None:
         # Runs once every request in flight has been answered: the runner, which deferred its
         # SIGTERM for them, may stop now (service/drain.py).
+        await DICOM.stop()
         try:
             await asyncio.wait_for(self.runner.to_async.api_drained(), timeout=5)
         except Exception as exc:  # the runner may be gone already: it stops by itself then

@@ -37,7 +37,8 @@ log = logging.getLogger("lesionseg.service")
 
 DEFAULT_HOST = "127.0.0.1"
 # Modules with ``findings(settings, host) -> list[Finding]``; one that is absent is skipped.
-CONCERNS = ("service.auth", "service.deadlines", "service.bounds", "service.inflight")
+CONCERNS = ("service.auth", "service.deadlines", "service.bounds", "service.inflight",
+            "service.listener")  # fmt: skip
 Check = Callable[[Settings, str | None], list[Finding]]
 
 

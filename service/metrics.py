@@ -84,3 +84,20 @@ def report_models(models: dict) -> None:
     """Publish the precisions of a models block (``service.app.model_info``)."""
     for model in ("sam", "detector"):
         MODEL_PRECISION.labels(model, models["backend"], models[model]["precision"]).set(1)
+
+
+# The DICOM listener (service/listener.py, lesionseg/pacs/listener.py).
+DICOM_ASSOCIATIONS = Counter(
+    "lesionseg_dicom_associations",
+    "DICOM associations asked of the listener: accepted, or rejected (caller not allowed)",
+    ["outcome"],
+)
+DICOM_INSTANCES = Counter(
+    "lesionseg_dicom_instances",
+    "Instances sent to the DICOM listener: stored, or refused (undecodable, not-matching, "
+    "write-failed)",
+    ["outcome"],
+)
+DICOM_SERIES_QUEUED = Counter(
+    "lesionseg_dicom_series_queued", "Series received by the DICOM listener queued as jobs"
+)

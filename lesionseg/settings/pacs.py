@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
+
+from lesionseg.settings.callers import AllowedCallers
 
 
 class PacsFields(BaseModel):
@@ -49,7 +51,8 @@ class PacsFields(BaseModel):
     dicomweb_url: str | None = Field(
         None,
         description="DICOMweb root of the archive to push SEGs to with STOW-RS (POST "
-        "<url>/studies), e.g. http://pacs:8042/dicom-web; unset = no push.",
+        "<url>/studies), e.g. http://pacs:8042/dicom-web, and to fetch the series of jobs by "
+        "reference from (QIDO-RS + WADO-RS); unset = no push, no jobs by reference.",
     )
     dicomweb_authorization: SecretStr | None = Field(
         None,
@@ -57,11 +60,63 @@ class PacsFields(BaseModel):
         "'Basic dXNlcjpwYXNz' or 'Bearer <token>'.",
     )
     dicomweb_timeout_s: float = Field(
-        30.0, gt=0, description="Timeout (s) of one STOW-RS request (connect, read, write)."
+        30.0,
+        gt=0,
+        description="Timeout (s) of each step of a DICOMweb request (connect, each read, each "
+        "write; not the whole transfer): the push, and the fetch of a job by reference.",
     )
     push_initial_delay_s: float = Field(
-        2.0, gt=0, description="Wait (s) before the first retry of a failed push; doubles per try."
+        2.0,
+        gt=0,
+        description="Wait (s) before the first retry of a failed push, or of a job's fetch from "
+        "an archive that was down; doubles per try.",
     )
     push_max_delay_s: float = Field(
-        300.0, gt=0, description="Longest wait (s) between push retries (back-off cap)."
+        300.0,
+        gt=0,
+        description="Longest wait (s) between push retries, and between fetch retries of a job "
+        "by reference (back-off cap).",
     )
+
+    # --- DICOM listener ------------------------------------------------------------------------
+    dicom_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="TCP port of the DICOM listener (a C-STORE / C-ECHO SCP; 11112 is the usual "
+        "one: LESIONSEG_DICOM_PORT=11112); unset = no listener. Each series received becomes a "
+        "job once quiet for series_quiet_s; its SEG (and SR, dicom_sr) is pushed to dicomweb_url.",
+    )
+    dicom_ae_title: str = Field(
+        "LESIONSEG",
+        min_length=1,
+        max_length=16,
+        pattern=r"^[ -~]*[!-~][ -~]*$",
+        description="AE title of the DICOM listener (1-16 printable ASCII characters, not all "
+        "spaces): the called AE title senders address.",
+    )
+    dicom_allowed_callers: str | None = Field(
+        None,
+        description="Who may send to the DICOM listener, comma-separated: an AE title (from any "
+        "host), AE@host (that AE title from that IP address only) or *@host (any AE title from "
+        "that IP address), e.g. 'ORTHANC@10.0.0.7,CT1'. Any other caller is rejected at "
+        "association (calling AE title not recognised). Unset = closed: loopback peers only.",
+    )
+    series_quiet_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds without a new instance after which a series received by the DICOM "
+        "listener is complete and becomes a job (the series' last arrival, from the spool "
+        "files' times, so it survives a restart).",
+    )
+    dicom_sr: bool = Field(
+        True,
+        description="The jobs of the DICOM listener produce a DICOM SR measurement report (TID "
+        "1500) beside the SEG, and push both.",
+    )
+
+    @field_validator("dicom_allowed_callers")
+    @classmethod
+    def _check_allowed_callers(cls, value: str | None) -> str | None:
+        AllowedCallers.parse(value)  # its SettingsError is a ValueError: pydantic reports it
+        return value
