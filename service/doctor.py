@@ -37,8 +37,7 @@ log = logging.getLogger("lesionseg.service")
 
 DEFAULT_HOST = "127.0.0.1"
 # Modules with ``findings(settings, host) -> list[Finding]``; one that is absent is skipped.
-CONCERNS = ("service.auth", "service.deadlines", "service.bounds", "service.inflight",
-            "service.listener")  # fmt: skip
+CONCERNS = ("service.auth", "service.deadlines", "service.bounds", "service.listener")
 Check = Callable[[Settings, str | None], list[Finding]]
 
 
