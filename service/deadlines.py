@@ -21,12 +21,12 @@ checks that the rendered manifests and the ConfigMap agree with :func:`chain`, a
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import re
 from dataclasses import dataclass
 
 from lesionseg.settings import Settings
+from service.bind import is_loopback
 from service.drain import drain_timeout_s
 from service.findings import Finding
 from service.limits import max_request_bytes, traffic_timeout_s
@@ -140,14 +140,8 @@ def parse_nginx_size(text: str) -> int:
 
 
 def _local(host: str | None) -> bool:
-    if host is None:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    """Whether the service binds loopback only (None: the bind is not known, so not local)."""
+    return host is not None and is_loopback(host)
 
 
 def findings(settings: Settings, host: str | None) -> list[Finding]:
