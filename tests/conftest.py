@@ -131,6 +131,23 @@ def orthanc(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL on 127.0.0.1 (tests/postgres.py); ``postgres.database()`` gives each
+    test a fresh database's URL. Without PostgreSQL the tests skip, except in CI (``CI`` set),
+    where they fail: CI's machines have it."""
+    from tests.postgres import PostgresServer, postgres_missing
+
+    if reason := postgres_missing():
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def served_export() -> Path:
     """The ONNX export of the models in force (what `make serve` serves), exported now when
     missing or stale (~1 min); unlike ``exported``, reused across sessions."""

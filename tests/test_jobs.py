@@ -89,7 +89,7 @@ def test_claim_complete_and_restart_requeues_running(tmp_path, files):
     b = store.submit(files[1:], now=2.0)
     assert store.claim_next(now=3.0).id == a.id  # oldest first
     assert store.claim_next(now=4.0).id == b.id
-    assert store.claim_next() is None
+    assert store.claim_next(now=4.5) is None  # both held (leases until 63 and 64)
     store.complete(a.id, b"SEG-BYTES", {"frames": 1}, now=5.0)
     (tmp_path / ".incoming-deadbeef").mkdir()  # a submission cut off before its 202
 

@@ -66,8 +66,8 @@ def sender(ae_title: str = "CT1") -> AE:
 def store_inputs(jobs_dir: Path) -> dict[str, list[str]]:
     """SOP instance UIDs of each job's inputs, in the job's order."""
     store = JobStore(jobs_dir)
-    with store._keeper:
-        ids = [r[0] for r in store._keeper.execute("SELECT id FROM jobs ORDER BY created_at")]
+    with store.db.transaction() as db:
+        ids = [r[0] for r in db.execute("SELECT id FROM jobs ORDER BY created_at").fetchall()]
     return {
         i: [
             str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in store.inputs(i)

@@ -46,12 +46,26 @@ class Job:
     series: str | None = None
     fetch_attempts: int = 0
     fetch_next_at: float | None = None
+    runs: int = 0  # how many times a worker started it (a worker that died started it too)
+    lease_owner: str | None = None  # the worker running it (lesionseg.pacs.job_store)
+    lease_until: float | None = None  # its hold ends then unless renewed
+
+    @classmethod
+    def from_row(cls, row) -> Job:
+        """The job of a database row (a mapping of columns; columns of no field are ignored,
+        e.g. PostgreSQL's ``seq``)."""
+        return cls(**{name: row[name] for name in _FIELDS})
 
     def to_dict(self) -> dict:
-        """JSON-ready status (no file paths, no owner)."""
+        """JSON-ready status (no file paths, no owner, no lease)."""
         body = dataclasses.asdict(self)
-        del body["owner"]
+        for private in PRIVATE_FIELDS:
+            del body[private]
         return body
+
+
+PRIVATE_FIELDS = ("owner", "lease_owner", "lease_until")
+_FIELDS = tuple(f.name for f in dataclasses.fields(Job))
 
 
 def check_uid(value: object, name: str) -> str:

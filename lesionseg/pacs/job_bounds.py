@@ -2,9 +2,9 @@
 long a finished job is kept, and whether its inputs outlive its result.
 
 :class:`JobBounds` is the policy (from the settings); the functions below keep to it on the
-sqlite database and the files of :class:`lesionseg.pacs.job_store.JobStore`, which calls them
-from its methods (``submit``, ``complete``, ``fail``, ``purge_expired``, ``recover``), so that
-another store (PostgreSQL, issue 22) implements the same methods with its own queries.
+database (sqlite or PostgreSQL: lesionseg/pacs/job_db.py) and the files of
+:class:`lesionseg.pacs.job_store.JobStore`, which calls them from its methods (``submit``,
+``complete``, ``fail``, ``purge_expired``, ``recover``).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import dataclasses
 import logging
 import os
 import shutil
-import sqlite3
+import time
 from pathlib import Path
 
 from lesionseg.errors import LesionSegError
-from lesionseg.pacs.job_db import transaction
+from lesionseg.pacs.job_db import JobDatabase
 from lesionseg.settings import Settings
 
 log = logging.getLogger("lesionseg.pacs.job_store")
@@ -73,7 +73,7 @@ class JobBounds:
         )
 
 
-def check_queue(db: sqlite3.Connection, bounds: JobBounds, owner: str | None) -> None:
+def check_queue(db, bounds: JobBounds, owner: str | None) -> None:
     """Raise :class:`JobQueueFullError` if one more job of ``owner`` would pass ``bounds``.
     Run it in the transaction that inserts the job, so that concurrent submissions cannot
     pass the bound together."""
@@ -112,11 +112,11 @@ def remove_tree(path: Path) -> None:
         log.warning("could not delete %s (%s); retried at the next start", path, exc)
 
 
-def purge_finished(db_path: Path, root: Path, cutoff: float) -> list[str]:
+def purge_finished(database: JobDatabase, root: Path, cutoff: float) -> list[str]:
     """Delete the jobs that finished (done or failed) at or before ``cutoff`` (Unix s): their
     rows in one transaction first, so that their ids answer "not found" from then on, then
     their directories. Returns the ids deleted."""
-    with transaction(db_path) as db:
+    with database.transaction() as db:
         expired = [
             row["id"]
             for row in db.execute(
@@ -129,20 +129,31 @@ def purge_finished(db_path: Path, root: Path, cutoff: float) -> list[str]:
     return expired
 
 
-def remove_orphans(db_path: Path, root: Path) -> int:
+def remove_orphans(
+    database: JobDatabase, root: Path, *, min_age_s: float = 0.0, now: float | None = None
+) -> int:
     """Delete the job directories without a row (a purge cut short between its transaction
-    and its deletions). Only while no submission is under way: a submitted job's directory
-    exists a moment before its row. Returns how many were deleted."""
-    with transaction(db_path) as db:
-        known = {row["id"] for row in db.execute("SELECT id FROM jobs")}
+    and its deletions) that were last modified ``min_age_s`` or more before ``now``: a
+    submitted job's directory exists a moment before its row, so with submissions under way
+    (other processes of a shared store) only old ones may go. Returns how many were deleted."""
+    now = time.time() if now is None else now
+    with database.transaction() as db:
+        known = {row["id"] for row in db.execute("SELECT id FROM jobs").fetchall()}
     orphans = [
         p
         for p in root.iterdir()
         if p.is_dir() and not p.name.startswith(".") and p.name not in known
     ]
+    removed = 0
     for path in orphans:
+        try:
+            if now - path.stat().st_mtime < min_age_s:
+                continue
+        except FileNotFoundError:
+            continue
         remove_tree(path)
-    return len(orphans)
+        removed += 1
+    return removed
 
 
 def bytes_under(root: Path) -> int:

@@ -1,5 +1,11 @@
-"""The job store's SQLite database ``jobs.sqlite3``: its schema, the migration of older
-stores, one transaction per state change, and the check before serving that it is usable."""
+"""The job store's database: the embedded SQLite file ``jobs.sqlite3`` (the default) or a
+PostgreSQL database (``LESIONSEG_JOBS_DATABASE_URL``, lesionseg/pacs/job_db_postgres.py).
+
+Here: the SQLite schema, the migration of older stores, one transaction per state change, the
+check before serving that the file is usable, and :class:`SqliteJobDatabase`, the interface
+both databases offer the store (:func:`open_job_database` picks one). The store writes its SQL
+once, in SQLite's dialect with ``?`` parameters; the PostgreSQL database translates the few
+differences (see ``job_db_postgres.translate``)."""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import contextlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 from lesionseg.errors import JobStoreError
 
@@ -16,6 +23,8 @@ DB_FILE = "jobs.sqlite3"
 # id is unique per owner, so one key can neither see nor collide with another key's ids.
 # ``study``, ``series``: the UIDs of a job by reference (NULL for uploaded files); its fetch
 # from the archive is retried at ``fetch_next_at`` after ``fetch_attempts`` failed tries.
+# ``lease_owner``, ``lease_until``: the worker running the job and until when (Unix s) its hold
+# lasts unless renewed; ``runs``: how many times a worker started it.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -36,7 +45,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     study TEXT,
     series TEXT,
     fetch_attempts INTEGER NOT NULL DEFAULT 0,
-    fetch_next_at REAL
+    fetch_next_at REAL,
+    lease_owner TEXT,
+    lease_until REAL,
+    runs INTEGER NOT NULL DEFAULT 0
 )
 """
 _OWNER_INDEX = (
@@ -51,6 +63,9 @@ _ADDED_COLUMNS = {
     "series": "series TEXT",
     "fetch_attempts": "fetch_attempts INTEGER NOT NULL DEFAULT 0",
     "fetch_next_at": "fetch_next_at REAL",
+    "lease_owner": "lease_owner TEXT",
+    "lease_until": "lease_until REAL",
+    "runs": "runs INTEGER NOT NULL DEFAULT 0",
 }
 
 
@@ -58,7 +73,7 @@ def _migrate(db: sqlite3.Connection) -> None:
     """Bring a store written by an older version up to date, in one transaction: before jobs
     had owners, add ``owner`` and make the transaction id unique per owner (SQLite cannot drop
     a column's UNIQUE, so the table is rebuilt, rows and rowids kept); before jobs by
-    reference, add their columns (NULL / 0 for the jobs already there)."""
+    reference or leases, add their columns (NULL / 0 for the jobs already there)."""
     db.execute("BEGIN IMMEDIATE")  # another process may be opening the same store
     columns = [row[1] for row in db.execute("PRAGMA table_info(jobs)")]
     if "owner" not in columns:
@@ -134,3 +149,72 @@ def check_database(root: Path, timeout_s: float = 5.0) -> None:
             "empty store is created; the jobs it held are lost unless you restore it from a "
             "backup)"
         ) from None
+
+
+class JobDatabase(Protocol):
+    """What the job store needs of its database.
+
+    Attributes:
+        shared: other processes, on other machines, may run jobs of the same store at any
+            time (PostgreSQL): recovery relies on leases alone, never on "nobody else runs".
+        seq: the column that orders jobs submitted in the same instant (insertion order).
+        skip_locked: the clause that makes a claim's SELECT skip rows other workers hold.
+        integrity_errors: the exceptions of a violated unique index (a duplicate id).
+    """
+
+    shared: bool
+    seq: str
+    skip_locked: str
+    integrity_errors: tuple[type[Exception], ...]
+
+    def transaction(self) -> contextlib.AbstractContextManager: ...
+
+    def describe(self) -> str: ...
+
+    def close(self) -> None: ...
+
+
+class SqliteJobDatabase:
+    """The embedded database ``root``/jobs.sqlite3: one machine; one process runs the jobs."""
+
+    shared = False
+    seq = "rowid"
+    skip_locked = ""
+    integrity_errors = (sqlite3.IntegrityError,)
+
+    def __init__(self, root: Path) -> None:
+        self.path = Path(root) / DB_FILE
+        create_database(self.path)
+        # Held open for the store's life: its WAL index (-shm) and WAL stay allocated, so
+        # status reads keep working on a full volume (writes then fail with SQLITE_FULL).
+        self._keeper = sqlite3.connect(self.path, check_same_thread=False)
+        self._keeper.execute("SELECT count(*) FROM jobs").fetchone()
+
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """One write transaction (see :func:`transaction`); ``lock_queue`` is implied."""
+        return transaction(self.path)
+
+    def describe(self) -> str:
+        return f"sqlite {self.path}"
+
+    def close(self) -> None:
+        self._keeper.close()
+
+
+def lock_queue(db) -> None:
+    """Serialise the submissions that check the queue's bounds in this transaction: nothing to
+    do in SQLite (``BEGIN IMMEDIATE`` holds the write lock), an advisory lock in PostgreSQL."""
+    lock = getattr(db, "lock_queue", None)
+    if lock is not None:
+        lock()
+
+
+def open_job_database(root: Path, url: str | None) -> JobDatabase:
+    """The database of the job store in ``root``: PostgreSQL at ``url`` if given (created
+    tables, migrated), else the SQLite file in ``root``. Raises :class:`JobStoreError` for a
+    database that cannot be used, naming it (never its password) and what to do."""
+    if url is None:
+        return SqliteJobDatabase(root)
+    from lesionseg.pacs.job_db_postgres import PostgresJobDatabase
+
+    return PostgresJobDatabase(url)

@@ -18,7 +18,6 @@ import time
 
 from lesionseg.pacs.durable_files import disk_full, fsync_dir
 from lesionseg.pacs.job import Job, SeriesReference, backoff_delay
-from lesionseg.pacs.job_db import transaction
 from lesionseg.pacs.job_store import JobStore
 from lesionseg.pacs.wado import FetchError, WadoClient
 from lesionseg.settings import Settings
@@ -83,7 +82,7 @@ def _accept_fetched(store: JobStore, job_id: str, n_files: int) -> Job:
     and clear the reason it waited for."""
     store.job_dir(job_id).joinpath(".fetching").rename(store.job_dir(job_id) / "input")
     fsync_dir(store.job_dir(job_id))
-    with transaction(store.db_path) as db:
+    with store.db.transaction() as db:
         db.execute(
             "UPDATE jobs SET n_files = ?, reason = NULL, fetch_next_at = NULL WHERE id = ?",
             (n_files, job_id),
@@ -109,19 +108,20 @@ def wait_for_archive(
     """Put a ``running`` job back in the queue with ``reason``; ``JobStore.claim_next`` skips
     it for ``retry_in_s`` seconds (``fetch_next_at``)."""
     now = time.time() if now is None else now
-    with transaction(store.db_path) as db:
+    with store.db.transaction() as db:
         db.execute(
             "UPDATE jobs SET state = 'queued', started_at = NULL, reason = ?, "
-            "fetch_attempts = fetch_attempts + 1, fetch_next_at = ? "
-            "WHERE id = ? AND state = 'running'",
-            (reason, now + retry_in_s, job_id),
+            "fetch_attempts = fetch_attempts + 1, fetch_next_at = ?, lease_owner = NULL, "
+            "lease_until = NULL, runs = CASE WHEN runs > 0 THEN runs - 1 ELSE 0 END "
+            "WHERE id = ? AND state = 'running' AND coalesce(lease_owner, ?) = ?",
+            (reason, now + retry_in_s, job_id, store.worker_id, store.worker_id),
         )
     return store.get(job_id)
 
 
 def next_fetch_at(store: JobStore) -> float | None:
     """When the earliest queued job waiting for the archive may be tried (None: none waits)."""
-    with transaction(store.db_path) as db:
+    with store.db.transaction() as db:
         (value,) = db.execute(
             "SELECT MIN(fetch_next_at) FROM jobs WHERE state = 'queued'"
         ).fetchone()

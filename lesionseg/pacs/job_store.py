@@ -1,12 +1,15 @@
-"""Persistent store of asynchronous segmentation jobs (sqlite3 + files).
+"""Persistent store of asynchronous segmentation jobs: a job table (the embedded sqlite file, or
+PostgreSQL shared by many workers) and files.
 
-Layout under ``root`` (``Settings.jobs_dir``)::
+Layout under ``root`` (``Settings.jobs_dir``; shared by every API and worker process of a
+PostgreSQL store, e.g. a ReadWriteMany volume)::
 
-    jobs.sqlite3            one row per job: state, reason, push bookkeeping, timestamps
+    jobs.sqlite3            the job table (sqlite only): state, reason, push bookkeeping, times
     <job id>/input/0000.dcm the accepted files, written and fsynced before the job is acknowledged;
                             for a job by reference, the series fetched from the archive
     <job id>/.fetching/     a fetch under way, renamed to input/ once complete (job_fetch.py)
     <job id>/options.json   segmentation options of the job (boxes, propagate, sr), if any
+    <job id>/.result-<w>/   the results of worker w, moved into place as it marks the job done
     <job id>/result.dcm     the DICOM SEG (Part-10) once the job is done
     <job id>/sr.dcm         the DICOM SR measurement report, when the job asked for one
     <job id>/summary.json   the JSON-ready per-frame summary of the result
@@ -14,18 +17,22 @@ Layout under ``root`` (``Settings.jobs_dir``)::
 Bounds (lesionseg/pacs/job_bounds.py): the jobs queued or running, the inputs deleted once a
 job has ended, a finished job deleted (row and files) after the retention (``purge_expired``).
 
-Job states: ``queued`` -> ``running`` -> ``done`` | ``failed`` (with a reason). A job left
-``running`` by a process that died goes back to ``queued`` when the store is opened again. A
-job by reference whose archive was unavailable goes back to ``queued`` until ``fetch_next_at``
-(lesionseg/pacs/job_fetch.py); the job record itself is in lesionseg/pacs/job.py.
+Job states: ``queued`` -> ``running`` -> ``done`` | ``failed`` (with a reason). A worker that
+claims a job holds a lease on it (``lease_owner``, ``lease_until``) that it renews while the job
+runs; a job whose lease expired (its worker died) is claimed again by the next worker, at most
+MAX_RUNS times, then it fails with the reason. Only the lease's holder can end a running job, so
+a job is done once and its result written once (lesionseg/pacs/job_leases.py). An sqlite store
+(one worker process) also puts the jobs left ``running`` back to ``queued`` when it is opened.
+A job by reference whose archive was unavailable goes back to ``queued`` until
+``fetch_next_at`` (lesionseg/pacs/job_fetch.py); the job record is in lesionseg/pacs/job.py.
 Push states: ``none`` (no push asked or no server configured), ``pending`` (due now),
 ``retrying`` (the last try failed with a retryable error; next try at ``push_next_at``),
 ``pushed``, ``failed`` (the server refused it for good). A result is never deleted by a push
 outcome: it stays fetchable whatever happens to the push.
 
-Every connection is short-lived and every state change one transaction, so threads can share a
-store; claiming a job or a push is a conditional UPDATE, so only one claimant wins. ``recover``
-assumes that no other process is running jobs of the same store at that moment.
+Every state change is one transaction, so threads and processes can share a store; claiming a
+job (``FOR UPDATE SKIP LOCKED`` in PostgreSQL) or a push is conditional, so only one claimant
+wins. The push bookkeeping is in lesionseg/pacs/job_pushes.py.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import sqlite3
 import time
 import uuid
@@ -40,29 +48,64 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from lesionseg.errors import DuplicateJobError, InputError, JobNotFoundError, StorageFullError
+from lesionseg.errors import (
+    DuplicateJobError,
+    InputError,
+    JobNotFoundError,
+    StorageFullError,
+)
 from lesionseg.pacs import job_bounds
 from lesionseg.pacs.durable_files import disk_full, fsync_dir, write_durably
 from lesionseg.pacs.job import MAX_TRANSACTION_ID, Job, SeriesReference
 from lesionseg.pacs.job import backoff_delay as backoff_delay  # re-exported (tests)
 from lesionseg.pacs.job_bounds import JobBounds
-from lesionseg.pacs.job_db import DB_FILE, create_database, transaction
+from lesionseg.pacs.job_db import lock_queue, open_job_database
+from lesionseg.pacs.job_leases import DEFAULT_LEASE_S, LeaseHolder, LeaseLostError
+from lesionseg.pacs.job_pushes import PushLedger
+from lesionseg.settings import Settings
+
+# A running job may be ended by the holder of its lease; a queued one (nobody holds it) by anyone.
+ENDABLE = "state IN ('queued', 'running') AND coalesce(lease_owner, ?) = ?"
 
 
-class JobStore:
-    """The job store in directory ``root`` (created if missing), kept within ``bounds``
-    (default: no bounds but the inputs' deletion once a job has ended)."""
+class JobStore(LeaseHolder, PushLedger):
+    """The job store in directory ``root`` (created if missing), its table in the PostgreSQL
+    database at ``database_url`` or in ``root``'s sqlite file, kept within ``bounds``
+    (default: no bounds but the inputs' deletion once a job has ended). ``lease_s``: how long
+    a claim holds a job unless renewed (:meth:`renew`). ``worker_id`` names this store's
+    claims (default: host, process and a random part)."""
 
-    def __init__(self, root: Path, bounds: JobBounds | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        bounds: JobBounds | None = None,
+        *,
+        database_url: str | None = None,
+        lease_s: float = DEFAULT_LEASE_S,
+        worker_id: str | None = None,
+    ) -> None:
         self.root = Path(root)
         self.bounds = JobBounds() if bounds is None else bounds
+        self.lease_s = lease_s
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.root.mkdir(parents=True, exist_ok=True)
-        self.db_path = self.root / DB_FILE
-        create_database(self.db_path)
-        # Held open for the store's life: its WAL index (-shm) and WAL stay allocated, so
-        # status reads keep working on a full volume (writes then fail with SQLITE_FULL).
-        self._keeper = sqlite3.connect(self.db_path, check_same_thread=False)
-        self._keeper.execute("SELECT count(*) FROM jobs").fetchone()
+        self.db = open_job_database(self.root, database_url)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs) -> JobStore:
+        """The store of ``settings``: ``jobs_dir``, ``jobs_database_url``, ``job_lease_s`` and
+        the bounds (:meth:`JobBounds.from_settings`); ``kwargs`` as the constructor's."""
+        url = settings.jobs_database_url
+        return cls(
+            settings.jobs_dir,
+            JobBounds.from_settings(settings),
+            database_url=None if url is None else url.get_secret_value(),
+            lease_s=settings.job_lease_s,
+            **kwargs,
+        )
+
+    def close(self) -> None:
+        self.db.close()
 
     # --- paths -----------------------------------------------------------------------------
 
@@ -130,7 +173,7 @@ class JobStore:
             raise InputError(f"transaction_id must be 1-{MAX_TRANSACTION_ID} printable characters")
         if transaction_id is not None and (existing := self.find(transaction_id, owner)):
             raise DuplicateJobError(transaction_id, existing.id)
-        with transaction(self.db_path) as db:
+        with self.db.transaction() as db:
             job_bounds.check_queue(db, self.bounds, owner)  # before copying a series for nothing
         job_id = uuid.uuid4().hex
         staging = self.root / f".incoming-{job_id}"
@@ -142,7 +185,8 @@ class JobStore:
                 write_durably(staging / "options.json", json.dumps(options).encode())
             staging.rename(self.job_dir(job_id))
             fsync_dir(self.root)
-            with transaction(self.db_path) as db:
+            with self.db.transaction() as db:
+                lock_queue(db)
                 job_bounds.check_queue(db, self.bounds, owner)
                 db.execute(
                     "INSERT INTO jobs (id, transaction_id, owner, state, window, n_files,"
@@ -152,7 +196,7 @@ class JobStore:
                      "pending" if push else "none", time.time() if now is None else now,
                      reference and reference.study, reference and reference.series),
                 )  # fmt: skip
-        except sqlite3.IntegrityError:  # a concurrent submission with the same id won
+        except self.db.integrity_errors:  # a concurrent submission with the same id won
             shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
             raise DuplicateJobError(transaction_id, self.find(transaction_id, owner).id) from None
         except BaseException as exc:
@@ -184,61 +228,22 @@ class JobStore:
     def get(self, job_id: str, *, owner: str | None = None) -> Job:
         """The job ``job_id``. With ``owner`` (an API key's id), a job of another owner, or of
         none, is not found either: the same error as an unknown id, so ids cannot be probed."""
-        with transaction(self.db_path) as db:
+        with self.db.transaction() as db:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None or (owner is not None and row["owner"] != owner):
             raise JobNotFoundError(f"no job {job_id!r}")
-        return Job(**dict(row))
+        return Job.from_row(row)
 
     def find(self, transaction_id: str, owner: str | None = None) -> Job | None:
         """The job ``owner`` (None: no owner) submitted with this transaction id, if any."""
-        with transaction(self.db_path) as db:
+        with self.db.transaction() as db:
             row = db.execute(
                 "SELECT * FROM jobs WHERE transaction_id = ? AND owner IS ?",
                 (transaction_id, owner),
             ).fetchone()
-        return None if row is None else Job(**dict(row))
+        return None if row is None else Job.from_row(row)
 
     # --- processing ------------------------------------------------------------------------
-
-    def recover(self) -> int:
-        """After a restart: put jobs left ``running`` back to ``queued``, drop half-written
-        submissions (never acknowledged) and the directories of jobs whose purge was cut
-        short. Returns the number of jobs re-queued."""
-        for staging in self.root.glob(".incoming-*"):
-            shutil.rmtree(staging, ignore_errors=True)
-        job_bounds.remove_orphans(self.db_path, self.root)
-        with transaction(self.db_path) as db:
-            return db.execute(
-                "UPDATE jobs SET state = 'queued', started_at = NULL WHERE state = 'running'"
-            ).rowcount
-
-    def requeue(self, job_id: str) -> Job:
-        """Put a ``running`` job back in the queue (it could not run now, e.g. overload)."""
-        with transaction(self.db_path) as db:
-            db.execute(
-                "UPDATE jobs SET state = 'queued', started_at = NULL "
-                "WHERE id = ? AND state = 'running'",
-                (job_id,),
-            )
-        return self.get(job_id)
-
-    def claim_next(self, now: float | None = None) -> Job | None:
-        """Mark the oldest queued job ``running`` and return it (None if there is none);
-        a job waiting for the archive is skipped until its ``fetch_next_at``."""
-        now = time.time() if now is None else now
-        with transaction(self.db_path) as db:
-            row = db.execute(
-                "SELECT id FROM jobs WHERE state = 'queued' AND ifnull(fetch_next_at, 0) <= ? "
-                "ORDER BY created_at, rowid LIMIT 1",
-                (now,),
-            ).fetchone()
-            if row is None:
-                return None
-            db.execute(
-                "UPDATE jobs SET state = 'running', started_at = ? WHERE id = ?", (now, row["id"])
-            )
-        return self.get(row["id"])
 
     def complete(
         self,
@@ -250,50 +255,67 @@ class JobStore:
         sr: bytes | None = None,
     ) -> Job:
         """Store the result (and the SR) durably, then mark the job ``done`` (a push, if
-        asked, is due). On a full volume the files written so far are removed, the job is
-        left as it was and :class:`StorageFullError` is raised: call again once there is
-        space."""
-        outputs = (self.job_dir(job_id) / "summary.json", self.sr_path(job_id))
-        outputs += (self.result_path(job_id),)
+        asked, is due). The files are written apart first and moved into place in the
+        transaction that ends the job, which only the lease's holder (or anyone, for a job
+        nobody holds) can end: else :class:`LeaseLostError`, and nothing is kept. On a full
+        volume the files written so far are removed, the job is left as it was and
+        :class:`StorageFullError` is raised: call again once there is space."""
         now = time.time() if now is None else now
+        staging = self.job_dir(job_id) / f".result-{self.worker_id}"
+        names = {"summary.json": json.dumps(summary).encode(), "result.dcm": seg}
+        if sr is not None:
+            names["sr.dcm"] = sr
         try:
-            write_durably(outputs[0], json.dumps(summary).encode())
-            if sr is not None:
-                write_durably(outputs[1], sr)
-            write_durably(outputs[2], seg)
-            with transaction(self.db_path) as db:
-                db.execute(
+            staging.mkdir(exist_ok=True)
+            for name in ("summary.json", "sr.dcm", "result.dcm"):  # the SEG last: it says done
+                if name in names:
+                    write_durably(staging / name, names[name])
+            with self.db.transaction() as db:
+                ended = db.execute(
                     "UPDATE jobs SET state = 'done', reason = NULL, finished_at = ?, "
-                    "push_next_at = CASE WHEN push_state = 'pending' THEN ? END WHERE id = ?",
-                    (now, now, job_id),
-                )
+                    "lease_owner = NULL, lease_until = NULL, push_next_at = CASE WHEN "
+                    f"push_state = 'pending' THEN ? END WHERE id = ? AND {ENDABLE}",
+                    (now, now, job_id, self.worker_id, self.worker_id),
+                ).rowcount
+                if ended:  # moved while the row is held: no other worker can end it meanwhile
+                    for name in ("summary.json", "sr.dcm", "result.dcm"):
+                        if name in names:
+                            (staging / name).rename(self.job_dir(job_id) / name)
+                    fsync_dir(self.job_dir(job_id))
         except (OSError, sqlite3.OperationalError) as exc:
             if not disk_full(exc):
                 raise
-            for path in outputs:
-                path.unlink(missing_ok=True)
             raise StorageFullError(
                 "the job store's volume is full: the result could not be stored"
             ) from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if not ended:
+            raise LeaseLostError(f"job {job_id} is no longer this worker's: result discarded")
         self._drop_inputs(job_id)
         return self.get(job_id)
 
     def note(self, job_id: str, reason: str) -> None:
         """Record why a ``running`` job is not done yet (cleared when it is)."""
-        with transaction(self.db_path) as db:
+        with self.db.transaction() as db:
             db.execute(
-                "UPDATE jobs SET reason = ? WHERE id = ? AND state = 'running'", (reason, job_id)
+                "UPDATE jobs SET reason = ? WHERE id = ? AND state = 'running' "
+                "AND coalesce(lease_owner, ?) = ?",
+                (reason, job_id, self.worker_id, self.worker_id),
             )
 
     def fail(self, job_id: str, reason: str, now: float | None = None) -> Job:
-        """Mark the job ``failed`` with a reason a caller can act on (no patient data)."""
-        with transaction(self.db_path) as db:
+        """Mark the job ``failed`` with a reason a caller can act on (no patient data); a job
+        that another worker holds (this one's lease expired) or that ended is left as it is."""
+        with self.db.transaction() as db:
             db.execute(
                 "UPDATE jobs SET state = 'failed', reason = ?, finished_at = ?, "
+                "lease_owner = NULL, lease_until = NULL, "
                 "push_state = CASE WHEN push_state = 'pending' THEN 'none' ELSE push_state END "
-                "WHERE id = ?",
-                (reason, time.time() if now is None else now, job_id),
-            )
+                f"WHERE id = ? AND {ENDABLE}",
+                (reason, time.time() if now is None else now, job_id, self.worker_id,
+                 self.worker_id),
+            )  # fmt: skip
         self._drop_inputs(job_id)
         return self.get(job_id)
 
@@ -311,75 +333,8 @@ class JobStore:
         if self.bounds.retention_s is None:
             return []
         now = time.time() if now is None else now
-        return job_bounds.purge_finished(self.db_path, self.root, now - self.bounds.retention_s)
+        return job_bounds.purge_finished(self.db, self.root, now - self.bounds.retention_s)
 
     def bytes_held(self) -> int:
         """Bytes of the store's files: the database, inputs and results."""
         return job_bounds.bytes_under(self.root)
-
-    # --- push bookkeeping --------------------------------------------------------------------
-
-    def due_pushes(self, now: float | None = None) -> list[Job]:
-        """Done jobs whose push is pending or retrying and due at ``now``, oldest due first."""
-        with transaction(self.db_path) as db:
-            rows = db.execute(
-                "SELECT * FROM jobs WHERE state = 'done' AND push_state IN ('pending', "
-                "'retrying') AND push_next_at <= ? ORDER BY push_next_at",
-                (time.time() if now is None else now,),
-            ).fetchall()
-        return [Job(**dict(r)) for r in rows]
-
-    def next_push_at(self) -> float | None:
-        """When the earliest pending or retrying push is due (None if there is none)."""
-        with transaction(self.db_path) as db:
-            (value,) = db.execute(
-                "SELECT MIN(push_next_at) FROM jobs WHERE state = 'done' "
-                "AND push_state IN ('pending', 'retrying')"
-            ).fetchone()
-        return value
-
-    def claim_push(self, job: Job, lease_s: float, now: float | None = None) -> bool:
-        """Reserve a due push for ``lease_s`` seconds so that no other pusher sends it too;
-        False if someone else claimed or finished it since ``job`` was read."""
-        now = time.time() if now is None else now
-        with transaction(self.db_path) as db:
-            return (
-                db.execute(
-                    "UPDATE jobs SET push_next_at = ? WHERE id = ? AND push_next_at = ? "
-                    "AND push_state IN ('pending', 'retrying')",
-                    (now + lease_s, job.id, job.push_next_at),
-                ).rowcount
-                == 1
-            )
-
-    def push_succeeded(self, job_id: str, now: float | None = None) -> Job:
-        with transaction(self.db_path) as db:
-            db.execute(
-                "UPDATE jobs SET push_state = 'pushed', push_attempts = push_attempts + 1, "
-                "push_error = NULL, push_next_at = NULL, pushed_at = ? WHERE id = ?",
-                (time.time() if now is None else now, job_id),
-            )
-        return self.get(job_id)
-
-    def push_failed(
-        self,
-        job_id: str,
-        error: str,
-        *,
-        retry_in_s: float | None,
-        now: float | None = None,
-    ) -> Job:
-        """Record a failed try: retry after ``retry_in_s`` seconds, or never (None)."""
-        now = time.time() if now is None else now
-        with transaction(self.db_path) as db:
-            db.execute(
-                "UPDATE jobs SET push_attempts = push_attempts + 1, push_error = ?, "
-                "push_state = ?, push_next_at = ? WHERE id = ?",
-                (
-                    error,
-                    "failed" if retry_in_s is None else "retrying",
-                    None if retry_in_s is None else now + retry_in_s,
-                    job_id,
-                ),
-            )
-        return self.get(job_id)

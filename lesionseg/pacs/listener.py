@@ -38,7 +38,6 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
 from lesionseg.pacs import spool
-from lesionseg.pacs.job_bounds import JobBounds
 from lesionseg.pacs.job_store import Job, JobStore
 from lesionseg.settings import Settings, check_environment
 from lesionseg.settings.callers import AllowedCallers
@@ -167,14 +166,14 @@ class DicomListener:
         self.host = host
         self.hooks = hooks or ListenerHooks()
         self.callers = AllowedCallers.parse(settings.dicom_allowed_callers)
-        self.store = JobStore(settings.jobs_dir, JobBounds.from_settings(settings))
+        self.store = JobStore.from_settings(settings)
         options = {"sr": True} if settings.dicom_sr else {}
         self.spool = spool.SeriesSpool(
             spool.spool_root(settings.jobs_dir),
             self.store,
             quiet_s=settings.series_quiet_s,
             options=options,
-            push=settings.dicomweb_url is not None,
+            push=settings.dicomweb_url is not None or settings.dicom_destinations is not None,
             on_job=self.hooks.job,
         )
         self.ae = AE(ae_title=settings.dicom_ae_title)

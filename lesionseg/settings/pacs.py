@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from lesionseg.settings.callers import AllowedCallers
+from lesionseg.settings.destinations import parse_destinations
 
 
 class PacsFields(BaseModel):
@@ -47,6 +48,28 @@ class PacsFields(BaseModel):
         False,
         description="Keep a job's uploaded inputs (patient data) until the retention ends; by "
         "default they are deleted as soon as the job's result is written.",
+    )
+    jobs_database_url: SecretStr | None = Field(
+        None,
+        description="PostgreSQL database of the job table, e.g. "
+        "postgresql://lesionseg:secret@postgres:5432/lesionseg: any number of workers on any "
+        "number of machines claim jobs from it (FOR UPDATE SKIP LOCKED, with a lease); inputs "
+        "and results stay files in jobs_dir, which every API and worker pod must then share "
+        "(a ReadWriteMany volume). Unset = the embedded sqlite database in jobs_dir (one "
+        "process runs the jobs).",
+    )
+    jobs_worker: bool = Field(
+        True,
+        description="This service process runs the queued jobs and their pushes. False on an API "
+        "that only accepts jobs while workers run apart (python -m service.worker, the workers "
+        "Deployment); more than one worker needs jobs_database_url.",
+    )
+    job_lease_s: float = Field(
+        60.0,
+        ge=1,
+        description="A worker's hold on a job it runs, renewed every third of it while the job "
+        "runs: the job of a worker that died is run by another worker once its lease has "
+        "expired (PostgreSQL; with sqlite a restart re-queues it at once).",
     )
     dicomweb_url: str | None = Field(
         None,
@@ -115,8 +138,34 @@ class PacsFields(BaseModel):
         "1500) beside the SEG, and push both.",
     )
 
+    dicom_destinations: str | None = Field(
+        None,
+        description="Where a job's SEG (and SR) also go by C-STORE, comma-separated "
+        "AE@host:port (host: IP address, [IPv6] or DNS name), e.g. "
+        "'PACS@10.0.0.5:104,VIEWER@10.0.0.9:11112'; sent from the AE title dicom_ae_title, "
+        "each step timed out after dicomweb_timeout_s, with the push's retries and back-off, "
+        "like dicomweb_url. Unset = DICOMweb only.",
+    )
+
+    @field_validator("jobs_database_url")
+    @classmethod
+    def _check_database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ValueError(
+                "must be a PostgreSQL URL, postgresql://user:password@host:5432/database"
+            )
+        return value
+
     @field_validator("dicom_allowed_callers")
     @classmethod
     def _check_allowed_callers(cls, value: str | None) -> str | None:
         AllowedCallers.parse(value)  # its SettingsError is a ValueError: pydantic reports it
+        return value
+
+    @field_validator("dicom_destinations")
+    @classmethod
+    def _check_destinations(cls, value: str | None) -> str | None:
+        parse_destinations(value)  # its SettingsError is a ValueError: pydantic reports it
         return value
