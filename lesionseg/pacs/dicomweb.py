@@ -171,7 +171,8 @@ def push_due(
     as recorded after their try."""
     done = []
     for job in store.due_pushes(now):
-        if not store.claim_push(job, lease_s=2 * settings.dicomweb_timeout_s + 60, now=now):
+        # SEG + SR by C-STORE: connect, associate, two answers, release: 5 timeouts at most
+        if not store.claim_push(job, lease_s=5 * settings.dicomweb_timeout_s + 60, now=now):
             continue
         try:
             client.store([path.read_bytes() for path in store.outputs(job.id)])
