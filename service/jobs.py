@@ -1,23 +1,16 @@
-"""Asynchronous study jobs: the ``/jobs`` HTTP routes, the worker and the DICOMweb pusher.
+"""Asynchronous study jobs: the ``/jobs`` HTTP routes, and the job worker and pusher in the
+service's event loop (service/job_worker.py) unless ``LESIONSEG_JOBS_WORKER=false`` (workers run
+apart: ``python -m service.worker``).
 
-A small Starlette app that ``service.app`` mounts on ``LesionSeg``; its lifespan starts two
-background tasks in the service's event loop:
-
-- the worker runs queued jobs one at a time through ``service.segment_to_reports`` (once the
-  service is ready) and stores the SEG (and the SR when asked), or the reason the job failed;
-  a job by reference (``{"study": UID, "series": UID}``) first fetches its series from
-  ``LESIONSEG_DICOMWEB_URL`` (QIDO-RS + WADO-RS, ``lesionseg.pacs.job_fetch``), waiting with
-  back-off while the archive is down;
-  every PURGE_INTERVAL_S it deletes the jobs past ``LESIONSEG_JOB_RETENTION_HOURS``;
-- the pusher sends finished SEGs to ``LESIONSEG_DICOMWEB_URL`` with STOW-RS, retrying with
-  exponential back-off while the server is down (``lesionseg.pacs.dicomweb.push_due``).
-
-Everything a job needs is in the persistent ``JobStore``, so both pick up where they were after
-a restart. The store keeps to ``JobBounds`` (lesionseg/pacs/job_bounds.py): a POST beyond
-``LESIONSEG_MAX_QUEUED_JOBS`` jobs queued or running gets 503, beyond one API key's share
-(``LESIONSEG_MAX_REQUESTS_PER_KEY`` of them) 429, both with Retry-After; the upload is read
-first, so that a retried submission (same transaction id) still gets its 409 and job id.
-Nothing here knows about tensors.
+A small Starlette app that ``service.app`` mounts on ``LesionSeg``; its lifespan opens the
+persistent ``JobStore`` (sqlite in ``LESIONSEG_JOBS_DIR``, or PostgreSQL at
+``LESIONSEG_JOBS_DATABASE_URL``: while that is unreachable /jobs answers 503 and the store is
+opened again every STORE_RETRY_S) and starts the worker. The store keeps to ``JobBounds``
+(lesionseg/pacs/job_bounds.py): a POST beyond ``LESIONSEG_MAX_QUEUED_JOBS`` jobs queued or
+running gets 503, beyond one API key's share (``LESIONSEG_MAX_REQUESTS_PER_KEY`` of them) 429,
+both with Retry-After; the upload is read first, so that a retried submission (same transaction
+id) still gets its 409 and job id. A queued job's status says its place in the queue and the
+expected wait. Nothing here knows about tensors.
 """
 
 from __future__ import annotations
@@ -26,7 +19,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,34 +29,43 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from lesionseg.errors import DuplicateJobError, InputError, JobNotFoundError, StorageFullError
+from lesionseg.errors import (
+    DuplicateJobError,
+    InputError,
+    JobNotFoundError,
+    JobStoreError,
+    StorageFullError,
+)
 from lesionseg.io.images import check_upload_size
-from lesionseg.pacs.dicomweb import StowClient, push_due
+from lesionseg.pacs.destinations import Destinations
 from lesionseg.pacs.job import Job, SeriesReference
-from lesionseg.pacs.job_bounds import JobBounds, JobQueueFullError
+from lesionseg.pacs.job_bounds import JobQueueFullError
 from lesionseg.pacs.job_db import check_database
-from lesionseg.pacs.job_fetch import fetch_job, next_fetch_at
 from lesionseg.pacs.job_store import JobStore
 from lesionseg.pacs.wado import WadoClient
 from lesionseg.settings import Settings
 from service.auth import key_id
 from service.forms import check_transaction_id, check_window
 from service.job_requests import flag, job_options, read_job_form, reference, text
-from service.metrics import JOB_STORE_BYTES, JOBS_PURGED, JOBS_REFUSED
-from service.retry import RunnerConnectionError
+from service.job_worker import JobWorker
+from service.metrics import JOBS_REFUSED
 
 log = logging.getLogger("lesionseg.pacs.job_store")
 
-IDLE_POLL_S = 5.0  # also notices jobs and pushes written by another process
-DISK_FULL_RETRY_S = 10.0  # a result that found the volume full is retried this often
+STORE_RETRY_S = 5.0  # an unreachable job database is tried again this often
 MAX_FILES = 5000
-PURGE_INTERVAL_S = 60.0  # expired jobs are gone within this of their expiry
 # A full queue frees a place when a job ends: minutes for a series on CPU.
 QUEUE_FULL_RETRY_S = 60
 
 
 def _error(status: int, message: str, headers: dict | None = None, **extra) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+def _unavailable(exc: JobStoreError) -> JSONResponse:
+    """503 for a job store that is starting or whose database went away: retry shortly."""
+    log.warning("job store unavailable: %s", exc)
+    return _error(503, f"{exc}; retry shortly", {"Retry-After": str(int(STORE_RETRY_S))})
 
 
 class Jobs:
@@ -74,17 +75,16 @@ class Jobs:
 
     def __init__(self, settings: Settings, get_service: Callable[[], Any]) -> None:
         self.settings = settings
-        # A corrupt or locked database stops `bentoml serve` here, before any worker starts,
-        # with the file and what to do (lesionseg.pacs.job_store.check_database).
-        check_database(settings.jobs_dir)
+        # A corrupt or locked sqlite database stops `bentoml serve` here, before any worker
+        # starts, with the file and what to do (lesionseg.pacs.job_db.check_database).
+        if settings.jobs_database_url is None:
+            check_database(settings.jobs_dir)
         self._get_service = get_service
-        self.stow = StowClient.from_settings(settings)
+        self.stow = Destinations.from_settings(settings)  # STOW-RS and C-STORE destinations
         self.wado = WadoClient.from_settings(settings)
         self.store: JobStore | None = None
-        self._tasks: list[asyncio.Task] = []
-        self._work_wake: asyncio.Event | None = None
-        self._push_wake: asyncio.Event | None = None
-        self._purged_at = float("-inf")  # monotonic s of the last purge
+        self.worker: JobWorker | None = None
+        self._opening: asyncio.Task | None = None
         self.app = Starlette(
             routes=[
                 Route("/jobs", self.submit, methods=["POST"]),
@@ -106,125 +106,59 @@ class Jobs:
             await self.stop()
 
     async def start(self) -> None:
-        bounds = JobBounds.from_settings(self.settings)
-        self.store = await asyncio.to_thread(JobStore, self.settings.jobs_dir, bounds)
-        requeued = await asyncio.to_thread(self.store.recover)
-        if requeued:
-            log.info("re-queued %d job(s) interrupted by the last shutdown", requeued)
-        self._work_wake, self._push_wake = asyncio.Event(), asyncio.Event()
-        self._tasks = [
-            asyncio.create_task(self._loop(self._work_once, self._work_wake), name="job-worker"),
-            asyncio.create_task(self._loop(self._push_once, self._push_wake), name="job-pusher"),
-        ]
+        """Open the store, recover it and start the worker and the pusher when this process
+        runs jobs. A database that cannot be reached now is tried again in the background
+        every STORE_RETRY_S (/jobs answers 503 meanwhile)."""
+        try:
+            await self._open()
+        except JobStoreError as exc:
+            log.error("%s; retrying every %.0f s", exc, STORE_RETRY_S)
+            self._opening = asyncio.create_task(self._open_retrying(), name="job-store-open")
+
+    async def _open_retrying(self) -> None:
+        while True:
+            await asyncio.sleep(STORE_RETRY_S)
+            try:
+                return await self._open()
+            except JobStoreError as exc:
+                log.warning("%s; retrying in %.0f s", exc, STORE_RETRY_S)
+
+    async def _open(self) -> None:
+        store = await asyncio.to_thread(JobStore.from_settings, self.settings)
+        if self.settings.jobs_worker:
+            requeued = await asyncio.to_thread(store.recover)
+            if requeued:
+                log.info("re-queued %d job(s) interrupted by the last shutdown", requeued)
+            self.worker = JobWorker(self.settings, store, self._get_service, self.stow, self.wado)
+            self.worker.start()
+        log.info("job store: %s (%s)", store.db.describe(), store.root)
+        self.store = store
 
     @property
     def started(self) -> bool:
-        """True once :meth:`start` has opened and recovered the store and runs the loops."""
-        return self._work_wake is not None
+        """True once :meth:`start` has opened (and, with a worker, recovered) the store."""
+        return self.store is not None
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
-
-    async def _loop(self, step: Callable, wake: asyncio.Event) -> None:
-        """Run ``step`` until cancelled; it returns how long to sleep (a wake cuts it short)."""
-        while True:
-            wake.clear()  # a wake-up during the step below cuts the next sleep
-            try:
-                delay = await step()
-            except Exception:  # a background task has no caller: log and keep serving
-                log.exception("%s failed; retrying in %.0f s", step.__name__, IDLE_POLL_S)
-                delay = IDLE_POLL_S
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), delay)
-
-    async def _work_once(self) -> float:
-        if time.monotonic() - self._purged_at >= PURGE_INTERVAL_S:
-            await self._purge()
-        service = self._get_service()
-        if not service.__is_ready__():
-            return 1.0
-        job = await asyncio.to_thread(self.store.claim_next)
-        if job is None:  # sleep until a job waiting for the archive is due, at the latest
-            due = await asyncio.to_thread(next_fetch_at, self.store)
-            return IDLE_POLL_S if due is None else min(IDLE_POLL_S, max(0.05, due - time.time()))
-        await self._run(service, job)
-        return 0.0
-
-    async def _purge(self) -> None:
-        """Delete the jobs past the retention; publish the bytes the store holds."""
-        self._purged_at = time.monotonic()
-        purged = await asyncio.to_thread(self.store.purge_expired)
-        if purged:
-            JOBS_PURGED.inc(len(purged))
-            hours = self.settings.job_retention_hours
-            log.info("deleted %d job(s) past the retention of %g h", len(purged), hours)
-        JOB_STORE_BYTES.set(await asyncio.to_thread(self.store.bytes_held))
-
-    async def _run(self, service: Any, job: Job) -> None:
-        from bentoml.exceptions import ServiceUnavailable
-
-        started = time.monotonic()
-        try:
-            if job.series is not None:  # by reference: its inputs come from the archive
-                args = (self.store, self.wado, job, self.settings)
-                if (job := await asyncio.to_thread(fetch_job, *args)).state != "running":
-                    return  # waits for the archive, or failed: fetch_job logged why
-            files = self.store.inputs(job.id)
-            options = await asyncio.to_thread(self.store.options, job.id)
-            seg, summary, sr = await service.segment_to_reports(files, window=job.window, **options)
-        except InputError as exc:  # the caller's data: say why (messages carry no identifiers)
-            await asyncio.to_thread(self.store.fail, job.id, str(exc))
-            log.info("job %s failed: %s", job.id, exc)
-        except (ServiceUnavailable, RunnerConnectionError) as exc:
-            # Overloaded, or the model runner restarting: try again later, nothing lost.
-            log.warning("job %s re-queued: %s", job.id, exc)
-            await asyncio.to_thread(self.store.requeue, job.id)
-            await asyncio.sleep(IDLE_POLL_S)
-        except Exception:
-            log.exception("job %s failed with an internal error", job.id)
-            reason = "internal error while segmenting (see the service log)"
-            await asyncio.to_thread(self.store.fail, job.id, reason)
-        else:
-            await self._complete(job, seg, summary, sr)
-            log.info("job %s done in %.1f s", job.id, time.monotonic() - started)
-            self._push_wake.set()
-
-    async def _complete(self, job: Job, seg: bytes, summary: dict, sr: bytes | None) -> None:
-        """Store the result. While the volume is full the result waits in memory and is stored
-        again every DISK_FULL_RETRY_S; the job stays ``running`` with the reason (a restart
-        meanwhile re-runs it), so it is never lost and no other job overtakes the space."""
-        while True:
-            try:
-                await asyncio.to_thread(self.store.complete, job.id, seg, summary, sr=sr)
-                return
-            except StorageFullError as exc:
-                reason = f"{exc}; retried every {DISK_FULL_RETRY_S:.0f} s until space is freed"
-                log.error("job %s: %s (%s)", job.id, reason, exc.__cause__)
-                try:
-                    await asyncio.to_thread(self.store.note, job.id, reason)
-                except sqlite3.OperationalError as note_exc:  # full too: the log says it
-                    log.warning("job %s: the reason could not be recorded: %s", job.id, note_exc)
-            await asyncio.sleep(DISK_FULL_RETRY_S)
-
-    async def _push_once(self) -> float:
-        if self.stow is not None:
-            await asyncio.to_thread(push_due, self.store, self.stow, self.settings)
-        due = await asyncio.to_thread(self.store.next_push_at)
-        if due is None or self.stow is None:
-            return IDLE_POLL_S
-        return min(IDLE_POLL_S, max(0.05, due - time.time()))
+        if self._opening is not None:
+            self._opening.cancel()
+            await asyncio.gather(self._opening, return_exceptions=True)
+        if self.worker is not None:
+            await self.worker.stop()
+            self.worker = None
 
     # --- HTTP --------------------------------------------------------------------------------
 
     def _status(self, job: Job) -> dict:
+        """The JSON status of ``job`` (reads the store: call it in a thread)."""
         body = {**job.to_dict(), "location": f"/jobs/{job.id}"}
         if job.state == "queued" and job.fetch_next_at is not None and job.reason:
             wait = max(0, math.ceil(job.fetch_next_at - time.time()))
             body["reason"] = f"{job.reason}, next try in {wait} s"
+        if job.state == "queued":
+            position, wait_s = self.store.queue_position(job)
+            body["queue_position"] = position
+            body["expected_wait_s"] = None if wait_s is None else math.ceil(wait_s)
         if job.state == "done":
             body["result"] = f"/jobs/{job.id}/result"
             if self.store.sr_path(job.id).exists():
@@ -253,8 +187,10 @@ class Jobs:
             series = self._reference(form, uploads)
             push = flag(text(form, "push"), "push")
             if push and self.stow is None:
-                raise InputError("push requested but no DICOMweb server is configured "
-                                 "(LESIONSEG_DICOMWEB_URL)")  # fmt: skip
+                raise InputError(
+                    "push requested but nowhere to push to: set LESIONSEG_DICOMWEB_URL or "
+                    "LESIONSEG_DICOM_DESTINATIONS"
+                )
             job = await asyncio.to_thread(
                 self.store.submit,
                 [u.file for u in uploads],
@@ -272,6 +208,8 @@ class Jobs:
             JOBS_REFUSED.labels(str(status)).inc()
             log.warning("job refused (%d): %s", status, exc)
             return _error(status, str(exc), {"Retry-After": str(QUEUE_FULL_RETRY_S)})
+        except JobStoreError as exc:  # the database went away: nothing was recorded
+            return _unavailable(exc)
         except StorageFullError as exc:  # nothing kept, so never a 202 for a lost job
             log.error("job refused (507): %s (%s)", exc, exc.__cause__)
             return _error(507, str(exc))
@@ -279,9 +217,12 @@ class Jobs:
             return _error(400, str(exc))
         finally:
             await form.close()
-        self._work_wake.set()
+        if self.worker is not None:
+            self.worker.wake()
         return JSONResponse(
-            self._status(job), status_code=202, headers={"Location": f"/jobs/{job.id}"}
+            await asyncio.to_thread(self._status, job),
+            status_code=202,
+            headers={"Location": f"/jobs/{job.id}"},
         )
 
     def _reference(self, form, uploads: list) -> SeriesReference | None:
@@ -300,15 +241,20 @@ class Jobs:
 
     async def _job(self, request: Request) -> Job:
         """The job of the request's path; another API key's job is not found (404)."""
+        if self.store is None:
+            raise JobStoreError("the job store is starting (or its database is unreachable)")
         job_id, owner = request.path_params["job_id"], key_id(request.scope)
         return await asyncio.to_thread(self.store.get, job_id, owner=owner)
 
     async def status(self, request: Request) -> Response:
         """GET /jobs/{id}: state, failure reason, push state, timestamps (404 if unknown)."""
         try:
-            return JSONResponse(self._status(await self._job(request)))
+            job = await self._job(request)
+            return JSONResponse(await asyncio.to_thread(self._status, job))
         except JobNotFoundError as exc:
             return _error(404, str(exc.args[0]))
+        except JobStoreError as exc:
+            return _unavailable(exc)
 
     async def result(self, request: Request) -> Response:
         """GET /jobs/{id}/result: the SEG (application/dicom) once done; /jobs/{id}/sr: the
@@ -318,6 +264,8 @@ class Jobs:
             job = await self._job(request)
         except JobNotFoundError as exc:
             return _error(404, str(exc.args[0]))
+        except JobStoreError as exc:
+            return _unavailable(exc)
         if job.state != "done":
             return _error(
                 409,

@@ -57,6 +57,11 @@ JOB_STORE_BYTES = Gauge(
     "Bytes held by the job store: database, inputs and results",
     multiprocess_mode="livemax",
 )
+JOBS_WAITING = Gauge(
+    "lesionseg_jobs_waiting",
+    "Jobs queued or running in the job store (all workers): the queue depth workers scale on",
+    multiprocess_mode="livemax",
+)
 JOBS_PURGED = Counter(
     "lesionseg_jobs_purged", "Finished jobs deleted after LESIONSEG_JOB_RETENTION_HOURS"
 )

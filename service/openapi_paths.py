@@ -10,7 +10,14 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from lesionseg.pacs.job import JOB_STATES, MAX_UID, PUSH_STATES, UID_PATTERN, Job
+from lesionseg.pacs.job import (
+    JOB_STATES,
+    MAX_UID,
+    PRIVATE_FIELDS,
+    PUSH_STATES,
+    UID_PATTERN,
+    Job,
+)
 from lesionseg.settings import Settings
 from service.forms import (
     BOXES,
@@ -77,18 +84,32 @@ def plain(schema: Any) -> Any:
     return out
 
 
+def _pushes(settings: Settings) -> bool:
+    """Whether jobs can push their results: an archive (STOW-RS) or C-STORE destinations."""
+    return bool(settings.dicomweb_url or settings.dicom_destinations)
+
+
 def job_status_schema() -> dict[str, Any]:
     schema = plain(TypeAdapter(Job).json_schema())
-    for name in ("owner", "title"):
+    for name in (*PRIVATE_FIELDS, "title"):
         schema.get("properties", {}).pop(name, None)
         schema.pop(name, None)
-    schema["required"] = [f.name for f in dataclasses.fields(Job) if f.name != "owner"]
+    schema["required"] = [f.name for f in dataclasses.fields(Job) if f.name not in PRIVATE_FIELDS]
     props = schema["properties"]
     props["state"] = {"type": "string", "enum": list(JOB_STATES)}
     props["push_state"] = {"type": "string", "enum": list(PUSH_STATES)}
     props["location"] = {"type": "string", "description": "/jobs/{id}: poll it"}
     props["result"] = {"type": "string", "description": "done: /jobs/{id}/result, the SEG"}
     props["sr"] = {"type": "string", "description": "done with sr=true: /jobs/{id}/sr"}
+    props["queue_position"] = {
+        "type": "integer",
+        "description": "queued: 1 = the next job a free worker runs",
+    }
+    props["expected_wait_s"] = {
+        "type": ["integer", "null"],
+        "description": "queued: seconds until it starts, estimated from recent jobs' run times "
+        "and the workers running jobs now; null until a job has run",
+    }
     props["summary"] = {
         "anyOf": [{"type": "object"}, {"type": "null"}],
         "description": "done: the SEG's UIDs and segments",
@@ -123,7 +144,7 @@ def job_routes(settings: Settings) -> dict[str, Any]:
                 "type": "string",
                 # true needs a DICOMweb server: 400 without one
                 "pattern": words_pattern(
-                    TRUE_WORDS + FALSE_WORDS if settings.dicomweb_url else FALSE_WORDS
+                    TRUE_WORDS + FALSE_WORDS if _pushes(settings) else FALSE_WORDS
                 ),
                 "description": "push the SEG to LESIONSEG_DICOMWEB_URL (default: when set)",
             },

@@ -165,7 +165,12 @@ class SeriesSpool:
             )
         except DuplicateJobError as exc:  # recorded before a crash: only the removal was left
             log.info("series claim %s was job %s already", claim.name, exc.job_id)
-            shutil.rmtree(claim)
+            shutil.rmtree(claim, ignore_errors=True)
+            return None
+        except FileNotFoundError:  # another process of a shared spool submitted and removed it
+            if claim.exists():
+                raise
+            log.info("series claim %s was submitted by another process", claim.name)
             return None
         except JobQueueFullError as exc:
             if not self._queue_full:
@@ -176,7 +181,7 @@ class SeriesSpool:
             log.error("received series %s waits in the spool: %s", claim.name, exc)
             return None
         self._queue_full = False
-        shutil.rmtree(claim)
+        shutil.rmtree(claim, ignore_errors=True)  # another process may have removed it
         series_uid = claim.name.rsplit(".", 1)[0]
         log.info("series %s (%d instances) is job %s", series_uid, len(files), job.id)
         self.on_job(job)

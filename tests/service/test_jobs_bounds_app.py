@@ -13,7 +13,7 @@ from pydicom.data import get_testdata_file
 from starlette.testclient import TestClient
 
 from lesionseg.settings import Settings
-from service import jobs as jobs_module
+from service import job_worker as jobs_module
 from service.auth import ApiKeyMiddleware, ApiKeys
 from service.jobs import Jobs
 from service.metrics import JOB_STORE_BYTES, JOBS_PURGED
