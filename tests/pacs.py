@@ -35,26 +35,40 @@ def orthanc_missing() -> str | None:
 
 
 class OrthancServer:
-    """One Orthanc process on 127.0.0.1 with the DICOMweb plugin; restartable in place."""
+    """One Orthanc process on 127.0.0.1 with the DICOMweb plugin; restartable in place.
 
-    def __init__(self, root: Path) -> None:
+    ``extra``: more ``orthanc.json`` settings, which replace the defaults they name (e.g. a
+    test's ``StableAge``, ``DicomModalities``, ``LuaScripts``); the storage, ports and access
+    settings stay the test's. ``lua``: Lua scripts by file name, written next to
+    ``orthanc.json`` for ``extra``'s ``LuaScripts`` to name."""
+
+    def __init__(
+        self, root: Path, *, extra: dict | None = None, lua: dict[str, str] | None = None
+    ) -> None:
         self.root = Path(root)
         self.http_port, self.dicom_port = free_port(), free_port()
         self.config = self.root / "orthanc.json"
         storage = self.root / "storage"
         storage.mkdir(parents=True, exist_ok=True)
+        for name, script in (lua or {}).items():
+            assert Path(name).name == name, f"a Lua script's name, not a path: {name!r}"
+            (self.root / name).write_text(script)
+        own = {
+            "StorageDirectory": str(storage),
+            "IndexDirectory": str(storage),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+        }
         self.config.write_text(
             json.dumps(
                 {
                     "Name": "lesionseg-test",
-                    "StorageDirectory": str(storage),
-                    "IndexDirectory": str(storage),
-                    "HttpPort": self.http_port,
-                    "DicomPort": self.dicom_port,
-                    "RemoteAccessAllowed": False,
-                    "AuthenticationEnabled": False,
                     "Plugins": [str(DICOMWEB_PLUGIN)],
                     "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+                    **(extra or {}),
+                    **own,
                 },
                 indent=2,
             )

@@ -4,7 +4,6 @@ referencing the series sent."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import time
@@ -14,7 +13,7 @@ import pydicom
 import pytest
 
 from lesionseg.datasets.examples import lits_ct
-from service.launcher import REPO_ROOT, free_port, running_server
+from service.launcher import free_port, running_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -58,7 +57,7 @@ def test_storescu_series_comes_back_as_seg_and_sr_in_orthanc(model_store, orthan
             [*command, *map(str, paths)], capture_output=True, text=True, timeout=60
         )
         assert sent.returncode == 0, sent.stdout + sent.stderr
-        # The modality of docs/dicom-pacs.md, pointed at this listener: Orthanc's C-ECHO passes.
+        # The modality of docs/pacs-integration.md, pointed at this listener: Orthanc's C-ECHO passes.
         modality = {**docs_modality(), "Host": "127.0.0.1", "Port": port}
         put = httpx.put(f"{orthanc.url}/modalities/lesionseg", json=modality, timeout=10)
         assert put.status_code == 200, put.text
@@ -88,9 +87,10 @@ def test_storescu_series_comes_back_as_seg_and_sr_in_orthanc(model_store, orthan
 
 
 def docs_modality() -> dict:
-    text = (REPO_ROOT / "docs" / "dicom-pacs.md").read_text()
-    section = text[text.index("### Routing studies from Orthanc") :]
-    return json.loads(section[section.index("```json\n") + 8 : section.index("```\n", 10)])
+    """The lesionseg entry of Orthanc's DicomModalities, as docs/pacs-integration.md has it."""
+    from tests.test_orthanc_routing import docs_modality as documented
+
+    return documented()[1]  # {"AET": ..., "Host": ..., "Port": ...}
 
 
 def references(dataset: pydicom.Dataset, series: str) -> bool:
