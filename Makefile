@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 3000
+WORKER_PORT ?= 3001
 # Loopback: without API keys the service serves loopback clients only, and refuses to start
 # bound elsewhere (docs/security.md); HOST=0.0.0.0 needs LESIONSEG_API_KEYS(_FILE) or
 # LESIONSEG_ALLOW_ANONYMOUS=true.
@@ -25,7 +26,7 @@ export YOLO_AUTOINSTALL := false
 .PHONY: help setup data export engines models serve demo build bench bench-encoder test test-fast \
 	lint format train train-default clean pacs-deps train-unet \
 	bench-accuracy bench-gpu browser-deps container-deps container container-gpu \
-	bench-container soak docs bench-detectors doctor ohif-deps
+	bench-container soak docs bench-detectors doctor ohif-deps worker postgres-deps
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -60,6 +61,9 @@ models: setup ## import SAM, detector, exports and the bundle into the BentoML s
 
 serve: setup data export models ## serve on $(HOST):$(PORT), loopback by default; LESIONSEG_MODEL_DIR=DIR serves that bundle
 	$(VENV)/bin/bentoml serve service.app:LesionSeg --host $(HOST) --port $(PORT)
+
+worker: setup data export models ## a job worker apart from the API (python -m service.worker) on $(HOST):$(WORKER_PORT); see docs/pacs-integration.md
+	$(PY) -m service.worker --host $(HOST) --port $(WORKER_PORT)
 
 doctor: setup ## the deployment check of the settings in force on $(HOST): exit 1 if unsafe
 	$(PY) -m service.doctor --host $(HOST)
@@ -99,6 +103,14 @@ pacs-deps: ## install Orthanc and orthanc-dicomweb (Debian packages) if missing
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 			orthanc orthanc-dicomweb; }
 
+# PostgreSQL for the tests of the job table in PostgreSQL: they start a cluster of their own
+# (tests/postgres.py); nothing is configured here.
+postgres-deps: ## install PostgreSQL (Debian package) if missing
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			postgresql; }
+
 # Headless Chromium and its WebDriver from Debian, for the viewer's browser tests (Selenium
 # drives them; nothing is downloaded at test time).
 browser-deps: ## install chromium and chromium-driver (Debian packages) if missing
@@ -134,7 +146,7 @@ container-gpu: container-deps export models ## CUDA image lesionseg-gpu (onnxrun
 bench-container: container-deps export models ## image size, build times, cold start -> benchmarks/results
 	$(PY) -m benchmarks.container
 
-test: setup data pacs-deps browser-deps container-deps ohif-deps ## the whole test suite: unit, slow, integration, OHIF, docs build and examples, wheel, container
+test: setup data pacs-deps postgres-deps browser-deps container-deps ohif-deps ## the whole test suite: unit, slow, integration, OHIF, docs build and examples, wheel, container
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup ## unit tests only (no slow real-model checks)

@@ -36,23 +36,27 @@ from service.findings import Finding
 log = logging.getLogger("lesionseg.service")
 
 DEFAULT_HOST = "127.0.0.1"
-# Modules with ``findings(settings, host) -> list[Finding]``; one that is absent is skipped.
-CONCERNS = ("service.auth", "service.deadlines", "service.bounds", "service.listener")
+# Modules with ``findings(settings, host) -> list[Finding]``, beside the rules they report.
+CONCERNS = (
+    "service.auth",
+    "service.deadlines",
+    "service.bounds",
+    "service.listener",
+    "service.jobs",
+)
 Check = Callable[[Settings, str | None], list[Finding]]
 
 
 def concern_checks(names: Iterable[str] = CONCERNS) -> list[Check]:
-    """The ``findings`` functions of the modules ``names`` that exist and have one."""
+    """The ``findings`` functions of the modules ``names`` (imported here, not at the top:
+    they import the service's parts, some of which call :func:`refuse_unsafe_start`). A module
+    that is missing or has no ``findings`` is an error: a concern never goes unchecked."""
     checks = []
     for name in names:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:  # the module exists but one of its imports is missing
-                raise
-            continue
-        if callable(check := getattr(module, "findings", None)):
-            checks.append(check)
+        check = getattr(importlib.import_module(name), "findings", None)
+        if not callable(check):
+            raise TypeError(f"{name} has no findings(settings, host) function")
+        checks.append(check)
     return checks
 
 

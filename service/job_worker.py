@@ -44,6 +44,7 @@ log = logging.getLogger("lesionseg.pacs.job_store")
 IDLE_POLL_S = 5.0  # also notices jobs and pushes written by another process
 DISK_FULL_RETRY_S = 10.0  # a result that found the volume full is retried this often
 PURGE_INTERVAL_S = 60.0  # expired jobs are gone within this of their expiry
+COUNT_INTERVAL_S = 10.0  # the queue's depth (lesionseg_jobs_waiting) is counted this often
 
 
 class JobWorker:
@@ -69,6 +70,7 @@ class JobWorker:
         self._work_wake = asyncio.Event()
         self._push_wake = asyncio.Event()
         self._purged_at = float("-inf")  # monotonic s of the last purge
+        self._counted_at = float("-inf")  # monotonic s of the last count of the queue
         self.running: Job | None = None  # the job it runs now
         self._stopping = False
 
@@ -120,6 +122,9 @@ class JobWorker:
     async def _work_once(self) -> float:
         if time.monotonic() - self._purged_at >= PURGE_INTERVAL_S:
             await self._purge()
+        if time.monotonic() - self._counted_at >= COUNT_INTERVAL_S:
+            self._counted_at = time.monotonic()
+            JOBS_WAITING.set(await asyncio.to_thread(self.store.waiting))
         service = self._get_service()
         if self._stopping or not service.__is_ready__():
             return 1.0
@@ -166,7 +171,6 @@ class JobWorker:
             hours = self.settings.job_retention_hours
             log.info("deleted %d job(s) past the retention of %g h", len(purged), hours)
         JOB_STORE_BYTES.set(await asyncio.to_thread(self.store.bytes_held))
-        JOBS_WAITING.set(await asyncio.to_thread(self.store.waiting))
 
     async def _run(self, service: Any, job: Job) -> None:
         from bentoml.exceptions import ServiceUnavailable

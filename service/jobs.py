@@ -41,10 +41,12 @@ from lesionseg.pacs.destinations import Destinations
 from lesionseg.pacs.job import Job, SeriesReference
 from lesionseg.pacs.job_bounds import JobQueueFullError
 from lesionseg.pacs.job_db import check_database
+from lesionseg.pacs.job_db_postgres import safe_url
 from lesionseg.pacs.job_store import JobStore
 from lesionseg.pacs.wado import WadoClient
 from lesionseg.settings import Settings
 from service.auth import key_id
+from service.findings import Finding
 from service.forms import check_transaction_id, check_window
 from service.job_requests import flag, job_options, read_job_form, reference, text
 from service.job_worker import JobWorker
@@ -56,6 +58,29 @@ STORE_RETRY_S = 5.0  # an unreachable job database is tried again this often
 MAX_FILES = 5000
 # A full queue frees a place when a job ends: minutes for a series on CPU.
 QUEUE_FULL_RETRY_S = 60
+
+
+def findings(settings: Settings, host: str | None) -> list[Finding]:
+    """Where jobs are kept and who runs them (the doctor's "jobs" topic): a process that runs
+    none with the sqlite store needs exactly one worker beside it (a warning, as nothing here
+    can see whether it runs)."""
+    url = settings.jobs_database_url
+    if url is not None:
+        where = f"job table in PostgreSQL {safe_url(url.get_secret_value())}"
+        runs = "this process and any worker" if settings.jobs_worker else "worker processes"
+        return [Finding("ok", "jobs", f"{where}; files in {settings.jobs_dir}; run by {runs}")]
+    where = f"job table in sqlite under {settings.jobs_dir}"
+    if settings.jobs_worker:
+        return [Finding("ok", "jobs", f"{where}; run by this process")]
+    return [
+        Finding(
+            "warn",
+            "jobs",
+            f"{where}; LESIONSEG_JOBS_WORKER=false: this process runs none, so one "
+            "`python -m service.worker` (make worker) must run beside it on the same "
+            "LESIONSEG_JOBS_DIR (more than one takes LESIONSEG_JOBS_DATABASE_URL)",
+        )
+    ]
 
 
 def _error(status: int, message: str, headers: dict | None = None, **extra) -> JSONResponse:

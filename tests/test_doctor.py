@@ -80,9 +80,26 @@ def test_a_missing_export_is_a_warning(tmp_path):
     assert finding.level == "warn" and "make export models" in finding.text
 
 
-def test_concern_modules_that_do_not_exist_are_skipped():
-    checks = doctor.concern_checks(["service.auth", "service.no_such_concern"])
-    assert checks == [auth.findings]
+def test_every_concern_is_checked_and_a_missing_one_is_an_error():
+    assert doctor.concern_checks(["service.auth"]) == [auth.findings]
+    assert len(doctor.concern_checks()) == len(doctor.CONCERNS)
+    with pytest.raises(ModuleNotFoundError):
+        doctor.concern_checks(["service.auth", "service.no_such_concern"])
+    with pytest.raises(TypeError, match="no findings"):
+        doctor.concern_checks(["service.findings"])
+
+
+def test_the_jobs_concern_says_where_jobs_run(tmp_path):
+    from service import jobs
+
+    (alone,) = jobs.findings(Settings(jobs_dir=tmp_path), None)
+    assert alone.level == "ok" and "sqlite" in alone.text and "this process" in alone.text
+    (apart,) = jobs.findings(Settings(jobs_dir=tmp_path, jobs_worker=False), None)
+    assert apart.level == "warn" and "python -m service.worker" in apart.text
+    url = "postgresql://u:secret@db:5432/jobs"
+    (shared,) = jobs.findings(Settings(jobs_database_url=url, jobs_worker=False), None)
+    assert shared.level == "ok" and "postgresql://u@db:5432/jobs" in shared.text
+    assert "secret" not in shared.text
 
 
 def test_report_groups_by_topic_and_counts_the_unsafe():

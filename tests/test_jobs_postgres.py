@@ -198,3 +198,35 @@ def test_queue_position_and_expected_wait(tmp_path, url, files):
     other.claim_next(now=now)  # the third runs on another worker: two workers, two running
     assert other.queue_position(fourth) == (1, 20.0)
     assert jobs.waiting() == 3
+
+
+def test_a_store_holds_a_few_sessions_whatever_its_threads(tmp_path, url, files):
+    import psycopg
+
+    from lesionseg.pacs.job_db_postgres import MAX_CONNECTIONS
+
+    jobs = store(tmp_path, url)
+    job = jobs.submit(files)
+    errors = []
+
+    def poll():
+        try:
+            for _ in range(20):
+                jobs.get(job.id)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=poll) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    database = url.rsplit("/", 1)[1]
+    with psycopg.connect(url) as db:
+        (sessions,) = db.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+            "AND application_name = 'lesionseg'",
+            (database,),
+        ).fetchone()
+    assert 1 <= sessions <= MAX_CONNECTIONS

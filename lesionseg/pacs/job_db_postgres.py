@@ -13,8 +13,9 @@ re-checked by PostgreSQL against the committed row, so exactly one of two racing
 Submissions that check the queue's bounds take a transaction-scoped advisory lock
 (:meth:`_Transaction.lock_queue`), as SQLite's ``BEGIN IMMEDIATE`` serialises them.
 
-Connections: one per thread that uses the store (the service runs store calls in worker
-threads), opened on first use and replaced after an error that broke it.
+Connections: a small pool per store, at most MAX_CONNECTIONS open (the service runs store calls
+in threads; each transaction borrows one), opened on first use and dropped after an error that
+broke them; so a process holds a few database sessions, whatever its thread count.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from lesionseg.errors import JobStoreError
 log = logging.getLogger("lesionseg.pacs.job_store")
 
 CONNECT_TIMEOUT_S = 10
+MAX_CONNECTIONS = 4  # per store (process): API routes, the worker, the pusher, the listener
 # The key of the advisory lock that serialises queue-bound checks ("lesionseg jobs queue").
 QUEUE_LOCK = 0x1E5105E6
 
@@ -152,9 +154,9 @@ class PostgresJobDatabase:
         self._psycopg = psycopg
         self.integrity_errors = (psycopg.errors.UniqueViolation,)
         self.url = url
-        self._local = threading.local()
-        self._connections: list = []
+        self._idle: list = []  # open connections nobody uses now
         self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         with self.transaction() as db:
             db.lock_queue()  # two processes starting together create the table once
             for statement in _SCHEMA:
@@ -165,7 +167,7 @@ class PostgresJobDatabase:
 
     def _connect(self):
         try:
-            connection = self._psycopg.connect(
+            return self._psycopg.connect(
                 self.url,
                 connect_timeout=CONNECT_TIMEOUT_S,
                 row_factory=_row_factory,
@@ -178,32 +180,42 @@ class PostgresJobDatabase:
                 "check LESIONSEG_JOBS_DATABASE_URL, that PostgreSQL is up and that this pod "
                 "may connect to it"
             ) from None
-        with self._lock:
-            self._connections.append(connection)
-        return connection
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator:
+        """Borrow a connection of the pool (waiting while MAX_CONNECTIONS are lent); it goes
+        back unless broken or closed."""
+        with self._slots:
+            with self._lock:
+                connection = self._idle.pop() if self._idle else None
+            if connection is None or connection.closed or connection.broken:
+                connection = self._connect()
+            try:
+                yield connection
+            finally:
+                if not (connection.closed or connection.broken):
+                    with self._lock:
+                        self._idle.append(connection)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[_Transaction]:
-        """One transaction on this thread's connection: committed on exit, rolled back on an
-        exception; a connection an error broke is closed and replaced at the next call."""
-        connection = getattr(self._local, "connection", None)
-        if connection is None or connection.closed or connection.broken:
-            connection = self._local.connection = self._connect()
-        try:
-            with connection.transaction():
-                yield _Transaction(connection)
-        except self._psycopg.OperationalError as exc:
-            if connection.broken or connection.closed:
-                self._local.connection = None
-                raise JobStoreError(
-                    f"the job database {self.describe()} went away ({_first_line(exc)}); the "
-                    "next call reconnects"
-                ) from exc
-            raise
+        """One transaction on a pooled connection: committed on exit, rolled back on an
+        exception; a connection an error broke is dropped (the next call opens another)."""
+        with self._connection() as connection:
+            try:
+                with connection.transaction():
+                    yield _Transaction(connection)
+            except self._psycopg.OperationalError as exc:
+                if connection.broken or connection.closed:
+                    raise JobStoreError(
+                        f"the job database {self.describe()} went away ({_first_line(exc)}); "
+                        "the next call reconnects"
+                    ) from exc
+                raise
 
     def close(self) -> None:
         with self._lock:
-            connections, self._connections = self._connections, []
+            connections, self._idle = self._idle, []
         for connection in connections:
             with contextlib.suppress(Exception):
                 connection.close()

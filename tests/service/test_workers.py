@@ -1,8 +1,12 @@
-"""Scale-out, end to end: an API that only accepts jobs (``LESIONSEG_JOBS_WORKER=false``) and
+"""Workers apart from the API, end to end (``python -m service.worker``).
+
+Scale-out: an API that only accepts jobs (``LESIONSEG_JOBS_WORKER=false``) and
 two worker processes (``python -m service.worker``) on one real PostgreSQL job table and one
 shared jobs directory, pushing to a real Orthanc. 20 jobs; one worker is SIGKILLed while it
 runs one: every job is done exactly once (the killed one re-run by the other worker once the
-lease expired), every result pushed exactly once, none lost."""
+lease expired), every result pushed exactly once, none lost. On one machine
+(docs/pacs-integration.md: ``LESIONSEG_JOBS_WORKER=false make serve`` and ``make worker``): the
+same with the default sqlite store and one worker."""
 
 from __future__ import annotations
 
@@ -151,3 +155,53 @@ def test_two_workers_one_killed_every_job_done_and_pushed_once(
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def test_one_machine_sqlite_api_and_one_worker(model_store, tmp_path):
+    """The API accepts into the embedded sqlite store and runs nothing; the worker beside it,
+    on the same LESIONSEG_JOBS_DIR, runs the jobs; GET /jobs on the API sees them done."""
+    jobs_dir = tmp_path / "jobs"
+    env = {**os.environ, "LESIONSEG_JOBS_DIR": str(jobs_dir), "OMP_NUM_THREADS": "1"}
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "LESIONSEG_DICOMWEB_URL"):
+        env.pop(name, None)
+    api = Jobs(Settings(jobs_dir=jobs_dir, jobs_worker=False), lambda: None)
+    port, log = free_port(), tmp_path / "worker.log"
+    worker = None
+    try:
+        with TestClient(api.app, client=("127.0.0.1", 50000)) as client:
+            locations = []
+            for i in range(2):
+                answer = client.post(
+                    "/jobs", files={"files": ("ct.dcm", study(i), "application/dicom")}
+                )
+                assert answer.status_code == 202, answer.text
+                locations.append(answer.headers["Location"])
+            time.sleep(1)
+            assert {client.get(loc).json()["state"] for loc in locations} == {"queued"}
+            worker = start_worker(env, port, log)
+            wait_ready(port, worker, log)
+            deadline = time.monotonic() + 240
+            while (states := [client.get(loc).json()["state"] for loc in locations]) != [
+                "done",
+                "done",
+            ]:
+                assert "failed" not in states, [client.get(loc).json() for loc in locations]
+                assert time.monotonic() < deadline, (states, log.read_text()[-3000:])
+                time.sleep(0.5)
+            for loc in locations:
+                seg = client.get(f"{loc}/result")
+                assert (
+                    seg.status_code == 200
+                    and pydicom.dcmread(pydicom.filebase.DicomBytesIO(seg.content)).Modality
+                    == "SEG"
+                )
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert "lesionseg_jobs_waiting" in metrics
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                assert worker.wait(timeout=60) == 0, log.read_text()[-3000:]
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                raise
