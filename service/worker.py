@@ -38,6 +38,7 @@ from service.job_worker import JobWorker
 from service.jobs import STORE_RETRY_S
 
 log = logging.getLogger("lesionseg.worker")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def store_models(settings: Settings) -> dict:
@@ -188,8 +189,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     check_environment()
     settings = Settings()
+    # One handler on the root logger (what `bentoml serve` sets up for the service), which
+    # configure_logging turns to JSON lines with LESIONSEG_LOG_FORMAT=json; uvicorn's loggers
+    # propagate to it. No access log: the probes would fill it.
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     configure_logging(settings)
-    uvicorn.run(Worker(settings).app, host=args.host, port=args.port, log_config=None)
+    uvicorn.run(
+        Worker(settings).app, host=args.host, port=args.port, log_config=None, access_log=False
+    )
 
 
 if __name__ == "__main__":

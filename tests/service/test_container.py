@@ -193,3 +193,43 @@ def test_sigterm_answers_in_flight_and_keeps_jobs(engine, image, volume, contain
         assert status["state"] == "done", status
         seg = httpx.get(f"{again.url}{status['result']}", timeout=60)
         assert seg.status_code == 200 and seg.content[128:132] == b"DICM"
+
+
+def test_a_worker_of_its_own_runs_the_jobs_of_an_api_that_runs_none(engine, image, lits):
+    """deploy/kubernetes/scale-out's pair in containers: the API with LESIONSEG_JOBS_WORKER=false
+    and `python -m service.worker` (its command in worker.yaml) from the same image on one job
+    volume (sqlite: one worker). The worker finds the bento's models, becomes ready, and the
+    job posted to the API is done by it."""
+    volume = f"lesionseg-test-{uuid.uuid4().hex[:8]}"
+    engine.run("volume", "create", volume)
+    worker, port = f"lesionseg-worker-{os.getpid()}", free_port()
+    try:
+        api_env = {**OPEN, "LESIONSEG_JOBS_WORKER": "false"}
+        with running_container(engine, image.image, volume, free_port(), env=api_env) as api:
+            series = lits_ct(lits, range(108, 111))
+            files = [("files", (f"ct{i}.dcm", ct)) for i, ct in enumerate(series)]
+            job = httpx.post(f"{api.url}/jobs", files=files, timeout=60)
+            assert job.status_code == 202 and job.json()["queue_position"] == 1, job.text
+            time.sleep(2)
+            location = f"{api.url}{job.headers['Location']}"
+            assert httpx.get(location).json()["state"] == "queued"  # the API runs none
+            args = ["run", "-d", "--name", worker, "--read-only", "-v", f"{volume}:{DATA_DIR}"]
+            if engine.name == "podman":
+                args.append("--read-only-tmpfs=false")
+            args += ["-p", f"127.0.0.1:{port}:3000", "--workdir", "/home/bentoml/bento/src"]
+            args += ["--entrypoint", "python", image.image]
+            engine.run(*args, "-m", "service.worker", "--host", "0.0.0.0", "--port", "3000")
+            deadline = time.monotonic() + 300
+            while (status := httpx.get(location).json())["state"] not in ("done", "failed"):
+                logs = engine.run("logs", worker, check=False)
+                assert time.monotonic() < deadline, (status, logs.stdout[-2000:], logs.stderr)
+                time.sleep(0.5)
+            assert status["state"] == "done", status
+            ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
+            assert ready.status_code == 200, ready.text
+            seg = httpx.get(f"{api.url}{status['result']}", timeout=60)
+            assert seg.status_code == 200 and seg.content[128:132] == b"DICM"
+    finally:
+        engine.run("rm", "-f", *(["-t", "0"] if engine.name == "podman" else []), worker,
+                   check=False)  # fmt: skip
+        engine.run("volume", "rm", "-f", volume, check=False)
