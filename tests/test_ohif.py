@@ -2,16 +2,16 @@
 over a real Orthanc, in Debian's headless Chromium driven by Selenium.
 
 The study: pydicom-data's CT_small made into a 9-slice CT series with two synthetic lesions
-(tests/test_sr.py), the SEG and the SR written by the library and stored in Orthanc. The
-checks: the SEG's segments are listed in OHIF's segmentation panel and painted over the CT
-where the lesions are; the SR's measurements (volume, long and short axis per lesion) are shown
-by OHIF's SR viewport on the slice where they were measured, the long axis drawn. Screenshots
-go to out/ohif-tests/.
-
-OHIF lists an SR's measurements in its "Measurements" side panel only after it re-creates
-them as its own Cornerstone tools, which it does for SRs whose tracking identifiers name those
-tools (``Cornerstone3DTools@^0.1.0:Length``); ours track lesions (``lesion 1``, as the SEG's
-segments), so OHIF shows them in its SR viewport, lesion by lesion (docs/viewer.md).
+(tests/test_sr.py), the SEG and the SR written by the library and stored in Orthanc. What a
+user does and sees: the SEG's segments are listed in OHIF's segmentation panel and painted over
+the CT where the lesions are; opening the SR, OHIF's SR viewport shows the first lesion's
+volume, long and short axis on the slice where they were measured, and asks whether to track
+the SR's measurements; after "Yes", the "Measurements" panel lists each lesion's RECIST axes as
+one measurement named ``lesion <id>``, long (L) and short (W) axis in mm as the SR has them,
+and a click on one shows its slice with both axes drawn. OHIF makes its own measurements only of
+what a Cornerstone tool can draw: the axes, tracked as its Bidirectional tool
+(lesionseg/outputs/dicom_sr.py says why); the volume, which measures a SEG segment, is shown by
+the SR viewport only. Screenshots go to out/ohif-tests/.
 """
 
 from __future__ import annotations
@@ -21,11 +21,14 @@ import re
 import shutil
 import time
 
+import highdicom as hd
 import httpx
 import numpy as np
 import pydicom
 import pytest
 from PIL import Image
+from pydicom.sr.codedict import codes
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 
@@ -55,7 +58,7 @@ def study(orthanc):
     ids = link_lesions(results, geometry)
     lesions = measure_lesions(results, ids, geometry)
     seg = build_seg(files, results, lesion_ids=ids)
-    sr = build_sr(files, seg, lesions)
+    sr = hd.sr.srread(io.BytesIO(seg_to_bytes(build_sr(files, seg, lesions))))  # as read
     for dataset in [*files, seg, sr]:
         stored = httpx.post(f"{orthanc.url}/instances", content=seg_to_bytes(dataset), timeout=30)
         assert stored.status_code == 200, stored.text
@@ -96,9 +99,10 @@ def browser():
 
 
 def wait_for(driver, find, what: str, timeout: float = 60):
-    """``find(driver)`` once it is truthy; fails with a screenshot's path after ``timeout``."""
+    """``find(driver)`` once it is truthy; fails with a screenshot's path after ``timeout``.
+    An element that React replaced while ``find`` read it (stale) counts as not found yet."""
     deadline = time.monotonic() + timeout
-    while not (found := find(driver)):
+    while not (found := _found(driver, find)):
         if time.monotonic() > deadline:
             name = re.sub(r"\W+", "-", what)
             shot = ARTIFACTS / f"timeout-{name}.png"
@@ -106,6 +110,24 @@ def wait_for(driver, find, what: str, timeout: float = 60):
             pytest.fail(f"OHIF did not show {what} in {timeout}s (see {shot})")
         time.sleep(0.3)
     return found
+
+
+def _found(driver, find):
+    try:
+        return find(driver)
+    except StaleElementReferenceException:
+        return None
+
+
+def click(driver, find, what: str) -> None:
+    """Click the first element ``find`` gives, once there; again if React replaced it first."""
+
+    def clicked(d) -> bool:
+        if found := find(d):
+            found[0].click()
+        return bool(found)
+
+    wait_for(driver, clicked, what)
 
 
 def by_text(text: str):
@@ -140,9 +162,17 @@ def open_series(driver, description: str) -> None:
     ActionChains(driver).double_click(thumbnails[0]).perform()
 
 
-def _measured(text: str) -> dict[str, float]:
-    """The values of an SR label, e.g. {"Volume": 63.01, "Long axis": 4.44, ...}."""
-    return {k: float(v) for k, v in re.findall(r"(Volume|Long axis|Short axis): ([\d.]+)", text)}
+def sr_labels(text: str) -> dict[str, float]:
+    """The values of an SR viewport's label, e.g. {"Volume": 63.01, "L": 4.44, "W": 2.96} of
+    "lesion 1: L: : 4.44 mm W: : 2.96 mm Volume: 63.01 mm3" (OHIF's shorthands and colons)."""
+    return {k: float(v) for k, v in re.findall(r"(Volume|L|W): (?:: )?([\d.]+)", text)}
+
+
+def shown_as(shown: str, value: float) -> bool:
+    """True if ``shown`` (OHIF's rounding, e.g. "40.0" or "4.44") is ``value`` (mm, 3 decimals as
+    in the SR) to the digits shown; OHIF measures anew from the end points (float32)."""
+    decimals = len(shown.partition(".")[2])
+    return abs(float(shown) - value) <= 0.5 * 10.0**-decimals + 1e-3
 
 
 def viewport_pixels(driver) -> np.ndarray:
@@ -161,8 +191,8 @@ def painted_in(pixels: np.ndarray, colour: list[int]) -> np.ndarray:
     return (strength > 15) & (cosine > 0.95)
 
 
-def test_ohif_lists_and_paints_the_seg_and_shows_the_sr_measurements(browser, ohif, study):
-    files, lesions, seg, _ = study
+def test_ohif_lists_the_seg_and_the_sr_measurements(browser, ohif, study):
+    files, lesions, seg, sr = study
     d = browser
     d.get(f"{ohif}/viewer?StudyInstanceUIDs={files[0].StudyInstanceUID}")
     wait_for(d, showing_image("(1/9)"), "the CT's first image")
@@ -198,43 +228,87 @@ def test_ohif_lists_and_paints_the_seg_and_shows_the_sr_measurements(browser, oh
         else:  # the ellipsoid, centred near the image's middle
             assert np.abs(centre - 0.5).max() < 0.1, centre
 
-    # The SR: its viewport shows each lesion's measurements on the slice they were measured on.
+    # The SR: OHIF's SR viewport shows the first lesion's name and measurements, the volume with
+    # them, on the slice they were measured on. (The other lesions are behind the viewport's
+    # arrows, but a click outside OHIF's question, next, answers it "No".)
+    recist = {  # "lesion <id>": (long, short) mm, as the SR has them
+        group[0].ContentSequence.find(codes.DCM.Comment)[0].value: tuple(
+            m.value for m in group.get_measurements()
+        )
+        for group in sr.content.get_image_measurement_groups()
+    }
     open_series(d, "lesionseg measurements")
     order = sorted(range(len(files)), key=lambda i: -float(files[i].ImagePositionPatient[2]))
-    lengths = []
+    first = lesions[0]
+    image = f"({order.index(first.long_axis_frame) + 1}/9)"  # OHIF's 1-based, head first
+    wait_for(d, showing_image(image), f"lesion {first.id}'s slice {image} in the SR viewport")
+    expected = {
+        "Volume": pytest.approx(first.volume_mm3, abs=0.006),
+        "L": pytest.approx(first.long_axis_mm, abs=0.006),
+        "W": pytest.approx(first.short_axis_mm, abs=0.006),
+    }
+
+    def first_lesion_text(d):
+        texts = [t.text for t in by_css("svg.svg-layer text")(d) if "Volume" in t.text]
+        return [t for t in texts if sr_labels(t) == expected and f"lesion {first.id}" in t]
+
+    wait_for(d, first_lesion_text, f"lesion {first.id}'s measurements {expected}")
+    d.save_screenshot(str(ARTIFACTS / f"sr-lesion-{first.id}.png"))
+
+    # OHIF asks whether to track the SR's measurements: yes, and its Measurements panel lists
+    # one measurement per lesion, its long (L) and short (W) axis.
+    click(d, displayed(by_text("Yes")), "the question to track the SR's measurements")
+    click(d, by_css("[data-cy='trackedMeasurements-btn']"), "the measurements tab")
+
+    def listed(d):  # [{title: its detail lines}] once every lesion's row has its values
+        rows = {}
+        for row in displayed(by_css("[data-cy^='measurement-table-row-']"))(d):
+            (title,) = row.find_elements(By.CSS_SELECTOR, "[data-cy='data-row-title']")
+            lines = row.find_elements(By.CSS_SELECTOR, "[data-cy='data-row-detail-line']")
+            rows[title.text.strip()] = " ".join(x.text.strip() for x in lines)
+        return [rows] if len(rows) == len(recist) and all("W:" in v for v in rows.values()) else []
+
+    (rows,) = wait_for(d, listed, f"{len(recist)} measurements in the Measurements panel")
+    d.save_screenshot(str(ARTIFACTS / "measurements-panel.png"))
+    assert set(rows) == set(recist), list(rows)  # the volumes are not there: no tool draws them
+    for title, (long_mm, short_mm) in recist.items():
+        text = rows[title]
+        (long_shown,) = re.findall(r"L: ([\d.]+) mm", text)
+        (short_shown,) = re.findall(r"W: ([\d.]+) mm", text)
+        assert shown_as(long_shown, long_mm) and shown_as(short_shown, short_mm), (title, text)
+
+    # Each measurement, clicked, is shown on its slice, its two axes drawn to scale.
+    long_px = []
     for lesion in lesions:
-        if lesion is not lesions[0]:
-            by_css("[data-cy='viewport-action-arrows-right']")(d)[0].click()
+        title = f"lesion {lesion.id}"
+
+        def row(d, title=title):  # found anew: the panel is drawn anew each click
+            return [
+                r.find_element(By.CSS_SELECTOR, "[data-cy='data-row']")
+                for r in by_css("[data-cy^='measurement-table-row-']")(d)
+                if r.find_element(By.CSS_SELECTOR, "[data-cy='data-row-title']").text == title
+            ]
+
+        click(d, row, f"{title}'s row in the Measurements panel")
         image = f"({order.index(lesion.long_axis_frame) + 1}/9)"  # OHIF's 1-based, head first
         wait_for(d, showing_image(image), f"lesion {lesion.id}'s slice {image}")
-        expected = {
-            "Volume": pytest.approx(lesion.volume_mm3, abs=0.006),
-            "Long axis": pytest.approx(lesion.long_axis_mm, abs=0.006),
-            "Short axis": pytest.approx(lesion.short_axis_mm, abs=0.006),
-        }
 
-        def lesion_text(d, expected=expected):
-            # The text layer may still hold the previous lesion's labels for a moment after the
-            # image changed (seen under load): wait for this lesion's, or fail with a screenshot.
-            texts = [t.text for t in by_css("svg.svg-layer text")(d) if "Volume" in t.text]
-            return [t for t in texts if _measured(t) == expected]
-
-        wait_for(d, lesion_text, f"lesion {lesion.id}'s measurements {expected}")
-        d.save_screenshot(str(ARTIFACTS / f"sr-lesion-{lesion.id}.png"))
-
-        def one_long_axis(d):  # the drawn long axis (dashed), once the layer shows only it
-            dashed = [
-                x
+        def two_axes(d, title=title):  # its axes' solid lines (its text box's link is dashed)
+            if not any(title in t.text for t in by_css("svg.svg-layer text")(d)):
+                return []  # the layer may still show the previous lesion for a moment
+            solid = [
+                [[float(x.get_attribute(k)) for k in (f"x{i}", f"y{i}")] for i in (1, 2)]
                 for x in by_css("svg.svg-layer line")(d)
-                if x.get_attribute("stroke-dasharray") == "4,4"
+                if not x.get_attribute("stroke-dasharray")
             ]
-            return dashed if len(dashed) == 1 else []
+            return [np.array(solid)] if len(solid) == 2 else []
 
-        (axis,) = wait_for(d, one_long_axis, f"lesion {lesion.id}'s long axis drawn")
-        ends = np.array(
-            [[float(axis.get_attribute(k)) for k in (f"x{i}", f"y{i}")] for i in (1, 2)]
-        )
-        lengths.append(float(np.linalg.norm(ends[1] - ends[0])))
+        (ends,) = wait_for(d, two_axes, f"lesion {lesion.id}'s axes drawn")
+        d.save_screenshot(str(ARTIFACTS / f"measurement-lesion-{lesion.id}.png"))
+        drawn = sorted(np.linalg.norm(ends[:, 1] - ends[:, 0], axis=1))  # short, long (px)
+        ratio = lesion.short_axis_mm / lesion.long_axis_mm
+        assert drawn[0] / drawn[1] == pytest.approx(ratio, rel=0.03), drawn
+        long_px.append(drawn[1])
     # The long axes as drawn (screen pixels, one zoom) keep the ratio of their lengths in mm.
     ratio = lesions[1].long_axis_mm / lesions[0].long_axis_mm
-    assert lengths[1] / lengths[0] == pytest.approx(ratio, rel=0.03), lengths
+    assert long_px[1] / long_px[0] == pytest.approx(ratio, rel=0.03), long_px

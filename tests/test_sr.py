@@ -16,7 +16,7 @@ from lesionseg import __version__
 from lesionseg.io.dicom import volume_geometry
 from lesionseg.measure.lesions3d import Lesion3D, link_lesions, measure_lesions
 from lesionseg.outputs.dicom_seg import build_seg, seg_to_bytes
-from lesionseg.outputs.dicom_sr import _recist_groups, build_sr
+from lesionseg.outputs.dicom_sr import RECIST_TRACKING_IDENTIFIER, _recist_group, build_sr
 from lesionseg.types import Lesion, SegmentationResult
 
 SLICE_MM = 3.0
@@ -122,34 +122,43 @@ def test_sr_references_the_seg_and_sources_and_carries_the_values(report):
         items = group[0].ContentSequence
         texts = {x.ConceptNameCodeSequence[0].CodeMeaning: x.get("TextValue") for x in items}
         assert (texts["Algorithm Name"], texts["Algorithm Version"]) == ("lesionseg", __version__)
-        values = {m.name.meaning: (m.value, m.unit.value) for m in group.get_measurements()}
-        assert values == {"Volume": (pytest.approx(lesion.volume_mm3, abs=1e-3), "mm3")}
+        (volume,) = group.get_measurements()  # the group names the algorithm: no content
+        assert (volume.name.meaning, volume.unit.value) == ("Volume", "mm3")  # of its own (OHIF)
+        assert volume.value == pytest.approx(lesion.volume_mm3, abs=1e-3)
+        assert "ContentSequence" not in volume[0]
 
 
-def test_each_recist_axis_is_a_two_point_polyline_on_the_image_it_was_measured_on(report):
-    """One TID 1410 group per axis, tracked as its lesion: the region is the axis' end points
-    in (column, row) image coordinates on the source slice of ``long_axis_frame``, and the
-    measurement its length in mm, as the lesion (the JSON's ``lesions_3d``) has it."""
+def test_each_lesions_recist_axes_are_one_bidirectional_group_on_the_measured_image(report):
+    """One TID 1501 group per lesion, with its segment's tracking UID, tracked as Cornerstone's
+    Bidirectional tool (what OHIF needs to list it in its Measurements panel) and named in a
+    Comment: Long Axis and Short Axis in mm, each inferred from a two-point POLYLINE, the axis'
+    end points in (column, row) image coordinates on the source slice of ``long_axis_frame``,
+    as the lesion (the JSON's ``lesions_3d``) has them."""
     files, seg, sr, lesions, _ = report
-    groups = sr.content.get_planar_roi_measurement_groups()
-    assert len(groups) == 2 * len(lesions)
+    groups = sr.content.get_image_measurement_groups()
+    assert sr.content.get_planar_roi_measurement_groups() == []
+    assert len(groups) == len(lesions)
     tracking = {s.TrackingID: s.TrackingUID for s in seg.SegmentSequence}
     spacing = np.array([float(v) for v in files[0].PixelSpacing])
-    for lesion, (long, short) in zip(
-        lesions, zip(groups[::2], groups[1::2], strict=True), strict=True
-    ):
+    for group, lesion in zip(groups, lesions, strict=True):
         image = files[lesion.long_axis_frame]
-        for group, name, mm, points in (
-            (long, "Long axis", lesion.long_axis_mm, lesion.long_axis_points),
-            (short, "Short axis", lesion.short_axis_mm, lesion.short_axis_points),
-        ):
-            assert group.tracking_identifier == f"lesion {lesion.id}"
-            assert group.tracking_uid == tracking[f"lesion {lesion.id}"]
-            assert group.finding_type == codes.SCT.Lesion
-            (measurement,) = group.get_measurements()
-            assert measurement.name.meaning == name and measurement.unit.value == "mm"
+        assert group.tracking_identifier == RECIST_TRACKING_IDENTIFIER
+        assert group.tracking_uid == tracking[f"lesion {lesion.id}"]
+        assert group.finding_type == codes.SCT.Lesion
+        (comment,) = group[0].ContentSequence.find(codes.DCM.Comment)
+        assert comment.value == f"lesion {lesion.id}"
+        long, short = group.get_measurements()
+        for measurement, code, meaning, mm, points in (
+            (long, codes.SCT.LongAxis, "Long Axis", lesion.long_axis_mm, lesion.long_axis_points),
+            (short, codes.SCT.ShortAxis, "Short Axis", lesion.short_axis_mm,
+             lesion.short_axis_points),
+        ):  # fmt: skip
+            # OHIF's Bidirectional adapter finds the axes by this exact CodeMeaning.
+            assert measurement.name == code and measurement.name.meaning == meaning
+            assert measurement.unit.value == "mm"
             assert measurement.value == pytest.approx(mm, abs=1e-3)
-            region = group.roi
+            (region,) = measurement.referenced_coordinates
+            assert region.RelationshipType == "INFERRED FROM"
             assert region.ValueType == "SCOORD" and region.GraphicType == "POLYLINE"
             (source,) = region.ContentSequence
             assert source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == image.SOPInstanceUID
@@ -166,16 +175,37 @@ def test_each_recist_axis_is_a_two_point_polyline_on_the_image_it_was_measured_o
     assert np.linalg.norm(ellipsoid.long_axis_points.mean(axis=0) - centre) < 1.5
 
 
+def test_a_lesions_first_group_is_its_recist_group(report):
+    """OHIF merges the groups of one tracking UID and offers to load them as its own
+    measurements only when the first one names a Cornerstone tool: each lesion's RECIST group
+    comes just before its volumetric group."""
+    _, seg, sr, lesions, _ = report
+    (measurements,) = [
+        x for x in sr.ContentSequence if x.ConceptNameCodeSequence[0].CodeValue == "126010"
+    ]  # Imaging Measurements, in the order the groups are stored
+    tracked = []
+    for group in measurements.ContentSequence:
+        items = {x.ConceptNameCodeSequence[0].CodeMeaning: x for x in group.ContentSequence}
+        tracked.append(
+            (items["Tracking Identifier"].TextValue, items["Tracking Unique Identifier"].UID)
+        )
+    expected = []
+    for segment in seg.SegmentSequence:
+        expected += [(RECIST_TRACKING_IDENTIFIER, segment.TrackingUID)]
+        expected += [(segment.TrackingID, segment.TrackingUID)]
+    assert tracked == expected and len(expected) == 2 * len(lesions)
+
+
 def test_the_axes_of_a_multi_frame_source_reference_their_frame():
     """Of one multi-frame object, the axes' image is that object and their frame's number."""
     source = pydicom.dcmread(get_testdata_file("emri_small.dcm"))  # 10 frames
     points = np.array([[1.0, 2.0], [30.5, 2.0]])
     lesion = Lesion3D(1, "lesion", (3, 4), 50, 10.0, 29.5, 8.0, 4, points, points[::-1], None)
-    tracking = hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="lesion 1")
     algorithm = hd.sr.AlgorithmIdentification(name="lesionseg", version=__version__)
-    for group in _recist_groups(lesion, [source], tracking, algorithm):
-        (source_image,) = group.roi.ContentSequence
-        (image,) = source_image.ReferencedSOPSequence
+    group = _recist_group(lesion, [source], hd.UID(), algorithm)
+    for measurement in group.get_measurements():
+        (region,) = measurement.referenced_coordinates
+        (image,) = region.ContentSequence[0].ReferencedSOPSequence
         assert image.ReferencedSOPInstanceUID == source.SOPInstanceUID
         assert image.ReferencedFrameNumber == 5  # frame 4, counted from 1
 
@@ -196,6 +226,9 @@ def test_a_lesion_sam_found_nothing_for_is_reported_empty():
     sr = hd.sr.srread(io.BytesIO(seg_to_bytes(build_sr(files, seg, lesions))))
     groups = sr.content.get_volumetric_roi_measurement_groups()
     assert [g.referenced_segment.referenced_segment_numbers for g in groups] == [[1], [2]]
+    assert lesions[1].long_axis_mm is None  # no axes: no RECIST group, the volume only
+    (recist,) = sr.content.get_image_measurement_groups()
+    assert recist.tracking_uid == groups[0].tracking_uid
 
 
 def test_a_study_without_lesions_gets_a_report_saying_so():

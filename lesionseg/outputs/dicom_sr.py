@@ -1,24 +1,39 @@
 """3-D lesions -> a DICOM Comprehensive 3D SR measurement report (TID 1500), with highdicom.
 
-Three measurement groups per 3-D lesion, all with the tracking identifier and UID of its
-segment of the SEG (:func:`lesionseg.outputs.dicom_seg.build_seg` with ``lesion_ids``):
+Per 3-D lesion, two measurement groups with the Tracking Unique Identifier of its segment of the
+SEG (:func:`lesionseg.outputs.dicom_seg.build_seg` with ``lesion_ids``), so that viewers show
+them and the segment as one finding:
 
-- a Volumetric ROI group (TID 1411) referencing that segment: Volume (mm3), when known;
-- two Planar ROI groups (TID 1410) on the source image where the RECIST axes were measured
-  (:mod:`lesionseg.measure.recist`), one per axis: its region the axis as a two-point SCOORD
-  POLYLINE, its measurement Long axis or Short axis (mm); only when the axes are known in mm.
-  (TID 1410 gives a measurement no coordinates of its own: the group's region is what it
-  measures, hence one group per axis.)
+- when its RECIST axes are known in mm (:mod:`lesionseg.measure.recist`), a Measurement Group
+  (TID 1501): Long Axis and Short Axis (mm), each a TID 300 measurement INFERRED FROM its axis,
+  a two-point SCOORD POLYLINE (TID 320) on the source image where they were measured; Finding
+  Lesion; the lesion's name ``lesion <id>`` as a Comment (DCM 121106; TID 1501's qualitative
+  evaluation in text);
+- a Volumetric ROI group (TID 1411), tracked as the segment (``lesion <id>``) and referencing
+  it: Volume (mm3), when known.
+
+The RECIST group comes first and is tracked as ``Cornerstone3DTools@^0.1.0:Bidirectional``,
+Cornerstone's tool of a long and a short axis, so that OHIF Viewer 3 (3.13) lists it in its
+Measurements panel. OHIF re-creates an SR's groups as its own measurements only where
+@cornerstonejs/adapters finds a tool for the group's tracking identifier
+(``MeasurementReport.getAdapterForTrackingIdentifier``), and offers to at all only when the
+first group of some tracking UID names one (``isRehydratable`` and ``_getMeasurements`` in
+extensions/cornerstone-dicom-sr/src); its Bidirectional adapter reads the NUMs whose
+CodeMeaning is exactly "Long Axis" and "Short Axis" (CID 7470's; pydicom's are "Long axis"),
+each with its SCOORD inside, and labels the measurement with the Comment. The cost: that
+group's Tracking Identifier names a tool, not the lesion. A reader loses nothing that follows
+the lesion by its tracking UID (shared with the volumetric group and the SEG segment), as
+TID 4108 means it to, and the name is in the Comment. The volume measures a SEG segment, which
+no Cornerstone tool draws, so OHIF shows it in its SR viewport, not in the panel.
 
 SCOORD Graphic Data are (column, row) image coordinates with 0.0\\0.0 at the top left corner of
-the top left pixel (DICOM PS3.3 C.18.6.1.2): the RECIST end points' own coordinates. One
-tracking UID for a lesion's groups lets viewers show it as one finding: OHIF 3 merges the
-groups of one UID, draws the first SCOORD (the long axis) on its image and lists every NUM.
+the top left pixel (DICOM PS3.3 C.18.6.1.2): the RECIST end points' own coordinates.
 
-The algorithm (name "lesionseg", the package version) is named in every group and measurement,
-the observer is the lesionseg device, and the SeriesDescription says "not for clinical use".
-The evidence lists the source images and the SEG; the report lives in the source study with
-new Series and SOP Instance UIDs.
+The algorithm (name "lesionseg", the package version) is named in every group, once for all its
+measurements (OHIF's SR viewport leaves out a NUM with content items but no SCOORD), the
+observer is the lesionseg device, and the SeriesDescription says "not for clinical use". The
+evidence lists the source images and the SEG; the report lives in the source study with new
+Series and SOP Instance UIDs.
 """
 
 from __future__ import annotations
@@ -45,6 +60,10 @@ _PROCEDURES = {  # CID 100 Quantitative Diagnostic Imaging Procedures, by modali
     "NM": codes.LN.NMUnspecifiedBodyRegion,
 }
 DEVICE_UID = generate_uid(entropy_srcs=["lesionseg"])  # the same observer UID in every report
+# Cornerstone's tool of a long and a short axis, as OHIF's SR reader looks it up (module docstring).
+RECIST_TRACKING_IDENTIFIER = "Cornerstone3DTools@^0.1.0:Bidirectional"
+LONG_AXIS = Code("103339001", "SCT", "Long Axis")  # CID 7470's meanings, which OHIF matches
+SHORT_AXIS = Code("103340004", "SCT", "Short Axis")
 
 
 def build_sr(
@@ -69,24 +88,23 @@ def build_sr(
         segment = segment_of.get(f"lesion {lesion.id}")
         if segment is None:
             raise ValueError(f"the SEG has no segment tracked as 'lesion {lesion.id}'")
-        tracking = hd.sr.TrackingIdentifier(
-            uid=str(segment.TrackingUID), identifier=str(segment.TrackingID)
-        )
+        uid = str(segment.TrackingUID)
+        if lesion.long_axis_mm is not None and lesion.short_axis_mm is not None:
+            # First of its UID: OHIF decides by that group's tracking identifier.
+            groups.append(_recist_group(lesion, sources, uid, algorithm))
         volume = []
         if lesion.volume_mm3 is not None:
             mm3 = codes.UCUM.CubicMillimeter
-            volume.append(_measurement(codes.SCT.Volume, lesion.volume_mm3, mm3, algorithm))
+            volume.append(_measurement(codes.SCT.Volume, lesion.volume_mm3, mm3))
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=tracking,
+                tracking_identifier=hd.sr.TrackingIdentifier(uid, str(segment.TrackingID)),
                 referenced_segment=_referenced_segment(seg, segment, lesion, sources),
                 finding_type=codes.SCT.Lesion,
                 algorithm_id=algorithm,
                 measurements=volume,
             )
         )
-        if lesion.long_axis_mm is not None and lesion.short_axis_mm is not None:
-            groups.extend(_recist_groups(lesion, sources, tracking, algorithm))
     if not groups:
         groups.append(_no_lesion_group(algorithm))
     observer = hd.sr.ObserverContext(
@@ -119,23 +137,27 @@ def build_sr(
 
 
 def _measurement(
-    name: Code, value: float, unit: Code, algorithm: hd.sr.AlgorithmIdentification
+    name: Code, value: float, unit: Code, coordinates: hd.sr.CoordinatesForMeasurement | None = None
 ) -> hd.sr.Measurement:
+    """A TID 300 NUM, ``value`` rounded to 3 decimals, inferred from ``coordinates`` if given."""
     return hd.sr.Measurement(
-        name=name, value=round(float(value), 3), unit=unit, algorithm_id=algorithm
+        name=name,
+        value=round(float(value), 3),
+        unit=unit,
+        referenced_coordinates=None if coordinates is None else [coordinates],
     )
 
 
-def _recist_groups(
+def _recist_group(
     lesion: Lesion3D,
     sources: Sequence[Dataset],
-    tracking: hd.sr.TrackingIdentifier,
+    tracking_uid: str,
     algorithm: hd.sr.AlgorithmIdentification,
-) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
-    """The lesion's RECIST axes on the source image of ``lesion.long_axis_frame``: one TID 1410
-    group per axis, its region the axis as a two-point POLYLINE ((2, 2) [[column, row],
-    [column, row]] image coordinates), its measurement the axis' length in mm (TID 1410 allows
-    no coordinates of its own to a measurement: the group's region is what it measures)."""
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """The lesion's RECIST axes on the source image of ``lesion.long_axis_frame``: one TID 1501
+    group, tracked as Cornerstone's Bidirectional tool with the lesion's ``tracking_uid``, whose
+    Long Axis and Short Axis (mm) are each inferred from a two-point POLYLINE ((2, 2)
+    [[column, row], [column, row]] image coordinates), and a Comment ``lesion <id>``."""
     frame = lesion.long_axis_frame
     if len(sources) == 1:  # one multi-frame object: its frame, numbered from 1
         image, frames = sources[0], [frame + 1]
@@ -143,23 +165,36 @@ def _recist_groups(
         image, frames = sources[frame], None
     source = hd.sr.SourceImageForRegion(str(image.SOPClassUID), str(image.SOPInstanceUID), frames)
     axes = [
-        (codes.SCT.LongAxis, lesion.long_axis_mm, lesion.long_axis_points),
-        (codes.SCT.ShortAxis, lesion.short_axis_mm, lesion.short_axis_points),
+        (LONG_AXIS, lesion.long_axis_mm, lesion.long_axis_points),
+        (SHORT_AXIS, lesion.short_axis_mm, lesion.short_axis_points),
     ]
-    return [
-        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking,
-            referenced_region=hd.sr.ImageRegion(
-                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-                graphic_data=np.asarray(points, np.float64).reshape(2, 2),
-                source_image=source,
-            ),
-            finding_type=codes.SCT.Lesion,
-            algorithm_id=algorithm,
-            measurements=[_measurement(name, value, codes.UCUM.Millimeter, algorithm)],
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(tracking_uid, RECIST_TRACKING_IDENTIFIER),
+        finding_type=codes.SCT.Lesion,
+        algorithm_id=algorithm,
+        measurements=[
+            _measurement(
+                name,
+                value,
+                codes.UCUM.Millimeter,
+                hd.sr.CoordinatesForMeasurement(
+                    graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                    graphic_data=np.asarray(points, np.float64).reshape(2, 2),
+                    source_image=source,
+                ),
+            )
+            for name, value, points in axes
+        ],
+    )
+    # TID 1501's text evaluation (row 12), which highdicom's class does not take: OHIF's label.
+    group[0].ContentSequence.append(
+        hd.sr.TextContentItem(
+            name=codes.DCM.Comment,
+            value=f"lesion {lesion.id}",
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
         )
-        for name, value, points in axes
-    ]
+    )
+    return group
 
 
 def _no_lesion_group(

@@ -132,10 +132,10 @@ def test_a_job_propagates_and_writes_an_sr(client, lits):
     sr = hd.sr.srread(io.BytesIO(client.get(status["sr"]).content))
     assert sr.SOPInstanceUID == summary["sr"]["sop_instance_uid"]
     (group,) = sr.content.get_volumetric_roi_measurement_groups()
-    planar = sr.content.get_planar_roi_measurement_groups()  # the RECIST axes, one each
-    measured = {m.name.meaning: m.value for g in [group, *planar] for m in g.get_measurements()}
+    recist = sr.content.get_image_measurement_groups()  # the RECIST axes: one group
+    measured = {m.name.meaning: m.value for g in [group, *recist] for m in g.get_measurements()}
     assert measured["Volume"] == pytest.approx(lesion["volume_mm3"], abs=0.01)
-    assert measured["Long axis"] == pytest.approx(lesion["long_axis_mm"], abs=0.01)
-    assert measured["Short axis"] == pytest.approx(lesion["short_axis_mm"], abs=0.01)
+    assert measured["Long Axis"] == pytest.approx(lesion["long_axis_mm"], abs=0.01)
+    assert measured["Short Axis"] == pytest.approx(lesion["short_axis_mm"], abs=0.01)
     bad = client.post("/jobs", files=parts, data={"propagate": "true"})
     assert bad.status_code == 400 and "needs boxes" in bad.json()["error"]

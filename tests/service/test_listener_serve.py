@@ -57,7 +57,7 @@ def test_storescu_series_comes_back_as_seg_and_sr_in_orthanc(model_store, orthan
             [*command, *map(str, paths)], capture_output=True, text=True, timeout=60
         )
         assert sent.returncode == 0, sent.stdout + sent.stderr
-        # The modality of docs/pacs-integration.md, pointed at this listener: Orthanc's C-ECHO passes.
+        # The modality of docs/pacs-integration.md, pointed at this listener: C-ECHO passes.
         modality = {**docs_modality(), "Host": "127.0.0.1", "Port": port}
         put = httpx.put(f"{orthanc.url}/modalities/lesionseg", json=modality, timeout=10)
         assert put.status_code == 200, put.text
