@@ -25,32 +25,35 @@ DB_FILE = "jobs.sqlite3"
 # from the archive is retried at ``fetch_next_at`` after ``fetch_attempts`` failed tries.
 # ``lease_owner``, ``lease_until``: the worker running the job and until when (Unix s) its hold
 # lasts unless renewed; ``runs``: how many times a worker started it.
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    transaction_id TEXT,
-    owner TEXT,
-    state TEXT NOT NULL,
-    reason TEXT,
-    window TEXT,
-    n_files INTEGER NOT NULL,
-    push_state TEXT NOT NULL,
-    push_attempts INTEGER NOT NULL DEFAULT 0,
-    push_next_at REAL,
-    push_error TEXT,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    pushed_at REAL,
-    study TEXT,
-    series TEXT,
-    fetch_attempts INTEGER NOT NULL DEFAULT 0,
-    fetch_next_at REAL,
-    lease_owner TEXT,
-    lease_until REAL,
-    runs INTEGER NOT NULL DEFAULT 0
+# The job table's columns in SQLite's types (times are Unix s, REAL); PostgreSQL's schema is
+# made from the same list (lesionseg/pacs/job_db_postgres.py).
+COLUMNS = (
+    ("id", "TEXT PRIMARY KEY"),
+    ("transaction_id", "TEXT"),
+    ("owner", "TEXT"),
+    ("state", "TEXT NOT NULL"),
+    ("reason", "TEXT"),
+    ("window", "TEXT"),
+    ("n_files", "INTEGER NOT NULL"),
+    ("push_state", "TEXT NOT NULL"),
+    ("push_attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("push_next_at", "REAL"),
+    ("push_error", "TEXT"),
+    ("created_at", "REAL NOT NULL"),
+    ("started_at", "REAL"),
+    ("finished_at", "REAL"),
+    ("pushed_at", "REAL"),
+    ("study", "TEXT"),
+    ("series", "TEXT"),
+    ("fetch_attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("fetch_next_at", "REAL"),
+    ("lease_owner", "TEXT"),
+    ("lease_until", "REAL"),
+    ("runs", "INTEGER NOT NULL DEFAULT 0"),
 )
-"""
+_SCHEMA = "CREATE TABLE IF NOT EXISTS jobs ({})".format(
+    ", ".join(f"{name} {kind}" for name, kind in COLUMNS)
+)
 _OWNER_INDEX = (
     "CREATE UNIQUE INDEX IF NOT EXISTS jobs_owner_transaction_id "
     "ON jobs (ifnull(owner, ''), transaction_id)"
@@ -58,15 +61,9 @@ _OWNER_INDEX = (
 
 
 # Columns added after the first release, as ``ALTER TABLE ADD COLUMN`` clauses.
-_ADDED_COLUMNS = {
-    "study": "study TEXT",
-    "series": "series TEXT",
-    "fetch_attempts": "fetch_attempts INTEGER NOT NULL DEFAULT 0",
-    "fetch_next_at": "fetch_next_at REAL",
-    "lease_owner": "lease_owner TEXT",
-    "lease_until": "lease_until REAL",
-    "runs": "runs INTEGER NOT NULL DEFAULT 0",
-}
+_ADDED = ("study", "series", "fetch_attempts", "fetch_next_at")  # jobs by reference
+_ADDED += ("lease_owner", "lease_until", "runs")  # leases
+_ADDED_COLUMNS = {name: f"{name} {kind}" for name, kind in COLUMNS if name in _ADDED}
 
 
 def _migrate(db: sqlite3.Connection) -> None:

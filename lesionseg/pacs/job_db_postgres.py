@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from urllib.parse import urlsplit
 
 from lesionseg.errors import JobStoreError
+from lesionseg.pacs.job_db import COLUMNS
 
 log = logging.getLogger("lesionseg.pacs.job_store")
 
@@ -36,35 +37,16 @@ MAX_CONNECTIONS = 4  # per store (process): API routes, the worker, the pusher, 
 # The key of the advisory lock that serialises queue-bound checks ("lesionseg jobs queue").
 QUEUE_LOCK = 0x1E5105E6
 
-# The same columns as SQLite's (lesionseg/pacs/job_db.py); times are Unix seconds.
+# SQLite's columns (lesionseg/pacs/job_db.py), REAL as double precision (a Unix time in
+# PostgreSQL's REAL would lose its seconds), and ``seq``: the insertion order.
+_TYPES = {"REAL": "DOUBLE PRECISION"}
 _SCHEMA = (
-    """
-    CREATE TABLE IF NOT EXISTS jobs (
-        id TEXT PRIMARY KEY,
-        seq BIGSERIAL,
-        transaction_id TEXT,
-        owner TEXT,
-        state TEXT NOT NULL,
-        reason TEXT,
-        window TEXT,
-        n_files INTEGER NOT NULL,
-        push_state TEXT NOT NULL,
-        push_attempts INTEGER NOT NULL DEFAULT 0,
-        push_next_at DOUBLE PRECISION,
-        push_error TEXT,
-        created_at DOUBLE PRECISION NOT NULL,
-        started_at DOUBLE PRECISION,
-        finished_at DOUBLE PRECISION,
-        pushed_at DOUBLE PRECISION,
-        study TEXT,
-        series TEXT,
-        fetch_attempts INTEGER NOT NULL DEFAULT 0,
-        fetch_next_at DOUBLE PRECISION,
-        lease_owner TEXT,
-        lease_until DOUBLE PRECISION,
-        runs INTEGER NOT NULL DEFAULT 0
-    )
-    """,
+    "CREATE TABLE IF NOT EXISTS jobs (seq BIGSERIAL, {})".format(
+        ", ".join(
+            f"{name} {' '.join(_TYPES.get(word, word) for word in kind.split())}"
+            for name, kind in COLUMNS
+        )
+    ),
     "CREATE UNIQUE INDEX IF NOT EXISTS jobs_owner_transaction_id "
     "ON jobs ((coalesce(owner, '')), transaction_id)",
     # The claim's scan and the queue's counts: the jobs that are not finished.
