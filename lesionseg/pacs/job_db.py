@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from lesionseg.errors import JobStoreError
+from lesionseg.pacs.job_columns import COLUMNS
 
 DB_FILE = "jobs.sqlite3"
 
@@ -25,32 +26,6 @@ DB_FILE = "jobs.sqlite3"
 # from the archive is retried at ``fetch_next_at`` after ``fetch_attempts`` failed tries.
 # ``lease_owner``, ``lease_until``: the worker running the job and until when (Unix s) its hold
 # lasts unless renewed; ``runs``: how many times a worker started it.
-# The job table's columns in SQLite's types (times are Unix s, REAL); PostgreSQL's schema is
-# made from the same list (lesionseg/pacs/job_db_postgres.py).
-COLUMNS = (
-    ("id", "TEXT PRIMARY KEY"),
-    ("transaction_id", "TEXT"),
-    ("owner", "TEXT"),
-    ("state", "TEXT NOT NULL"),
-    ("reason", "TEXT"),
-    ("window", "TEXT"),
-    ("n_files", "INTEGER NOT NULL"),
-    ("push_state", "TEXT NOT NULL"),
-    ("push_attempts", "INTEGER NOT NULL DEFAULT 0"),
-    ("push_next_at", "REAL"),
-    ("push_error", "TEXT"),
-    ("created_at", "REAL NOT NULL"),
-    ("started_at", "REAL"),
-    ("finished_at", "REAL"),
-    ("pushed_at", "REAL"),
-    ("study", "TEXT"),
-    ("series", "TEXT"),
-    ("fetch_attempts", "INTEGER NOT NULL DEFAULT 0"),
-    ("fetch_next_at", "REAL"),
-    ("lease_owner", "TEXT"),
-    ("lease_until", "REAL"),
-    ("runs", "INTEGER NOT NULL DEFAULT 0"),
-)
 _SCHEMA = "CREATE TABLE IF NOT EXISTS jobs ({})".format(
     ", ".join(f"{name} {kind}" for name, kind in COLUMNS)
 )

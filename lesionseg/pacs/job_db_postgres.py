@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from urllib.parse import urlsplit
 
 from lesionseg.errors import JobStoreError
-from lesionseg.pacs.job_db import COLUMNS
+from lesionseg.pacs.job_columns import COLUMNS
 
 log = logging.getLogger("lesionseg.pacs.job_store")
 

@@ -227,5 +227,7 @@ def test_sigterm_with_a_100_s_request_in_flight_answers_it_then_exits(
     after = answer["at"] - signalled
     print(f"answered {after:.0f} s after SIGTERM, exited {exited - signalled:.0f} s after it")
     assert after > 90  # in flight long past the old 25-s drain
-    assert answer["at"] <= exited  # answered before the server was gone
+    # The 200 above is the proof that it was answered before the server was gone. Not the
+    # client's clock: its thread stamps the answer after reading it, and may be scheduled
+    # after the exit was seen (a fresh-clone CI run: 0.1 s later).
     assert "model runner stopping: the API has drained" in log

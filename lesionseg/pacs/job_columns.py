@@ -1,0 +1,29 @@
+"""The columns of the job table, shared by its two databases: SQLite's schema and migration
+(lesionseg/pacs/job_db.py) and PostgreSQL's (lesionseg/pacs/job_db_postgres.py)."""
+
+# The job table's columns in SQLite's types (times are Unix s, REAL); PostgreSQL's schema is
+# made from the same list.
+COLUMNS = (
+    ("id", "TEXT PRIMARY KEY"),
+    ("transaction_id", "TEXT"),
+    ("owner", "TEXT"),
+    ("state", "TEXT NOT NULL"),
+    ("reason", "TEXT"),
+    ("window", "TEXT"),
+    ("n_files", "INTEGER NOT NULL"),
+    ("push_state", "TEXT NOT NULL"),
+    ("push_attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("push_next_at", "REAL"),
+    ("push_error", "TEXT"),
+    ("created_at", "REAL NOT NULL"),
+    ("started_at", "REAL"),
+    ("finished_at", "REAL"),
+    ("pushed_at", "REAL"),
+    ("study", "TEXT"),
+    ("series", "TEXT"),
+    ("fetch_attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("fetch_next_at", "REAL"),
+    ("lease_owner", "TEXT"),
+    ("lease_until", "REAL"),
+    ("runs", "INTEGER NOT NULL DEFAULT 0"),
+)
