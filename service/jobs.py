@@ -105,7 +105,7 @@ class Jobs:
         if settings.jobs_database_url is None:
             check_database(settings.jobs_dir)
         self._get_service = get_service
-        self.stow = Destinations.from_settings(settings)  # STOW-RS and C-STORE destinations
+        self.destinations = Destinations.from_settings(settings)  # STOW-RS and C-STORE
         self.wado = WadoClient.from_settings(settings)
         self.store: JobStore | None = None
         self.worker: JobWorker | None = None
@@ -154,7 +154,8 @@ class Jobs:
             requeued = await asyncio.to_thread(store.recover)
             if requeued:
                 log.info("re-queued %d job(s) interrupted by the last shutdown", requeued)
-            self.worker = JobWorker(self.settings, store, self._get_service, self.stow, self.wado)
+            parts = (self._get_service, self.destinations, self.wado)
+            self.worker = JobWorker(self.settings, store, *parts)
             self.worker.start()
         log.info("job store: %s (%s)", store.db.describe(), store.root)
         self.store = store
@@ -164,12 +165,14 @@ class Jobs:
         """True once :meth:`start` has opened (and, with a worker, recovered) the store."""
         return self.store is not None
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float = 0.0) -> None:
+        """Stop opening the store and stop the worker (a job under way may finish within
+        ``grace_s`` seconds: :meth:`JobWorker.stop`)."""
         if self._opening is not None:
             self._opening.cancel()
             await asyncio.gather(self._opening, return_exceptions=True)
         if self.worker is not None:
-            await self.worker.stop()
+            await self.worker.stop(grace_s=grace_s)
             self.worker = None
 
     # --- HTTP --------------------------------------------------------------------------------
@@ -211,7 +214,7 @@ class Jobs:
                 raise InputError("an uploaded file is empty")
             series = self._reference(form, uploads)
             push = flag(text(form, "push"), "push")
-            if push and self.stow is None:
+            if push and self.destinations is None:
                 raise InputError(
                     "push requested but nowhere to push to: set LESIONSEG_DICOMWEB_URL or "
                     "LESIONSEG_DICOM_DESTINATIONS"
@@ -221,7 +224,7 @@ class Jobs:
                 [u.file for u in uploads],
                 transaction_id=check_transaction_id(text(form, "transaction_id")),
                 window=check_window(text(form, "window"), self.settings),
-                push=self.stow is not None if push is None else push,
+                push=self.destinations is not None if push is None else push,
                 options=job_options(form),
                 owner=key_id(request.scope),
                 reference=series,

@@ -28,14 +28,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from lesionseg.errors import JobStoreError
-from lesionseg.pacs.destinations import Destinations
-from lesionseg.pacs.job_store import JobStore
-from lesionseg.pacs.wado import WadoClient
 from lesionseg.pipeline.prediction import Options
 from lesionseg.settings import Settings
-from service.job_worker import JobWorker
-from service.jobs import STORE_RETRY_S
+from service.jobs import Jobs
 
 log = logging.getLogger("lesionseg.worker")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -98,9 +93,11 @@ class Worker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.service = LocalService(settings)
-        self.store: JobStore | None = None
-        self.worker: JobWorker | None = None
-        self._tasks: list[asyncio.Task] = []
+        # The store, its recovery, the worker and the pusher as the service runs them (opened
+        # again in the background while the database is unreachable); this process always
+        # runs jobs, whatever LESIONSEG_JOBS_WORKER says to the API beside it.
+        self.jobs = Jobs(settings.model_copy(update={"jobs_worker": True}), lambda: self.service)
+        self._loading: asyncio.Task | None = None
         self.app = Starlette(
             routes=[
                 Route("/livez", self.livez),
@@ -112,18 +109,14 @@ class Worker:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Starlette):
-        self._tasks = [
-            asyncio.create_task(self._load(), name="worker-models"),
-            asyncio.create_task(self._open(), name="worker-store"),
-        ]
+        self._loading = asyncio.create_task(self._load(), name="worker-models")
+        await self.jobs.start()
         try:
             yield
         finally:
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            if self.worker is not None:
-                await self.worker.stop(grace_s=self.settings.request_timeout_s)
+            self._loading.cancel()
+            await asyncio.gather(self._loading, return_exceptions=True)
+            await self.jobs.stop(grace_s=self.settings.request_timeout_s)
 
     async def _load(self) -> None:
         try:
@@ -132,24 +125,6 @@ class Worker:
             self.service.failed = f"{type(exc).__name__}: {exc}"
             log.exception("loading the models failed; the worker stays unready")
 
-    async def _open(self) -> None:
-        while True:
-            try:
-                store = await asyncio.to_thread(JobStore.from_settings, self.settings)
-                break
-            except JobStoreError as exc:
-                log.error("%s; retrying in %.0f s", exc, STORE_RETRY_S)
-                await asyncio.sleep(STORE_RETRY_S)
-        requeued = await asyncio.to_thread(store.recover)
-        if requeued:
-            log.info("re-queued %d job(s) interrupted by the last shutdown", requeued)
-        self.store = store
-        destinations = Destinations.from_settings(self.settings)
-        wado = WadoClient.from_settings(self.settings)
-        self.worker = JobWorker(self.settings, store, lambda: self.service, destinations, wado)
-        self.worker.start()
-        log.info("job store: %s (%s), worker %s", store.db.describe(), store.root, store.worker_id)
-
     async def livez(self, request: Request) -> Response:
         return JSONResponse({"status": "alive"})
 
@@ -157,11 +132,11 @@ class Worker:
         waiting = []
         if not self.service.__is_ready__():
             waiting.append(self.service.failed or "loading the models")
-        if self.worker is None:
+        if self.jobs.worker is None:
             waiting.append("opening the job store")
         if waiting:
             return JSONResponse({"status": "not ready", "waiting_for": waiting}, status_code=503)
-        return JSONResponse({"status": "ready", "worker": self.store.worker_id})
+        return JSONResponse({"status": "ready", "worker": self.jobs.store.worker_id})
 
     async def metrics(self, request: Request) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
