@@ -1,6 +1,7 @@
 """The engine with a SAM head: every frame embedded once (chunks, neighbours and masks share
 the embeddings), each slice's neighbours taken in spatial order, single images alone, and the
-request's threshold and lesion limit applied to the head's boxes."""
+request's threshold and lesion limit applied to the head's boxes; and, for contrast, an image
+detector (YOLO) as the slice filter: only the frames it boxes are embedded."""
 
 from __future__ import annotations
 
@@ -104,6 +105,30 @@ def test_the_request_threshold_filters_the_heads_boxes(segmenter):
     results = asyncio.run(engine.segment(frames, Options(score_threshold=0.5)))
     assert [len(r.lesions) for r in results] == [0, 1]
     assert sorted(embedded) == [51, 153]  # the frame without boxes is not embedded again
+
+
+def test_with_an_image_detector_only_the_frames_it_boxes_are_embedded(segmenter):
+    """The YOLO bundle's slice filter: a frame without a box costs the detector only."""
+    embedded, detected = [], []
+    engine = _engine(segmenter, None, embedded, max_batch_size=3, score_threshold=0.3)
+
+    async def detect(images):  # boxes the frames whose id is over 100, at score 0.9
+        detected.extend(int(im.pixels[0, 0, 0]) for im in images)
+        out = []
+        for im in images:
+            hit = int(im.pixels[0, 0, 0]) > 100
+            boxes = np.array([[2, 2, 12, 12]] if hit else np.zeros((0, 4)), np.float32)
+            scores = np.array([0.9] if hit else [], np.float32)
+            labels = ("lesion",) * len(scores)
+            out.append(Detections(boxes, scores, np.zeros(len(scores), np.int64), labels))
+        return out
+
+    engine.detect = detect
+    frames = _frames([10, 120, 20, 130, 30])
+    results = asyncio.run(engine.segment(frames, Options(), order=np.arange(5)))
+    assert sorted(detected) == [10, 20, 30, 120, 130]
+    assert sorted(embedded) == [120, 130]
+    assert [len(r.lesions) for r in results] == [0, 1, 0, 1, 0]
 
 
 def test_neighbours_of_a_volume_and_of_unrelated_images():
