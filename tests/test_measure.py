@@ -181,3 +181,26 @@ def test_linking_by_overlap_and_label():
     assert lesions[0].long_axis_points.tolist() != [[0, 0], [0, 0]]  # still drawn, in pixels
     touching = results_of([[box(0, 10, 0, 10)], [box(9, 19, 9, 19)]])  # 1 px of 100: < 10 %
     assert link_lesions(touching) == [[1], [2]]
+
+
+def test_two_overlapping_parts_on_one_frame_are_counted_once():
+    """Two masks of one frame, both linked to the lesion on the next frame, overlap: the
+    lesion's voxels, volume and axes are its union's there (as its SEG segment holds it)."""
+    files = series([0.0, 2.0])
+    geometry = dicom_geometry(files)
+    spacing = float(files[0].PixelSpacing[0])
+    left, right, below = (np.zeros((128, 128), bool) for _ in range(3))
+    left[10:20, 10:30] = True  # 200 px
+    right[10:20, 20:40] = True  # 200 px, 100 of them shared with left
+    below[10:20, 10:40] = True  # 300 px, on the other frame
+    results = results_of([[left, right], [below]], spacing=(spacing, spacing))
+    ids = link_lesions(results, geometry)
+    assert ids == [[1, 1], [1]]
+    (lesion,) = measure_lesions(results, ids, geometry)
+    assert lesion.voxels == 300 + 300
+    assert lesion.volume_mm3 == pytest.approx(600 * spacing**2 * 2.0)
+    assert lesion.long_axis_mm == pytest.approx(
+        measure_lesions(results_of([[left | right]], spacing=(spacing, spacing)), [[1]])[
+            0
+        ].long_axis_mm
+    )

@@ -7,11 +7,12 @@ are closed transitively (union-find), so a lesion that splits on one slice stays
 Ids are 1, 2, ... in the order of each 3-D lesion's first frame lesion (frame, then lesion
 order). Propagation gives the groups itself (:func:`measure_lesions` with its ``ids``).
 
-Measurements (:class:`Lesion3D`): volume = sum over frames of (mask pixels x pixel area x the
-slab the frame stands for, :meth:`VolumeGeometry.thicknesses`); RECIST long axis = the longest
-in-plane diameter over the lesion's frames, short axis = the longest diameter perpendicular to
-it on that frame (:mod:`.recist`); centroid = the volume-weighted mean of the pixel centres in
-patient coordinates.
+Measurements (:class:`Lesion3D`), on the lesion's mask on each frame (the union of its parts
+there): volume = sum over frames of (mask pixels x pixel area x the slab the frame stands for,
+:meth:`VolumeGeometry.thicknesses`); RECIST long axis = the longest in-plane diameter over the
+lesion's frames, short axis = the longest diameter perpendicular to it on that frame
+(:mod:`.recist`); centroid = the volume-weighted mean of the pixel centres in patient
+coordinates.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class Lesion3D:
         id: 1-based id; the per-frame lesions of this lesion carry it as ``lesion_id``.
         label: class name of its frame lesions.
         frames: 0-based frame indices it appears on, ascending.
-        voxels: mask pixels over all its frames.
+        voxels: mask pixels over all its frames (each pixel once).
         volume_mm3: volume in mm^3; None without spacing and slice positions.
         long_axis_mm, short_axis_mm: RECIST diameters in mm; None without pixel spacing.
         long_axis_frame: the frame of both axes (where the long axis is longest).
@@ -109,20 +110,27 @@ def measure_lesions(
     out = []
     for lesion_id in sorted(members):
         parts = members[lesion_id]
-        spacing = [_spacing(results[f], geometry, f) for f, _ in parts]
-        known = all(s is not None for s in spacing)
+        # Its mask on each of its frames: the union of its parts there (two lesions of one
+        # frame that both touch it on a neighbour are one lesion, and their masks may overlap;
+        # counted once, as its SEG segment holds them).
+        masks: dict[int, np.ndarray] = {}
+        for f, i in parts:
+            mask = results[f].lesions[i].mask.astype(bool)
+            masks[f] = masks[f] | mask if f in masks else mask
+        spacing = {f: _spacing(results[f], geometry, f) for f in masks}
+        known = all(s is not None for s in spacing.values())
         best = None  # (long mm, frame, axes)
-        for (f, i), s in zip(parts, spacing, strict=True):
-            axes = recist_axes(results[f].lesions[i].mask, s or (1.0, 1.0))
+        for f, mask in masks.items():
+            axes = recist_axes(mask, spacing[f] or (1.0, 1.0))
             if axes is not None and (best is None or axes.long_mm > best[0]):
                 best = (axes.long_mm, f, axes)
         volume = centroid = None
         if known and thick is not None:
             weights, centres = [], []
-            for (f, i), s in zip(parts, spacing, strict=True):
-                rows, cols = np.nonzero(results[f].lesions[i].mask)
+            for f, mask in masks.items():
+                rows, cols = np.nonzero(mask)
                 if len(rows):
-                    weights.append(len(rows) * s[0] * s[1] * thick[f])
+                    weights.append(len(rows) * spacing[f][0] * spacing[f][1] * thick[f])
                     # The map is affine: the mean pixel's position is the positions' mean.
                     centres.append(geometry.to_patient(f, [rows.mean()], [cols.mean()])[0])
             volume = float(sum(weights))
@@ -135,7 +143,7 @@ def measure_lesions(
                 id=lesion_id,
                 label=results[frame0].lesions[lesion0].label,
                 frames=tuple(sorted({f for f, _ in parts})),
-                voxels=sum(results[f].lesions[i].area_px for f, i in parts),
+                voxels=sum(int(np.count_nonzero(m)) for m in masks.values()),
                 volume_mm3=volume,
                 long_axis_mm=best[2].long_mm if best and known else None,
                 short_axis_mm=best[2].short_mm if best and known else None,
