@@ -154,8 +154,9 @@ class Jobs:
             requeued = await asyncio.to_thread(store.recover)
             if requeued:
                 log.info("re-queued %d job(s) interrupted by the last shutdown", requeued)
-            parts = (self._get_service, self.destinations, self.wado)
-            self.worker = JobWorker(self.settings, store, *parts)
+            self.worker = JobWorker(
+                self.settings, store, self._get_service, self.destinations, self.wado
+            )
             self.worker.start()
         log.info("job store: %s (%s)", store.db.describe(), store.root)
         self.store = store

@@ -3,6 +3,12 @@
 
 # The job table's columns in SQLite's types (times are Unix s, REAL); PostgreSQL's schema is
 # made from the same list.
+# ``owner``: the id of the API key that submitted the job (NULL without keys); a transaction
+# id is unique per owner, so one key can neither see nor collide with another key's ids.
+# ``study``, ``series``: the UIDs of a job by reference (NULL for uploaded files); its fetch
+# from the archive is retried at ``fetch_next_at`` after ``fetch_attempts`` failed tries.
+# ``lease_owner``, ``lease_until``: the worker running the job and until when (Unix s) its hold
+# lasts unless renewed; ``runs``: how many times a worker started it.
 COLUMNS = (
     ("id", "TEXT PRIMARY KEY"),
     ("transaction_id", "TEXT"),

@@ -20,12 +20,6 @@ from lesionseg.pacs.job_columns import COLUMNS
 
 DB_FILE = "jobs.sqlite3"
 
-# ``owner``: the id of the API key that submitted the job (NULL without keys); a transaction
-# id is unique per owner, so one key can neither see nor collide with another key's ids.
-# ``study``, ``series``: the UIDs of a job by reference (NULL for uploaded files); its fetch
-# from the archive is retried at ``fetch_next_at`` after ``fetch_attempts`` failed tries.
-# ``lease_owner``, ``lease_until``: the worker running the job and until when (Unix s) its hold
-# lasts unless renewed; ``runs``: how many times a worker started it.
 _SCHEMA = "CREATE TABLE IF NOT EXISTS jobs ({})".format(
     ", ".join(f"{name} {kind}" for name, kind in COLUMNS)
 )
