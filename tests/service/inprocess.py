@@ -12,7 +12,9 @@ A request: ``{"route": "/segment", "files": {"image": PATH}, "data": {...}}``; w
 
 from __future__ import annotations
 
+import faulthandler
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -55,4 +57,12 @@ def main(export_dir: str, requests_path: str, responses_path: str) -> None:
 
 
 if __name__ == "__main__":
+    faulthandler.enable()  # a native crash prints every thread's Python stack to stderr
     main(*sys.argv[1:])
+    # The answers are written and are all the tests compare. One fresh-clone CI run saw this
+    # helper abort after "lesionseg ready" (SIGABRT, "terminate called without an active
+    # exception": a native library's thread torn down), not seen again in 50 runs here under
+    # load; the line below says whether such an abort came after the answers, and leaving
+    # without the interpreter's teardown keeps the native libraries' exit out of these tests.
+    print("inprocess: responses written", file=sys.stderr, flush=True)
+    os._exit(0)
