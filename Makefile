@@ -92,7 +92,7 @@ bench-encoder: setup export ## SAM encoder ms/img, decoder ms: torch, onnxruntim
 
 # BENCH_ARGS names the sam-head bundle: BENCH_ARGS="--sam-head DIR", or "--fixture" (untrained head).
 bench-detectors: setup ## YOLO vs sam-head bundle: /segment and a 100-slice series, interleaved (~10 min)
-	$(PY) -m benchmarks.detectors $(BENCH_ARGS)
+	$(PY) -m benchmarks.detectors $(or $(BENCH_ARGS),--head-of lesionseg/models/lits117)
 
 # Orthanc + its DICOMweb plugin from Debian, for the PACS integration tests (installed only when
 # missing; needs root or sudo).

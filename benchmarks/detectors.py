@@ -13,6 +13,7 @@ openvino and onnxruntime backends run the bundles' ONNX exports, made now when m
 stale. Writes results/detectors_cpu.csv and .md with the verdicts against issue 24's targets.
 
     python -m benchmarks.detectors --sam-head DIR [--yolo DIR] [--rounds 3] [--slices 10]
+    python -m benchmarks.detectors --head-of lesionseg/models/lits117  # its not-selected head
     python -m benchmarks.detectors --fixture   # an untrained head: cost only, boxes arbitrary
 """
 
@@ -31,6 +32,7 @@ from pathlib import Path
 from benchmarks.common import RESULTS, provenance
 from benchmarks.detectors_report import Sample, write_report
 from benchmarks.payloads import png_bytes
+from benchmarks.trained_head import write_trained_head_bundle
 from benchmarks.untrained_head import write_untrained_head_bundle
 from lesionseg.datasets.examples import lits_ct
 from lesionseg.datasets.lits import SPLITS, LitsCase
@@ -183,6 +185,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     head = parser.add_mutually_exclusive_group(required=True)
     head.add_argument("--sam-head", type=Path, help="a sam-head bundle (a trained head)")
     head.add_argument(
+        "--head-of",
+        type=Path,
+        help="the SAM head a --detector auto bundle trained and did not select "
+        "(benchmarks.trained_head), with its tuned threshold and margin",
+    )
+    head.add_argument(
         "--fixture", action="store_true", help="an untrained test head: cost only, not its boxes"
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds after one warm-up")
@@ -206,6 +214,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         if args.fixture:
             head_dir, head = write_untrained_head_bundle(Path(tmp) / "sam-head"), FIXTURE_HEAD
+        elif args.head_of:
+            head_dir = write_trained_head_bundle(args.head_of, Path(tmp) / "sam-head")
+            head = f"trained, not selected by {args.head_of} (benchmarks.trained_head)"
         else:
             head_dir, head = args.sam_head, f"the bundle's: {args.sam_head}"
         contenders = [

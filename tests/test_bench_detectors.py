@@ -4,6 +4,7 @@ script (the fixture head, openvino: it needs both bundles' exports, hence slow).
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 
@@ -78,3 +79,30 @@ def test_a_tiny_fixture_run_writes_both_bundles_with_provenance(tmp_path):
     report = out.with_suffix(".md").read_text()
     assert "FIXTURE HEAD, NOT A TRAINED ONE" in report
     assert report.count("(target ≤") == 2
+
+
+def test_the_shipped_bundle_s_not_selected_head_becomes_a_sam_head_bundle(tmp_path):
+    from benchmarks.trained_head import write_trained_head_bundle
+
+    shipped = json.loads((SHIPPED_BUNDLE / "model.json").read_text())
+    if shipped["detector"]["selected"] == "sam-head":
+        pytest.skip("the shipped bundle serves its SAM head: nothing to build")
+    (row,) = [r for r in shipped["metrics"]["table"] if r["row"].startswith("automatic, sam-head")]
+    bundle = Bundle.load(write_trained_head_bundle(SHIPPED_BUNDLE, tmp_path / "head"))
+    assert bundle.settings_values()["detector_kind"] == "sam-head"
+    assert (bundle.detector.score_threshold, bundle.detector.box_margin) == (
+        row["score_threshold"],
+        row["box_margin"],
+    )
+    assert bundle.sam.weights is None  # zero-shot: the pair the head was tuned with
+    head = SHIPPED_BUNDLE / shipped["detectors"]["sam-head"]["weights"]
+    assert bundle.detector.weights.read_bytes() == head.read_bytes()
+
+
+def test_a_bundle_that_trained_no_head_is_refused(tmp_path):
+    from benchmarks.trained_head import write_trained_head_bundle
+    from lesionseg.errors import LesionSegError
+
+    (tmp_path / "model.json").write_text(json.dumps({"name": "x", "detectors": {"yolo": {}}}))
+    with pytest.raises(LesionSegError, match="trained no SAM head"):
+        write_trained_head_bundle(tmp_path, tmp_path / "out")
