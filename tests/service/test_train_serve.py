@@ -19,13 +19,15 @@ EXAMPLE = REPO_ROOT / "data" / "examples" / "lits117-z110.png"
 
 @pytest.fixture(scope="module")
 def bundle(lits, tmp_path_factory):
-    """A bundle trained for one epoch on three LiTS slabs as an nnU-Net dataset, the tumour
-    label only, named ``e2e-tumour``."""
+    """A YOLO bundle trained for one epoch on three LiTS slabs as an nnU-Net dataset, the tumour
+    label only, named ``e2e-tumour`` (``--detector auto`` and the sam-head: tests/test_train.py
+    and tests/service/test_sam_head_serve.py; here the train-then-serve path)."""
     root = tmp_path_factory.mktemp("train")
     dataset = write_nnunet(lits, root / "nnunet")
     out = root / "bundle"
     args = [str(dataset), "--out", str(out), "--labels", "tumour", "--window", "abdomen"]
-    args += ["--epochs", "1", "--batch", "4", "--sam", "none", "--max-val-frames", "4"]
+    args += ["--detector", "yolo", "--epochs", "1", "--batch", "4", "--sam", "none"]
+    args += ["--max-val-frames", "4"]
     args += ["--val-cases", "lits117_z110", "--name", "e2e-tumour"]
     args += ["--workdir", str(root / "work")]
     assert train(args) == 0
