@@ -90,7 +90,8 @@ bench-gpu: setup data export ## GPU: encoder batch 1-32 per runtime, HTTP at 8/3
 bench-encoder: setup export ## SAM encoder ms/img, decoder ms: torch, onnxruntime, openvino fp32/bf16
 	$(PY) -m benchmarks.encoder_latency
 
-# BENCH_ARGS names the sam-head bundle: BENCH_ARGS="--sam-head DIR", or "--fixture" (untrained head).
+# The sam-head side: the shipped bundle's not-selected head by default; BENCH_ARGS="--sam-head DIR"
+# for another bundle, or "--fixture" (an untrained head).
 bench-detectors: setup ## YOLO vs sam-head bundle: /segment and a 100-slice series, interleaved (~10 min)
 	$(PY) -m benchmarks.detectors $(or $(BENCH_ARGS),--head-of lesionseg/models/lits117)
 

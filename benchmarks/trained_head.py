@@ -5,8 +5,8 @@ the pair it was scored with (a head reads the frozen encoder's embedding, which 
 
 For the cost benchmark with a trained head's box counts (``benchmarks/detectors.py``):
 
-    python -m benchmarks.trained_head lesionseg/models/lits117 .cache/lits117-sam-head
-    python -m benchmarks.detectors --sam-head .cache/lits117-sam-head
+    python -m benchmarks.detectors --head-of lesionseg/models/lits117  # made in a temp dir
+    python -m benchmarks.trained_head lesionseg/models/lits117 .cache/lits117-sam-head  # kept
 """
 
 from __future__ import annotations

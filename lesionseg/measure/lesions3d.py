@@ -142,7 +142,7 @@ def measure_lesions(
             Lesion3D(
                 id=lesion_id,
                 label=results[frame0].lesions[lesion0].label,
-                frames=tuple(sorted({f for f, _ in parts})),
+                frames=tuple(sorted(masks)),
                 voxels=sum(int(np.count_nonzero(m)) for m in masks.values()),
                 volume_mm3=volume,
                 long_axis_mm=best[2].long_mm if best and known else None,

@@ -61,7 +61,7 @@ if __name__ == "__main__":
     main(*sys.argv[1:])
     # The answers are written and are all the tests compare. One fresh-clone CI run saw this
     # helper abort after "lesionseg ready" (SIGABRT, "terminate called without an active
-    # exception": a native library's thread torn down), not seen again in 50 runs here under
+    # exception": a native library's thread torn down), not seen again in 56 runs here, 40 under
     # load; the line below says whether such an abort came after the answers, and leaving
     # without the interpreter's teardown keeps the native libraries' exit out of these tests.
     print("inprocess: responses written", file=sys.stderr, flush=True)
